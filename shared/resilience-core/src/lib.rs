@@ -1,0 +1,31 @@
+//! # resilience-core
+//!
+//! Why a separate core: every policy in the pack (windows, the breaker's state machine, budgets,
+//! ramps, estimators) is a pure state machine that is *told* the time. Nothing here calls
+//! proxy-wasm or reads a clock, so each behaviour is tested natively and deterministically, and
+//! the same tests run inside wasm (32-bit `usize`) with `wasm-bindgen-test`.
+//!
+//! The host layer (`resilience-host`) is the only code that talks to the proxy; filters glue the
+//! two together.
+//!
+//! Modules, one concept each:
+//! - [`config`]: durations, percentages and typed errors that name the JSON path and the rule.
+//! - [`routes`]: per-route overrides matched on route name, path, method or headers.
+//! - [`outcome`]: one classification of a response (HTTP status, gRPC status, Envoy-local
+//!   failures, slow calls) shared by every filter.
+//! - [`window`]: sliding outcome windows, time-bucketed and count-based.
+//! - [`codec`]: the compact, versioned binary encoding for state kept in shared data.
+//! - [`backoff`]: jittered exponential backoff and full jitter.
+//! - [`problem`]: RFC 9457 `application/problem+json` local replies.
+//! - [`deadline`]: reading a request's remaining deadline from its headers.
+//! - [`breaker`]: the circuit breaker's state machine.
+
+pub mod backoff;
+pub mod breaker;
+pub mod codec;
+pub mod config;
+pub mod deadline;
+pub mod outcome;
+pub mod problem;
+pub mod routes;
+pub mod window;
