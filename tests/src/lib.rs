@@ -1,1 +1,30 @@
-//! TODO
+//! The end-to-end harness: proves the resilience pack against a real Envoy.
+//!
+//! Unit tests prove the policies; only a real proxy proves the filters: that Envoy loads the
+//! modules, that each worker's VM shares state as designed, and that responses, timings and
+//! stats are what a client sees. This crate provides the pieces such tests are made of:
+//!
+//! - [`paths`]: where the workspace, the tools and the build output are.
+//! - [`envoy`]: installing the pinned Envoy release and running it as a supervised child.
+//! - [`config`]: static bootstraps with the filters under test in front of the router.
+//! - [`wasm`]: building the filter crates into the `.wasm` modules Envoy loads.
+//! - [`upstream`]: scriptable HTTP/1.1 backends (statuses, latency, hangs, resets, outages).
+//! - [`client`]: a blocking HTTP/1.1 client with timing, and a parallel driver.
+//! - [`stats`]: reading Envoy's counters, gauges and Prometheus text.
+//!
+//! Every test gets its own ports, Envoy and upstreams, so tests run in parallel.
+
+pub mod client;
+pub mod config;
+pub mod envoy;
+pub mod paths;
+pub mod stats;
+pub mod upstream;
+pub mod wasm;
+mod wire;
+
+pub use client::{get, parallel, request, Response};
+pub use config::{basic_proxy_config, ClusterSpec, ProxyConfig, RouteSpec};
+pub use envoy::{free_port, Envoy, EnvoyOptions, ENVOY_VERSION};
+pub use upstream::{Behavior, Mode, RequestRecord, Upstream};
+pub use wasm::filter_wasm;

@@ -1,1 +1,44 @@
-fn main() {}
+//! `cargo pack` — the pack's one tool, so the README's two commands work on any machine with Rust
+//! and Python, with or without `just`.
+//!
+//! - `cargo pack run`  builds the filters and starts a local Envoy (the pinned one, installed into
+//!   `.tools/`) with the pack in front of an example upstream, and prints where to send traffic.
+//! - `cargo pack test` runs every check CI runs: formatting, clippy (native and wasm32-wasip1),
+//!   the wasm build, every test (unit, property and real-Envoy end-to-end), and the core's tests
+//!   inside wasm under node.
+
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo pack <command>\n\n\
+         commands:\n  \
+         run [--for SECONDS]   build the pack and run it in a local Envoy in front of an example upstream\n  \
+         test [--quick]        every check and test (--quick: skip lint and the in-wasm core tests)\n  \
+         build                 build every filter for wasm32-wasip1 (release)"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = args.get(1..).unwrap_or_default();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run::run(rest),
+        Some("test") => test::test(rest),
+        Some("build") => test::build_wasm().map(|p| {
+            println!("built {}", p.display());
+        }),
+        _ => return usage(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cargo pack: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

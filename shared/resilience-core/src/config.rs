@@ -1,1 +1,769 @@
-//! TODO
+//! Configuration building blocks: typed errors that name the JSON path and the rule, durations and
+//! percentages.
+//!
+//! # Why errors carry a path and a rule
+//!
+//! A filter configuration lives inside an Envoy YAML file, often generated, often long. When it is
+//! wrong the only feedback an operator gets is one log line from `on_configure` and a filter that
+//! refuses to start, so that line has to point at the exact field and say the rule it broke:
+//!
+//! ```text
+//! routes[1].failure_rate_threshold: must be between 0 and 100, got 150
+//! ```
+//!
+//! [`parse_json`] and [`parse_value`] track the path with `serde_path_to_error` and normalise it to
+//! `a.b[1].c`; the types here ([`DurationMs`], [`Percent`]) phrase their own rules so the two halves
+//! read as one sentence.
+//!
+//! # Why durations are strings
+//!
+//! `"timeout": 250` is ambiguous (milliseconds? seconds?) and is how outages get configured.
+//! Durations are therefore always strings with a unit (`"250ms"`, `"10s"`, `"1.5s"`, `"1m"`), the
+//! same spelling Envoy's own YAML uses, and bare numbers are rejected with a hint.
+
+use core::fmt;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_path_to_error::Segment;
+
+/// A configuration problem: where it is (`routes[1].failure_rate_threshold`) and which rule it
+/// broke (`must be between 0 and 100, got 150`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path to the offending value, `a.b[1].c` style; empty for the whole document.
+    pub path: String,
+    /// The rule, phrased to follow the path: "must be ...", "unknown field ...".
+    pub rule: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// The same error one level further out: `prefix` is prepended to the path.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.path = join_path(prefix, &self.path);
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.rule)
+        } else {
+            write!(f, "{}: {}", self.path, self.rule)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Joins two path fragments: `routes[1]` + `x` = `routes[1].x`, `routes` + `[1]` = `routes[1]`.
+pub(crate) fn join_path(prefix: &str, rest: &str) -> String {
+    if prefix.is_empty() {
+        rest.to_owned()
+    } else if rest.is_empty() {
+        prefix.to_owned()
+    } else if rest.starts_with('[') {
+        format!("{prefix}{rest}")
+    } else {
+        format!("{prefix}.{rest}")
+    }
+}
+
+/// Renders serde_path_to_error's path as `a.b[1].c`. Unknown segments (from untagged or flattened
+/// types) are left out rather than printed as `?`.
+fn path_string(path: &serde_path_to_error::Path) -> String {
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}
+
+/// serde's own messages quote names with backticks (written for Rust developers); operators read
+/// them in YAML context, where double quotes are the norm.
+fn tidy_rule(message: &str) -> String {
+    if message.starts_with("unknown field")
+        || message.starts_with("unknown variant")
+        || message.starts_with("missing field")
+        || message.starts_with("duplicate field")
+    {
+        message.replace('`', "\"")
+    } else {
+        message.to_owned()
+    }
+}
+
+fn from_path_error(
+    err: serde_path_to_error::Error<serde_json::Error>,
+    prefix: &str,
+) -> ConfigError {
+    let path = path_string(err.path());
+    let inner = err.into_inner();
+    let mut message = inner.to_string();
+    // serde_json appends the position of data errors when reading bytes; the path already says
+    // where the value is, and "line 1 column 312" of a YAML-embedded string helps nobody.
+    if inner.line() != 0 {
+        let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_owned();
+        }
+    }
+    ConfigError::new(join_path(prefix, &path), tidy_rule(&message))
+}
+
+fn syntax_error(err: &serde_json::Error) -> ConfigError {
+    let mut message = err.to_string();
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    if let Some(stripped) = message.strip_suffix(&suffix) {
+        message = stripped.to_owned();
+    }
+    ConfigError::new(
+        "",
+        format!(
+            "invalid JSON at line {} column {}: {message}",
+            err.line(),
+            err.column()
+        ),
+    )
+}
+
+/// Reads raw JSON bytes (an empty or all-whitespace configuration means `{}`).
+pub fn parse_json_value(json: &[u8]) -> Result<serde_json::Value, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
+    }
+    serde_json::from_slice(json).map_err(|e| syntax_error(&e))
+}
+
+/// Parses a configuration document into `T`. An empty or all-whitespace document is read as `{}`,
+/// so a filter whose settings all have defaults needs no configuration at all.
+pub fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return parse_value(serde_json::Value::Object(serde_json::Map::new()), "");
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let value = match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => value,
+        Err(err) => {
+            let classify = err.inner().classify();
+            return Err(match classify {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    syntax_error(err.inner())
+                }
+                _ => from_path_error(err, ""),
+            });
+        }
+    };
+    de.end().map_err(|e| syntax_error(&e))?;
+    Ok(value)
+}
+
+/// Parses an already-read JSON value; error paths are prefixed with `path_prefix`
+/// (`routes[1]` + `failure_rate_threshold` = `routes[1].failure_rate_threshold`).
+pub fn parse_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    path_prefix: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| from_path_error(err, path_prefix))
+}
+
+/// Describes a JSON value briefly for a "got ..." clause, never echoing more than a few bytes.
+pub(crate) fn describe_unexpected(unexpected: de::Unexpected<'_>) -> String {
+    match unexpected {
+        de::Unexpected::Bool(b) => b.to_string(),
+        de::Unexpected::Unsigned(n) => n.to_string(),
+        de::Unexpected::Signed(n) => n.to_string(),
+        de::Unexpected::Float(n) => n.to_string(),
+        de::Unexpected::Str(s) => format!("{:?}", crate::problem::bounded(s, 64)),
+        de::Unexpected::Unit | de::Unexpected::Option => "null".to_owned(),
+        de::Unexpected::Seq => "an array".to_owned(),
+        de::Unexpected::Map => "an object".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durations
+// ---------------------------------------------------------------------------------------------
+
+const DURATION_HINT: &str = r#"must be a duration string like "250ms", "10s" or "1m""#;
+
+/// Longest fraction accepted, in digits: finer than a nanosecond of an hour is never meant.
+const MAX_FRACTION_DIGITS: u32 = 12;
+/// Longest integer part accepted, in digits; anything longer overflows `u64` milliseconds anyway.
+const MAX_INTEGER_DIGITS: usize = 20;
+
+/// A duration in whole milliseconds, read from strings like `"250ms"`, `"10s"`, `"1.5s"`, `"1m"`,
+/// `"1h"`. Milliseconds are the resolution of every timer the pack uses, so finer values
+/// (`"0.5ms"`) are rejected instead of silently rounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct DurationMs(pub u64);
+
+impl DurationMs {
+    pub const ZERO: DurationMs = DurationMs(0);
+
+    pub const fn from_secs(secs: u64) -> Self {
+        DurationMs(secs.saturating_mul(1000))
+    }
+
+    pub const fn as_ms(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for DurationMs {
+    /// The largest unit that represents the value exactly: `10s`, `1500ms`, `2m`, `1h`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        if ms == 0 {
+            f.write_str("0ms")
+        } else if ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+/// Parses `"<number><unit>"` into milliseconds. The number is decimal digits with an optional
+/// fraction (`1.5`); the unit is `ms`, `s`, `m` or `h`. Arithmetic is exact (no floating point)
+/// and overflow is an error, not a wrap.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let shown = crate::problem::bounded(s, 64);
+    let hint = || format!("{DURATION_HINT}, got {shown:?}");
+
+    let unit_at = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(hint)?;
+    let (number, unit) = s.split_at(unit_at);
+    let unit_ms: u128 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(hint()),
+    };
+
+    let (int_part, frac_part) = match number.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    let has_dot = number.contains('.');
+    if int_part.is_empty()
+        || (has_dot && frac_part.is_empty())
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(hint());
+    }
+    let too_large = || format!("duration {shown:?} is too large");
+    if int_part.len() > MAX_INTEGER_DIGITS {
+        return Err(too_large());
+    }
+    let frac_trimmed = frac_part.trim_end_matches('0');
+    let frac_digits = u32::try_from(frac_trimmed.len()).unwrap_or(u32::MAX);
+    if frac_digits > MAX_FRACTION_DIGITS {
+        return Err(format!(
+            "duration {shown:?} is finer than the 1 ms resolution"
+        ));
+    }
+
+    let int_value: u128 = int_part.parse().map_err(|_| too_large())?;
+    let frac_value: u128 = if frac_trimmed.is_empty() {
+        0
+    } else {
+        frac_trimmed.parse().map_err(|_| hint())?
+    };
+    let scale = 10u128.pow(frac_digits);
+    let frac_scaled = frac_value.saturating_mul(unit_ms);
+    if !frac_scaled.is_multiple_of(scale) {
+        return Err(format!(
+            "duration {shown:?} is finer than the 1 ms resolution"
+        ));
+    }
+    let total = int_value
+        .checked_mul(unit_ms)
+        .and_then(|v| v.checked_add(frac_scaled / scale))
+        .ok_or_else(too_large)?;
+    u64::try_from(total).map_err(|_| too_large())
+}
+
+impl<'de> Deserialize<'de> for DurationMs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl DurationVisitor {
+            fn reject<E: de::Error>(got: de::Unexpected<'_>) -> E {
+                E::custom(format!("{DURATION_HINT}, got {}", describe_unexpected(got)))
+            }
+        }
+
+        impl<'de> Visitor<'de> for DurationVisitor {
+            type Value = DurationMs;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string like "250ms", "10s" or "1m""#)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationMs, E> {
+                parse_duration(v).map(DurationMs).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationMs, E> {
+                Err(Self::reject(de::Unexpected::Unsigned(v)))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationMs, E> {
+                Err(Self::reject(de::Unexpected::Signed(v)))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationMs, E> {
+                Err(Self::reject(de::Unexpected::Float(v)))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<DurationMs, E> {
+                Err(Self::reject(de::Unexpected::Bool(v)))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<DurationMs, E> {
+                Err(Self::reject(de::Unexpected::Unit))
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<DurationMs, E> {
+                Err(Self::reject(de::Unexpected::Unit))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<DurationMs, A::Error> {
+                Err(Self::reject(de::Unexpected::Seq))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<DurationMs, A::Error> {
+                Err(Self::reject(de::Unexpected::Map))
+            }
+        }
+
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Percentages
+// ---------------------------------------------------------------------------------------------
+
+/// A percentage between 0 and 100 inclusive, read from a JSON number (`50`, `12.5`).
+///
+/// Percentages, not fractions: operators write thresholds as "50 percent", and `0.5` meaning
+/// "half" next to `50` meaning "half" in the same file is a trap. [`Percent::fraction`] gives the
+/// 0..=1 form for arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Default)]
+pub struct Percent(f64);
+
+impl Percent {
+    pub const ZERO: Percent = Percent(0.0);
+    pub const HUNDRED: Percent = Percent(100.0);
+
+    /// Checks the range; the error is the rule, ready to follow a path.
+    pub fn new(value: f64) -> Result<Self, String> {
+        if (0.0..=100.0).contains(&value) {
+            Ok(Percent(value))
+        } else {
+            Err(format!("must be between 0 and 100, got {value}"))
+        }
+    }
+
+    /// For defaults written in code: out-of-range values are clamped, NaN becomes 0.
+    pub const fn clamped(value: f64) -> Self {
+        if value.is_nan() || value < 0.0 {
+            Percent(0.0)
+        } else if value > 100.0 {
+            Percent(100.0)
+        } else {
+            Percent(value)
+        }
+    }
+
+    /// 0..=100.
+    pub const fn value(self) -> f64 {
+        self.0
+    }
+
+    /// 0..=1.
+    pub fn fraction(self) -> f64 {
+        self.0 / 100.0
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PercentVisitor;
+
+        impl PercentVisitor {
+            fn reject<E: de::Error>(got: de::Unexpected<'_>) -> E {
+                E::custom(format!(
+                    "must be a number between 0 and 100, got {}",
+                    describe_unexpected(got)
+                ))
+            }
+        }
+
+        impl<'de> Visitor<'de> for PercentVisitor {
+            type Value = Percent;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number between 0 and 100")
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Percent, E> {
+                Percent::new(v).map_err(E::custom)
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
+                if v <= 100 {
+                    Ok(Percent(v as f64))
+                } else {
+                    Err(E::custom(format!("must be between 0 and 100, got {v}")))
+                }
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Percent, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("must be between 0 and 100, got {v}"))),
+                }
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Percent, E> {
+                Err(Self::reject(de::Unexpected::Str(v)))
+            }
+
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Percent, E> {
+                Err(Self::reject(de::Unexpected::Bool(v)))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Percent, E> {
+                Err(Self::reject(de::Unexpected::Unit))
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Percent, E> {
+                Err(Self::reject(de::Unexpected::Unit))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Percent, A::Error> {
+                Err(Self::reject(de::Unexpected::Seq))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Percent, A::Error> {
+                Err(Self::reject(de::Unexpected::Map))
+            }
+        }
+
+        deserializer.deserialize_any(PercentVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Thresholds {
+        failure_rate_threshold: Percent,
+        #[serde(default)]
+        open_for: DurationMs,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[serde(default)]
+        routes: Vec<Thresholds>,
+    }
+
+    #[test]
+    fn valid_documents_parse_into_their_types() {
+        let doc = parse_json::<Doc>(
+            br#"{"routes": [{"failure_rate_threshold": 12.5, "open_for": "1.5s"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(doc.routes[0].failure_rate_threshold.value(), 12.5);
+        assert_eq!(doc.routes[0].open_for, DurationMs(1_500));
+    }
+
+    #[test]
+    fn a_full_error_names_the_path_and_the_rule() {
+        let err = parse_value::<Thresholds>(json!({ "failure_rate_threshold": 150 }), "routes[1]")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "routes[1].failure_rate_threshold: must be between 0 and 100, got 150"
+        );
+    }
+
+    #[test]
+    fn paths_into_arrays_read_with_brackets_not_dots() {
+        let json =
+            br#"{"routes": [{"failure_rate_threshold": 5}, {"failure_rate_threshold": 150}]}"#;
+        let err = parse_json::<Doc>(json).unwrap_err();
+        assert_eq!(err.path, "routes[1].failure_rate_threshold");
+        assert_eq!(err.rule, "must be between 0 and 100, got 150");
+    }
+
+    #[test]
+    fn data_errors_from_bytes_carry_no_line_and_column() {
+        let err = parse_json::<Thresholds>(br#"{"failure_rate_threshold": 50, "open_for": 5}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"open_for: must be a duration string like "250ms", "10s" or "1m", got 5"#
+        );
+    }
+
+    #[test]
+    fn an_empty_document_is_an_empty_object() {
+        #[derive(Deserialize)]
+        struct AllDefault {
+            #[serde(default)]
+            n: u32,
+        }
+        assert_eq!(parse_json::<AllDefault>(b"").unwrap().n, 0);
+        assert_eq!(parse_json::<AllDefault>(b"  \n\t ").unwrap().n, 0);
+    }
+
+    #[test]
+    fn a_syntax_error_has_no_path_and_says_where_it_is() {
+        let err = parse_json::<Doc>(b"{\n  \"routes\": [,]\n}").unwrap_err();
+        assert_eq!(err.path, "");
+        assert!(
+            err.rule.starts_with("invalid JSON at line 2 column 14: "),
+            "{}",
+            err.rule
+        );
+        assert!(!err.rule.ends_with("column 14"), "{}", err.rule);
+    }
+
+    #[test]
+    fn trailing_garbage_after_the_document_is_a_syntax_error() {
+        let err = parse_json::<Doc>(br#"{} x"#).unwrap_err();
+        assert!(
+            err.rule.starts_with("invalid JSON at line 1"),
+            "{}",
+            err.rule
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named_in_double_quotes() {
+        let err = parse_value::<Thresholds>(
+            json!({ "failure_rate_threshold": 5, "bogus": 1 }),
+            "routes[0]",
+        )
+        .unwrap_err();
+        assert!(err.path.starts_with("routes[0]"), "{err}");
+        assert!(
+            err.rule.starts_with(r#"unknown field "bogus", expected"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let err = parse_value::<Thresholds>(json!({}), "").unwrap_err();
+        assert_eq!(err.to_string(), r#"missing field "failure_rate_threshold""#);
+    }
+
+    #[test]
+    fn an_error_without_a_path_displays_just_the_rule() {
+        assert_eq!(ConfigError::new("", "boom").to_string(), "boom");
+        assert_eq!(ConfigError::new("a.b", "boom").to_string(), "a.b: boom");
+        assert_eq!(
+            ConfigError::new("[2].x", "boom").within("routes").path,
+            "routes[2].x"
+        );
+    }
+
+    #[test]
+    fn durations_read_every_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("10s"), Ok(10_000));
+        assert_eq!(parse_duration("1.5s"), Ok(1_500));
+        assert_eq!(parse_duration("1m"), Ok(60_000));
+        assert_eq!(parse_duration("1h"), Ok(3_600_000));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        assert_eq!(parse_duration("0.25m"), Ok(15_000));
+        assert_eq!(parse_duration("2.000s"), Ok(2_000));
+    }
+
+    #[test]
+    fn durations_finer_than_a_millisecond_are_rejected() {
+        let err = parse_duration("0.5ms").unwrap_err();
+        assert_eq!(err, r#"duration "0.5ms" is finer than the 1 ms resolution"#);
+        assert!(parse_duration("1.0005s").is_err());
+    }
+
+    #[test]
+    fn malformed_durations_get_the_hint() {
+        for bad in [
+            "", "10", "s", "10x", "1.s", ".5s", "-1s", "1 s", "1us", "1S", "1.2.3s", "1e3ms",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(
+                err.starts_with(r#"must be a duration string like "250ms", "10s" or "1m", got "#),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_that_overflow_are_rejected_not_wrapped() {
+        assert_eq!(
+            parse_duration("18446744073709551615ms"),
+            Ok(u64::MAX),
+            "the largest value still fits"
+        );
+        assert!(parse_duration("18446744073709551616ms")
+            .unwrap_err()
+            .ends_with("is too large"));
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration("999999999999999999999999ms").is_err());
+    }
+
+    #[test]
+    fn a_number_where_a_duration_belongs_is_rejected_with_the_hint() {
+        let err = parse_value::<DurationMs>(json!(250), "timeout").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"timeout: must be a duration string like "250ms", "10s" or "1m", got 250"#
+        );
+        let err = parse_value::<DurationMs>(json!(true), "").unwrap_err();
+        assert!(err.rule.ends_with("got true"), "{err}");
+        let err = parse_value::<DurationMs>(json!(null), "").unwrap_err();
+        assert!(err.rule.ends_with("got null"), "{err}");
+        let err = parse_value::<DurationMs>(json!(["1s"]), "").unwrap_err();
+        assert!(err.rule.ends_with("got an array"), "{err}");
+    }
+
+    #[test]
+    fn durations_display_in_the_largest_exact_unit() {
+        assert_eq!(DurationMs(250).to_string(), "250ms");
+        assert_eq!(DurationMs(10_000).to_string(), "10s");
+        assert_eq!(DurationMs(1_500).to_string(), "1500ms");
+        assert_eq!(DurationMs(120_000).to_string(), "2m");
+        assert_eq!(DurationMs(3_600_000).to_string(), "1h");
+        assert_eq!(DurationMs(0).to_string(), "0ms");
+        assert_eq!(DurationMs::from_secs(3).as_ms(), 3_000);
+    }
+
+    #[test]
+    fn percentages_accept_integers_and_fractions_in_range() {
+        assert_eq!(parse_value::<Percent>(json!(0), "").unwrap().value(), 0.0);
+        assert_eq!(
+            parse_value::<Percent>(json!(100), "").unwrap().value(),
+            100.0
+        );
+        let p = parse_value::<Percent>(json!(12.5), "").unwrap();
+        assert_eq!(p.value(), 12.5);
+        assert_eq!(p.fraction(), 0.125);
+    }
+
+    #[test]
+    fn percentages_out_of_range_say_the_range_and_the_value() {
+        let err = parse_value::<Percent>(json!(-1), "p").unwrap_err();
+        assert_eq!(err.to_string(), "p: must be between 0 and 100, got -1");
+        let err = parse_value::<Percent>(json!(100.5), "p").unwrap_err();
+        assert_eq!(err.to_string(), "p: must be between 0 and 100, got 100.5");
+        assert_eq!(
+            Percent::new(f64::NAN).unwrap_err(),
+            "must be between 0 and 100, got NaN"
+        );
+    }
+
+    #[test]
+    fn a_string_where_a_percentage_belongs_is_rejected() {
+        let err = parse_value::<Percent>(json!("50%"), "p").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"p: must be a number between 0 and 100, got "50%""#
+        );
+    }
+
+    #[test]
+    fn clamped_percentages_stay_in_range() {
+        assert_eq!(Percent::clamped(150.0), Percent::HUNDRED);
+        assert_eq!(Percent::clamped(-3.0), Percent::ZERO);
+        assert_eq!(Percent::clamped(f64::NAN), Percent::ZERO);
+        assert_eq!(Percent::clamped(42.0).value(), 42.0);
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn every_duration_displays_to_a_string_that_parses_back(ms in any::<u64>()) {
+                let shown = DurationMs(ms).to_string();
+                prop_assert_eq!(parse_duration(&shown), Ok(ms));
+            }
+
+            #[test]
+            fn whole_seconds_with_a_millisecond_fraction_are_exact(
+                secs in 0u64..1_000_000_000,
+                millis in 0u64..1000,
+            ) {
+                let text = format!("{secs}.{millis:03}s");
+                prop_assert_eq!(parse_duration(&text), Ok(secs * 1000 + millis));
+            }
+
+            #[test]
+            fn arbitrary_strings_never_panic(s in ".{0,40}") {
+                let _ = parse_duration(&s);
+            }
+
+            #[test]
+            fn digit_and_unit_soup_never_panics_or_wraps(
+                s in "[0-9.]{0,30}(ms|s|m|h|)",
+            ) {
+                if let Ok(ms) = parse_duration(&s) {
+                    // Whatever parsed is at least the integer part in milliseconds.
+                    let int: String = s.chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(n) = int.parse::<u64>() {
+                        prop_assert!(ms >= n);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,24 @@
-//! TODO
+//! # resilience-host
+//!
+//! Why a host layer: proxy-wasm calls are the one place where the outside world can surprise a
+//! filter. A host may return a status the SDK does not expect (the Rust SDK then panics and the
+//! worker's VM traps), a header may not be UTF-8 (the SDK's `String` getters unwrap), a property may
+//! be missing. This crate is the only code in the pack that calls proxy-wasm; it turns every such
+//! surprise into a value the filter can degrade on (fail open, counted), never a trap.
+//!
+//! Modules, one concept each:
+//! - [`shared`]: shared data with compare-and-swap updates in a bounded retry loop.
+//! - [`metrics`]: counters and cross-worker gauges (± increments, never `set`).
+//! - [`props`]: typed reads of Envoy properties.
+//! - [`request`]: a lazy, cached view of the request for route matching.
+//! - [`reply`]: `application/problem+json` local replies.
+//! - [`clock`]: the host's time in milliseconds.
+//! - [`logging`]: log level and a panic hook that logs before the VM traps.
+
+pub mod clock;
+pub mod logging;
+pub mod metrics;
+pub mod props;
+pub mod reply;
+pub mod request;
+pub mod shared;

@@ -1,0 +1,545 @@
+//! The filter's configuration: parsed from the Wasm filter's JSON, then checked into settings.
+//!
+//! Why two steps: serde catches the shape (types, unknown fields) with the JSON path; the checks
+//! that relate fields (`max_open_duration` ≥ `open_duration`, `force_open` and `force_closed` not
+//! both) run after and name the field too. Either way Envoy refuses the filter at load with a log
+//! line such as `routes[1].failure_rate_threshold: must be between 0 and 100, got 150`; nothing is
+//! silently ignored.
+//!
+//! Top-level fields that are not global (see [`GLOBAL_FIELDS`]) are the defaults; each `routes`
+//! entry overrides them field by field for the requests its `match` selects.
+
+use resilience_core::breaker::{Policy, WindowSpec};
+use resilience_core::config::{ConfigError, DurationMs, Percent};
+use resilience_core::outcome::{Classifier, GrpcCodeSet, LocalFailure, LocalFailureSet, StatusSet};
+use resilience_core::routes::{parse_filter_config, Route, RouteTable};
+use serde::Deserialize;
+
+/// Fields that apply to the whole filter instance and cannot be overridden per route.
+pub const GLOBAL_FIELDS: &[&str] = &["key_header", "max_keys", "sync_interval", "stat_prefix"];
+
+/// The response header that explains a rejection (and, in dry-run, a would-be rejection).
+pub const DECISION_HEADER: &str = "x-resilience-circuit-breaker";
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    /// Key breakers by this request header's value too (bounded by `max_keys`).
+    key_header: Option<String>,
+    #[serde(default = "default_max_keys")]
+    max_keys: u32,
+    #[serde(default = "default_sync_interval")]
+    sync_interval: DurationMs,
+    #[serde(default = "default_stat_prefix")]
+    stat_prefix: String,
+}
+
+fn default_max_keys() -> u32 {
+    100
+}
+fn default_sync_interval() -> DurationMs {
+    DurationMs(100)
+}
+fn default_stat_prefix() -> String {
+    "circuit_breaker".to_owned()
+}
+
+/// `enforce` rejects, `dry_run` only counts and logs what it would reject, `disabled` does nothing.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    DryRun,
+    Disabled,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawWindowType {
+    #[default]
+    Time,
+    Count,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRejection {
+    status: Option<u16>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    body: Option<String>,
+    content_type: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    window_type: RawWindowType,
+    #[serde(default = "d_window")]
+    window: DurationMs,
+    #[serde(default = "d_window_size")]
+    window_size: u32,
+    #[serde(default = "d_minimum_requests")]
+    minimum_requests: u32,
+    #[serde(default = "d_failure_rate")]
+    failure_rate_threshold: Option<Percent>,
+    slow_call_duration: Option<DurationMs>,
+    #[serde(default = "d_slow_rate")]
+    slow_call_rate_threshold: Option<Percent>,
+    #[serde(default)]
+    consecutive_failures: u32,
+    failure_statuses: Option<StatusSet>,
+    grpc_failure_codes: Option<GrpcCodeSet>,
+    local_failures: Option<LocalFailureSet>,
+    #[serde(default = "d_open_duration")]
+    open_duration: DurationMs,
+    #[serde(default = "d_multiplier")]
+    open_duration_multiplier: f64,
+    #[serde(default = "d_max_open")]
+    max_open_duration: DurationMs,
+    #[serde(default = "d_jitter")]
+    open_jitter_percent: Percent,
+    #[serde(default = "d_probes")]
+    half_open_probes: u32,
+    #[serde(default = "d_probe_timeout")]
+    probe_timeout: DurationMs,
+    #[serde(default)]
+    honor_retry_after: bool,
+    #[serde(default)]
+    force_open: bool,
+    #[serde(default)]
+    force_closed: bool,
+    #[serde(default)]
+    rejection: RawRejection,
+}
+
+fn d_window() -> DurationMs {
+    DurationMs(10_000)
+}
+fn d_window_size() -> u32 {
+    100
+}
+fn d_minimum_requests() -> u32 {
+    20
+}
+fn d_failure_rate() -> Option<Percent> {
+    serde_json::from_str("50").ok()
+}
+fn d_slow_rate() -> Option<Percent> {
+    serde_json::from_str("100").ok()
+}
+fn d_open_duration() -> DurationMs {
+    DurationMs(5_000)
+}
+fn d_multiplier() -> f64 {
+    2.0
+}
+fn d_max_open() -> DurationMs {
+    DurationMs(60_000)
+}
+fn d_jitter() -> Percent {
+    serde_json::from_str("10").unwrap_or_default()
+}
+fn d_probes() -> u32 {
+    3
+}
+fn d_probe_timeout() -> DurationMs {
+    DurationMs(10_000)
+}
+
+/// How a rejection looks on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// A fixed body and its content type instead of the problem+json default.
+    pub body: Option<(String, String)>,
+}
+
+/// One breaker's checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub policy: Policy,
+    pub classifier: Classifier,
+    pub force_open: bool,
+    pub force_closed: bool,
+    pub rejection: Rejection,
+}
+
+/// Settings of the whole filter instance.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub key_header: Option<String>,
+    pub max_keys: u32,
+    pub sync_interval_ms: u64,
+    pub stat_prefix: String,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct FilterConfig {
+    pub global: Global,
+    pub routes: RouteTable<Settings>,
+}
+
+/// Parse and check the filter's JSON configuration.
+pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let (raw_global, raw_table): (RawGlobal, RouteTable<RawSettings>) =
+        parse_filter_config(json, GLOBAL_FIELDS)?;
+    let global = check_global(raw_global)?;
+    let defaults = check_settings(raw_table.defaults, "")?;
+    let mut routes = Vec::with_capacity(raw_table.routes.len());
+    for (i, r) in raw_table.routes.into_iter().enumerate() {
+        let settings = check_settings(r.settings, &format!("routes[{i}]"))?;
+        routes.push(Route {
+            name: r.name,
+            matcher: r.matcher,
+            settings,
+        });
+    }
+    Ok(FilterConfig {
+        global,
+        routes: RouteTable { defaults, routes },
+    })
+}
+
+fn field(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
+    if !(1..=10_000).contains(&raw.max_keys) {
+        return Err(ConfigError::new(
+            "max_keys",
+            format!("must be between 1 and 10000, got {}", raw.max_keys),
+        ));
+    }
+    let sync = raw.sync_interval.as_ms();
+    if !(10..=10_000).contains(&sync) {
+        return Err(ConfigError::new(
+            "sync_interval",
+            format!("must be between 10ms and 10s, got {}", raw.sync_interval),
+        ));
+    }
+    if let Some(h) = &raw.key_header {
+        if h.is_empty() || h.len() > 128 || !h.bytes().all(is_token_byte) {
+            return Err(ConfigError::new(
+                "key_header",
+                format!("must be an HTTP header name of 1 to 128 token characters, got {h:?}"),
+            ));
+        }
+    }
+    if raw.stat_prefix.is_empty()
+        || raw.stat_prefix.len() > 64
+        || !raw
+            .stat_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ConfigError::new(
+            "stat_prefix",
+            format!(
+                "must be 1 to 64 characters of [A-Za-z0-9_], got {:?}",
+                raw.stat_prefix
+            ),
+        ));
+    }
+    Ok(Global {
+        key_header: raw.key_header.map(|h| h.to_ascii_lowercase()),
+        max_keys: raw.max_keys,
+        sync_interval_ms: sync,
+        stat_prefix: raw.stat_prefix,
+    })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn default_classifier_sets() -> Result<(StatusSet, GrpcCodeSet, LocalFailureSet), ConfigError> {
+    let statuses = StatusSet::from_strs(&["500", "502-599"])
+        .map_err(|e| ConfigError::new("failure_statuses", e))?;
+    let grpc: GrpcCodeSet =
+        serde_json::from_str(r#"["UNAVAILABLE","DEADLINE_EXCEEDED","INTERNAL","UNKNOWN"]"#)
+            .map_err(|e| ConfigError::new("grpc_failure_codes", e.to_string()))?;
+    let local: LocalFailureSet = serde_json::from_str(r#"["connect_failure","reset","timeout"]"#)
+        .map_err(|e| ConfigError::new("local_failures", e.to_string()))?;
+    Ok((statuses, grpc, local))
+}
+
+fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigError> {
+    let err = |name: &str, rule: String| ConfigError::new(field(prefix, name), rule);
+    let window = match raw.window_type {
+        RawWindowType::Time => {
+            let ms = raw.window.as_ms();
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(err(
+                    "window",
+                    format!("must be between 100ms and 1h, got {}", raw.window),
+                ));
+            }
+            WindowSpec::Time {
+                window_ms: ms,
+                buckets: 10,
+            }
+        }
+        RawWindowType::Count => {
+            if !(1..=10_000).contains(&raw.window_size) {
+                return Err(err(
+                    "window_size",
+                    format!("must be between 1 and 10000, got {}", raw.window_size),
+                ));
+            }
+            WindowSpec::Count {
+                size: raw.window_size,
+            }
+        }
+    };
+    if raw.minimum_requests == 0 {
+        return Err(err(
+            "minimum_requests",
+            "must be at least 1, got 0".to_owned(),
+        ));
+    }
+    if raw.open_duration.as_ms() == 0 {
+        return Err(err(
+            "open_duration",
+            "must be at least 1ms, got 0s".to_owned(),
+        ));
+    }
+    if raw.max_open_duration < raw.open_duration {
+        return Err(err(
+            "max_open_duration",
+            format!(
+                "must be at least open_duration ({}), got {}",
+                raw.open_duration, raw.max_open_duration
+            ),
+        ));
+    }
+    if !(raw.open_duration_multiplier.is_finite()
+        && (1.0..=100.0).contains(&raw.open_duration_multiplier))
+    {
+        return Err(err(
+            "open_duration_multiplier",
+            format!(
+                "must be between 1 and 100, got {}",
+                raw.open_duration_multiplier
+            ),
+        ));
+    }
+    if !(1..=1_000).contains(&raw.half_open_probes) {
+        return Err(err(
+            "half_open_probes",
+            format!("must be between 1 and 1000, got {}", raw.half_open_probes),
+        ));
+    }
+    if raw.probe_timeout.as_ms() == 0 {
+        return Err(err(
+            "probe_timeout",
+            "must be at least 1ms, got 0s".to_owned(),
+        ));
+    }
+    if raw.force_open && raw.force_closed {
+        return Err(err(
+            "force_closed",
+            "cannot be true together with force_open".to_owned(),
+        ));
+    }
+    let status = raw.rejection.status.unwrap_or(503);
+    if !(200..=599).contains(&status) {
+        return Err(err(
+            "rejection.status",
+            format!("must be between 200 and 599, got {status}"),
+        ));
+    }
+    let mut headers = Vec::with_capacity(raw.rejection.headers.len());
+    for (k, v) in raw.rejection.headers {
+        if k.is_empty() || !k.bytes().all(is_token_byte) || k.starts_with(':') {
+            return Err(err(
+                "rejection.headers",
+                format!("{k:?} is not a valid header name"),
+            ));
+        }
+        if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(err(
+                &format!("rejection.headers.{k}"),
+                "must not contain CR, LF or NUL".to_owned(),
+            ));
+        }
+        headers.push((k.to_ascii_lowercase(), v));
+    }
+    let body = match (raw.rejection.body, raw.rejection.content_type) {
+        (Some(b), ct) => Some((b, ct.unwrap_or_else(|| "text/plain".to_owned()))),
+        (None, Some(_)) => {
+            return Err(err(
+                "rejection.content_type",
+                "needs rejection.body (the default body is application/problem+json)".to_owned(),
+            ))
+        }
+        (None, None) => None,
+    };
+    let (d_statuses, d_grpc, d_local) = default_classifier_sets()?;
+    let slow_call_ms = raw.slow_call_duration.map(|d| d.as_ms());
+    if slow_call_ms == Some(0) {
+        return Err(err(
+            "slow_call_duration",
+            "must be at least 1ms, got 0s".to_owned(),
+        ));
+    }
+    Ok(Settings {
+        mode: raw.mode,
+        policy: Policy {
+            window,
+            minimum_requests: raw.minimum_requests,
+            failure_rate_threshold: raw.failure_rate_threshold.map(|p| p.value()),
+            slow_call_rate_threshold: match slow_call_ms {
+                Some(_) => raw.slow_call_rate_threshold.map(|p| p.value()),
+                None => None,
+            },
+            consecutive_failures: raw.consecutive_failures,
+            open_duration_ms: raw.open_duration.as_ms(),
+            open_duration_multiplier: raw.open_duration_multiplier,
+            max_open_duration_ms: raw.max_open_duration.as_ms(),
+            open_jitter: raw.open_jitter_percent.fraction(),
+            half_open_probes: raw.half_open_probes,
+            probe_timeout_ms: raw.probe_timeout.as_ms(),
+            honor_retry_after: raw.honor_retry_after,
+        },
+        classifier: Classifier {
+            statuses: raw.failure_statuses.unwrap_or(d_statuses),
+            grpc_codes: raw.grpc_failure_codes.unwrap_or(d_grpc),
+            local: raw.local_failures.unwrap_or(d_local),
+            slow_call_ms,
+        },
+        force_open: raw.force_open,
+        force_closed: raw.force_closed,
+        rejection: Rejection {
+            status,
+            headers,
+            body,
+        },
+    })
+}
+
+/// Whether a local failure is one the breaker counts under these settings.
+pub fn counts_local(settings: &Settings, f: LocalFailure) -> bool {
+    settings.classifier.local.contains(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Ok(_) => panic!("expected {json} to be rejected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_empty_configuration_means_every_default() {
+        let c = parse(b"").unwrap();
+        let s = &c.routes.defaults;
+        assert_eq!(s.mode, Mode::Enforce);
+        assert_eq!(
+            s.policy,
+            Policy {
+                open_jitter: 0.1,
+                ..Policy::default()
+            }
+        );
+        assert!(s.classifier.statuses.contains(500));
+        assert!(!s.classifier.statuses.contains(501));
+        assert!(s.classifier.statuses.contains(503));
+        assert!(!s.classifier.statuses.contains(429));
+        assert!(s.classifier.grpc_codes.contains(14));
+        assert!(!s.classifier.grpc_codes.contains(5));
+        assert_eq!(s.rejection.status, 503);
+        assert_eq!(c.global.max_keys, 100);
+        assert_eq!(c.global.sync_interval_ms, 100);
+    }
+
+    #[test]
+    fn a_route_overrides_only_the_fields_it_names() {
+        let c = parse(
+            br#"{"failure_rate_threshold": 30, "minimum_requests": 5,
+                 "routes": [{"name": "slow", "match": {"prefix": "/slow"}, "minimum_requests": 50}]}"#,
+        )
+        .unwrap();
+        let r = &c.routes.routes[0].settings.policy;
+        assert_eq!(r.minimum_requests, 50);
+        assert_eq!(r.failure_rate_threshold, Some(30.0));
+        assert_eq!(c.routes.defaults.policy.minimum_requests, 5);
+    }
+
+    #[test]
+    fn an_out_of_range_threshold_in_a_route_names_the_route_and_field() {
+        assert_eq!(
+            err(
+                r#"{"routes": [{"match": {"prefix": "/a"}}, {"match": {"prefix": "/b"}, "failure_rate_threshold": 150}]}"#
+            ),
+            "routes[1].failure_rate_threshold: must be between 0 and 100, got 150"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_their_name() {
+        assert!(err(r#"{"failure_rate": 10}"#).contains("failure_rate"));
+    }
+
+    #[test]
+    fn a_maximum_open_time_below_the_open_time_is_rejected() {
+        assert_eq!(
+            err(r#"{"open_duration": "10s", "max_open_duration": "1s"}"#),
+            "max_open_duration: must be at least open_duration (10s), got 1s"
+        );
+    }
+
+    #[test]
+    fn forcing_open_and_closed_at_once_is_rejected() {
+        assert_eq!(
+            err(r#"{"force_open": true, "force_closed": true}"#),
+            "force_closed: cannot be true together with force_open"
+        );
+    }
+
+    #[test]
+    fn bad_durations_statuses_and_modes_name_their_field() {
+        assert!(err(r#"{"window": 10}"#).starts_with("window: "));
+        assert!(err(r#"{"failure_statuses": ["6xx"]}"#).starts_with("failure_statuses"));
+        assert!(err(r#"{"mode": "sometimes"}"#).starts_with("mode"));
+        assert!(err(r#"{"max_keys": 0}"#).starts_with("max_keys: "));
+        assert!(err(r#"{"half_open_probes": 0}"#).starts_with("half_open_probes: "));
+        assert!(err(r#"{"rejection": {"status": 99}}"#).starts_with("rejection.status: "));
+        assert!(err(r#"{"key_header": "bad header"}"#).starts_with("key_header: "));
+    }
+
+    #[test]
+    fn a_null_threshold_disables_that_signal() {
+        let c = parse(br#"{"failure_rate_threshold": null, "consecutive_failures": 3}"#).unwrap();
+        assert_eq!(c.routes.defaults.policy.failure_rate_threshold, None);
+    }
+
+    #[test]
+    fn the_slow_call_signal_is_off_until_a_slow_call_duration_is_set() {
+        let c = parse(br#"{"slow_call_rate_threshold": 50}"#).unwrap();
+        assert_eq!(c.routes.defaults.policy.slow_call_rate_threshold, None);
+        let c =
+            parse(br#"{"slow_call_rate_threshold": 50, "slow_call_duration": "200ms"}"#).unwrap();
+        assert_eq!(
+            c.routes.defaults.policy.slow_call_rate_threshold,
+            Some(50.0)
+        );
+        assert_eq!(c.routes.defaults.classifier.slow_call_ms, Some(200));
+    }
+}

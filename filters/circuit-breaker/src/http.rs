@@ -1,0 +1,355 @@
+//! The per-request side: decide at request headers, observe the response, report the outcome.
+//!
+//! A request is in one of four roles: *unguarded* (disabled route, forced closed, key overflow or
+//! a shared-data error: it passes and is not counted), *counted* (closed breaker: its outcome goes
+//! into the worker's delta), *probe* (it holds one of the half-open permits: its outcome is
+//! reported under CAS at once) or *rejected* (a local reply; nothing reaches the upstream). In
+//! dry-run a would-be rejection passes, is counted as `dry_run_would_reject`, is explained by the
+//! response header, and its outcome is not recorded (as if it had been rejected).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use resilience_core::breaker::{Admission, ProbeGrant, ProbeOutcome, Rejection, State};
+use resilience_core::deadline::parse_millis;
+use resilience_core::outcome::{
+    local_failure_from_flags, parse_grpc_status, Classifier, LocalFailure, ResponseFacts,
+};
+use resilience_core::problem::{bounded, Problem};
+use resilience_core::routes::RequestView;
+use resilience_host::request::{self, HostRequest};
+use resilience_host::{clock, props, reply};
+
+use crate::config::{Mode, Settings, DECISION_HEADER};
+use crate::worker::Worker;
+
+/// Upper bound on an upstream's `retry-after` we remember (one day); larger values are clamped
+/// anyway by `max_open_duration`.
+const MAX_HINT_MS: u64 = 86_400_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Unguarded,
+    Counted,
+    Probe { generation: u32 },
+    Rejected,
+    WouldReject(Rejection),
+}
+
+/// The HTTP context of the circuit-breaker filter.
+pub struct BreakerHttp {
+    worker: Option<Rc<RefCell<Worker>>>,
+    role: Role,
+    key: String,
+    start_ms: u64,
+    first_byte_ms: u64,
+    status: u16,
+    grpc_status: Option<u32>,
+    hint_ms: u64,
+}
+
+impl BreakerHttp {
+    pub fn new(worker: Option<Rc<RefCell<Worker>>>) -> Self {
+        BreakerHttp {
+            worker,
+            role: Role::Unguarded,
+            key: String::new(),
+            start_ms: 0,
+            first_byte_ms: 0,
+            status: 0,
+            grpc_status: None,
+            hint_ms: 0,
+        }
+    }
+
+    fn decide(&mut self, w: &mut Worker) -> Action {
+        let mut req = HostRequest::new();
+        let config = Rc::clone(&w.config);
+        let selected = config.routes.select(&mut req);
+        let settings: &Settings = selected.settings;
+        if settings.mode == Mode::Disabled || settings.force_closed {
+            return Action::Continue;
+        }
+        let base = match selected.index {
+            Some(_) => selected.name.to_owned(),
+            None => req
+                .route_name_owned()
+                .or_else(props::cluster_name)
+                .unwrap_or_else(|| "default".to_owned()),
+        };
+        let header_value = config
+            .global
+            .key_header
+            .as_deref()
+            .map(|h| req.header(h).unwrap_or("-").to_owned());
+        self.key = Worker::key(&base, header_value.as_deref());
+        let now = clock::now_ms();
+        self.start_ms = now;
+        let Some(entry) = w.entry(&self.key, selected.index) else {
+            return Action::Continue;
+        };
+        entry.pending.requests += 1;
+        if settings.force_open {
+            return self.reject(
+                w,
+                settings,
+                Rejection::Open {
+                    reason: None,
+                    retry_after_s: 1,
+                },
+                true,
+            );
+        }
+        let decision = match entry.view.admit(now) {
+            Admission::Allow => ProbeGrant::Closed,
+            Admission::Reject(r) => ProbeGrant::Rejected(r),
+            Admission::AskShared => w.acquire_probe(&self.key, now),
+        };
+        match decision {
+            ProbeGrant::Closed => {
+                self.role = Role::Counted;
+                Action::Continue
+            }
+            ProbeGrant::Granted { generation } => {
+                self.role = Role::Probe { generation };
+                Action::Continue
+            }
+            ProbeGrant::Rejected(r) => self.reject(w, settings, r, false),
+        }
+    }
+
+    fn reject(
+        &mut self,
+        w: &mut Worker,
+        settings: &Settings,
+        r: Rejection,
+        forced: bool,
+    ) -> Action {
+        let Some(entry) = w.entries.get_mut(&self.key) else {
+            return Action::Continue;
+        };
+        if settings.mode == Mode::DryRun {
+            entry.pending.would_reject += 1;
+            log::debug!(
+                "circuit_breaker {}: dry run: would reject ({})",
+                self.key,
+                explain(r, forced)
+            );
+            self.role = Role::WouldReject(r);
+            return Action::Continue;
+        }
+        entry.pending.rejected += 1;
+        self.role = Role::Rejected;
+        let retry_after = r.retry_after_s().to_string();
+        let decision = explain(r, forced);
+        let mut headers: Vec<(&str, &str)> = vec![
+            ("retry-after", retry_after.as_str()),
+            (DECISION_HEADER, decision.as_str()),
+        ];
+        for (k, v) in &settings.rejection.headers {
+            headers.push((k.as_str(), v.as_str()));
+        }
+        match &settings.rejection.body {
+            Some((body, content_type)) => {
+                headers.push(("content-type", content_type.as_str()));
+                let _ = proxy_wasm::hostcalls::send_http_response(
+                    u32::from(settings.rejection.status),
+                    headers,
+                    Some(body.as_bytes()),
+                );
+            }
+            None => {
+                let reason = if forced {
+                    "forced_open"
+                } else {
+                    r.reason().map_or("unknown", |x| x.as_str())
+                };
+                let problem = Problem {
+                    status: settings.rejection.status,
+                    kind: "circuit-open",
+                    title: "Circuit breaker open",
+                    detail: bounded(
+                        &format!(
+                            "Requests for {} are rejected while its circuit breaker is {} ({reason}); retry after {} s.",
+                            self.key,
+                            r.state().as_str(),
+                            r.retry_after_s()
+                        ),
+                        256,
+                    ),
+                    extensions: vec![
+                        ("breaker", serde_json::Value::from(self.key.clone())),
+                        ("state", serde_json::Value::from(r.state().as_str())),
+                        ("reason", serde_json::Value::from(reason)),
+                        ("retry_after", serde_json::Value::from(r.retry_after_s())),
+                    ],
+                };
+                reply::send_problem(&problem, &headers);
+            }
+        }
+        Action::Pause
+    }
+
+    /// What the response tells us: status, gRPC status and the upstream's back-off hint.
+    fn observe_response_headers(&mut self) {
+        self.first_byte_ms = clock::now_ms();
+        self.status = request::response_header_bytes(":status")
+            .and_then(|v| parse_u16(&v))
+            .unwrap_or(0);
+        if let Some(g) =
+            request::response_header_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
+        {
+            self.grpc_status = Some(g);
+        }
+        if self.status >= 400 || self.grpc_status.is_some_and(|g| g != 0) {
+            let retry_after = request::response_header_bytes("retry-after")
+                .and_then(|v| parse_millis(&v))
+                .map(|s| s.saturating_mul(1000));
+            let pushback = request::response_header_bytes("grpc-retry-pushback-ms")
+                .and_then(|v| parse_millis(&v));
+            self.hint_ms = retry_after.max(pushback).unwrap_or(0).min(MAX_HINT_MS);
+        }
+    }
+
+    fn classify(&self, classifier: &Classifier) -> Option<(bool, bool)> {
+        let mut local: Option<LocalFailure> = None;
+        let mut status = self.status;
+        if status == 0 {
+            status = props::u64(&["response", "code"])
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(0);
+        }
+        if status == 0 || status >= 500 {
+            local = props::u64(&["response", "flags"]).and_then(local_failure_from_flags);
+            if status == 0 && local.is_none() {
+                // No response and no upstream failure flag: the client went away. Not an outcome.
+                return None;
+            }
+        }
+        let end = if self.first_byte_ms > 0 {
+            self.first_byte_ms
+        } else {
+            clock::now_ms()
+        };
+        let facts = ResponseFacts {
+            status,
+            grpc_status: self.grpc_status,
+            local,
+            duration_ms: end.saturating_sub(self.start_ms),
+        };
+        let c = classifier.classify(&facts);
+        Some((c.is_failure(), c.slow))
+    }
+}
+
+fn explain(r: Rejection, forced: bool) -> String {
+    if forced {
+        return "open; reason=forced_open".to_owned();
+    }
+    let reason = r.reason().map_or("unknown", |x| x.as_str());
+    match r.state() {
+        State::HalfOpen => format!("half_open; reason={reason}; probes=full"),
+        s => format!("{}; reason={reason}", s.as_str()),
+    }
+}
+
+fn parse_u16(v: &[u8]) -> Option<u16> {
+    if v.is_empty() || v.len() > 3 {
+        return None;
+    }
+    let mut n: u16 = 0;
+    for b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u16::from(b - b'0');
+    }
+    Some(n)
+}
+
+impl Context for BreakerHttp {}
+
+impl HttpContext for BreakerHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return Action::Continue;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        self.decide(&mut w)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        match self.role {
+            Role::Unguarded | Role::Rejected => {}
+            Role::WouldReject(r) => {
+                let explanation = format!("dry_run; would_reject={}", explain(r, false));
+                request::set_response_header(DECISION_HEADER, &explanation);
+            }
+            Role::Counted | Role::Probe { .. } => self.observe_response_headers(),
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if matches!(self.role, Role::Counted | Role::Probe { .. }) {
+            if let Some(g) =
+                request::response_trailer_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
+            {
+                self.grpc_status = Some(g);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if !matches!(self.role, Role::Counted | Role::Probe { .. }) {
+            return;
+        }
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return;
+        };
+        let config = Rc::clone(&w.config);
+        let Some(index) = w.entries.get(&self.key).map(|e| e.route_index) else {
+            return;
+        };
+        let settings = index
+            .and_then(|i| config.routes.routes.get(i))
+            .map_or(&config.routes.defaults, |r| &r.settings);
+        let outcome = self.classify(&settings.classifier);
+        match self.role {
+            Role::Probe { generation } => {
+                let probe = match outcome {
+                    None => ProbeOutcome::Abandoned,
+                    Some((true, _)) => ProbeOutcome::Failure,
+                    // A slow probe fails when slow calls can trip this breaker.
+                    Some((false, true)) if settings.policy.slow_call_rate_threshold.is_some() => {
+                        ProbeOutcome::Failure
+                    }
+                    Some((false, _)) => ProbeOutcome::Success,
+                };
+                w.report_probe(&self.key, generation, probe, self.hint_ms, clock::now_ms());
+            }
+            _ => {
+                if let (Some((failure, slow)), Some(entry)) =
+                    (outcome, w.entries.get_mut(&self.key))
+                {
+                    entry.delta.record(failure, slow);
+                    if failure {
+                        entry.delta.hint_retry_after(self.hint_ms);
+                        entry.pending.failures += 1;
+                    }
+                    if slow {
+                        entry.pending.slow_calls += 1;
+                    }
+                }
+            }
+        }
+    }
+}

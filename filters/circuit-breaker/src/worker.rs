@@ -1,0 +1,352 @@
+//! One worker's side of the breakers: cached views, pending outcomes, and the shared-data calls
+//! that keep every worker on one state per breaker key.
+//!
+//! The healthy path never touches shared data: a request checks the cached [`View`], and its
+//! outcome goes into a per-worker [`Delta`]. On each tick the worker publishes its deltas (one CAS
+//! per key with news) and refreshes its views (one read per key). Only decisions that must be exact
+//! across workers, taking and returning half-open probe permits, pay for a CAS on the request path.
+//!
+//! Key space: breakers are keyed by the matched `routes` entry (or the Envoy route name, falling
+//! back to the cluster name), optionally joined with a request header's value. Shared data cannot
+//! delete keys, so the number of keys is capped by `max_keys` through a registry kept in shared
+//! data; a request whose key does not fit passes unguarded and is counted as `keys_overflow`.
+
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+use resilience_core::backoff::random_u64;
+use resilience_core::breaker::{
+    Delta, ProbeGrant, ProbeOutcome, Published, SharedBreaker, State, Transition, View,
+};
+use resilience_host::metrics::{sanitize_segment, Metrics};
+use resilience_host::shared::{self, cas_update, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+
+use crate::config::{FilterConfig, Settings};
+use crate::stats;
+
+/// Longest key segment kept from a route name or header value (stats and shared-data keys).
+const MAX_KEY_SEGMENT: usize = 64;
+
+/// One breaker as this worker sees it.
+pub struct Entry {
+    /// Which `routes` entry's settings apply (`None` = the defaults).
+    pub route_index: Option<usize>,
+    pub view: View,
+    pub delta: Delta,
+    pub shared_key: String,
+    pub stat_base: String,
+    pub pending: stats::Pending,
+}
+
+/// All of one worker's breakers for one filter instance.
+pub struct Worker {
+    pub config: Rc<FilterConfig>,
+    pub entries: HashMap<String, Entry>,
+    pub metrics: Metrics,
+    namespace: String,
+    registry_key: String,
+    pub global_pending: stats::GlobalPending,
+}
+
+impl Worker {
+    pub fn new(config: Rc<FilterConfig>, plugin: &str) -> Self {
+        let namespace = format!("rpack/cb/{}", sanitize_segment(plugin, MAX_KEY_SEGMENT));
+        let registry_key = format!("{namespace}/#keys");
+        let mut metrics = Metrics::new();
+        stats::define_global(&mut metrics, &config.global.stat_prefix);
+        Worker {
+            config,
+            entries: HashMap::new(),
+            metrics,
+            namespace,
+            registry_key,
+            global_pending: stats::GlobalPending::default(),
+        }
+    }
+
+    /// The settings an entry uses.
+    pub fn settings(&self, route_index: Option<usize>) -> &Settings {
+        route_index
+            .and_then(|i| self.config.routes.routes.get(i))
+            .map_or(&self.config.routes.defaults, |r| &r.settings)
+    }
+
+    /// Build a breaker key from its parts, bounded and safe for stats and shared-data keys.
+    pub fn key(base: &str, header_value: Option<&str>) -> String {
+        let base = sanitize_segment(base, MAX_KEY_SEGMENT);
+        match header_value {
+            Some(v) => format!("{base}__{}", sanitize_segment(v, MAX_KEY_SEGMENT)),
+            None => base,
+        }
+    }
+
+    /// Find or admit the entry for `key`; `None` when `max_keys` is reached (the request passes
+    /// unguarded) or shared data failed.
+    pub fn entry(&mut self, key: &str, route_index: Option<usize>) -> Option<&mut Entry> {
+        if !self.entries.contains_key(key) {
+            if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+                self.global_pending.keys_overflow += 1;
+                return None;
+            }
+            let settings = self.settings(route_index);
+            let policy = settings.policy.clone();
+            let shared_key = format!("{}/{key}", self.namespace);
+            let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
+            stats::define_entry(&mut self.metrics, &stat_base);
+            let mut entry = Entry {
+                route_index,
+                view: View::INITIAL,
+                delta: Delta::new(0, policy.window),
+                shared_key,
+                stat_base,
+                pending: stats::Pending::default(),
+            };
+            refresh(&mut entry, &policy, &mut self.global_pending);
+            self.entries.insert(key.to_owned(), entry);
+        }
+        self.entries.get_mut(key)
+    }
+
+    /// Add `key` to the shared registry if there is room; true if it is (now) registered.
+    fn register(&mut self, key: &str) -> bool {
+        let max = self.config.global.max_keys as usize;
+        let result = cas_update(&self.registry_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+            let text = cur.map(String::from_utf8_lossy).unwrap_or_default();
+            let known = text.split('\n').filter(|k| !k.is_empty());
+            let mut count = 0usize;
+            for k in known {
+                if k == key {
+                    return Update::Keep(true);
+                }
+                count += 1;
+            }
+            if count >= max {
+                return Update::Keep(false);
+            }
+            let mut next = text.into_owned();
+            next.push_str(key);
+            next.push('\n');
+            Update::Write(next.into_bytes(), true)
+        });
+        match result {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                self.global_pending.count_shared_error(e);
+                false
+            }
+        }
+    }
+
+    /// The tick: publish every entry's outcomes and refresh every view; flush stats.
+    pub fn tick(&mut self, now_ms: u64) {
+        let config = Rc::clone(&self.config);
+        for entry in self.entries.values_mut() {
+            let settings = route_settings(&config, entry.route_index);
+            if entry.delta.is_empty() {
+                refresh(entry, &settings.policy, &mut self.global_pending);
+            } else {
+                publish(
+                    entry,
+                    settings,
+                    now_ms,
+                    &mut self.metrics,
+                    &mut self.global_pending,
+                );
+            }
+            stats::flush_entry(&mut self.metrics, entry);
+        }
+        stats::flush_global(
+            &mut self.metrics,
+            &config.global.stat_prefix,
+            &mut self.global_pending,
+        );
+    }
+
+    /// Take a half-open probe permit under CAS. On a shared-data error the request is allowed
+    /// (fail open) and counted.
+    pub fn acquire_probe(&mut self, key: &str, now_ms: u64) -> ProbeGrant {
+        let config = Rc::clone(&self.config);
+        let Some(entry) = self.entries.get_mut(key) else {
+            return ProbeGrant::Closed;
+        };
+        let policy = &route_settings(&config, entry.route_index).policy;
+        let resets = &mut self.global_pending.state_resets;
+        let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+            let (mut b, reset) = decode(cur, policy);
+            let (grant, transition) = b.try_acquire_probe(now_ms, policy);
+            let view = b.view();
+            if transition.is_some() || matches!(grant, ProbeGrant::Granted { .. }) || reset {
+                Update::Write(b.encode(), (grant, transition, view, reset))
+            } else {
+                Update::Keep((grant, transition, view, reset))
+            }
+        });
+        match result {
+            Ok((grant, transition, view, reset)) => {
+                if reset {
+                    *resets += 1;
+                }
+                entry.view = view;
+                if let Some(t) = transition {
+                    stats::transition(&mut self.metrics, &entry.stat_base, &t);
+                }
+                if matches!(grant, ProbeGrant::Granted { .. }) {
+                    entry.pending.probes_admitted += 1;
+                }
+                grant
+            }
+            Err(e) => {
+                self.global_pending.count_shared_error(e);
+                ProbeGrant::Closed
+            }
+        }
+    }
+
+    /// Report a probe's outcome under CAS.
+    pub fn report_probe(
+        &mut self,
+        key: &str,
+        generation: u32,
+        outcome: ProbeOutcome,
+        hint_ms: u64,
+        now_ms: u64,
+    ) {
+        let config = Rc::clone(&self.config);
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let policy = &route_settings(&config, entry.route_index).policy;
+        let random = random_u64();
+        let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+            let (mut b, _) = decode(cur, policy);
+            let t = b.probe_result(generation, outcome, now_ms, policy, random, hint_ms);
+            let view = b.view();
+            match t {
+                Some(_) => Update::Write(b.encode(), (t, view)),
+                None if outcome == ProbeOutcome::Success || outcome == ProbeOutcome::Abandoned => {
+                    Update::Write(b.encode(), (t, view))
+                }
+                None => Update::Keep((t, view)),
+            }
+        });
+        match outcome {
+            ProbeOutcome::Success => entry.pending.probes_succeeded += 1,
+            ProbeOutcome::Failure => entry.pending.probes_failed += 1,
+            ProbeOutcome::Abandoned => {}
+        }
+        match result {
+            Ok((t, view)) => {
+                entry.view = view;
+                if let Some(t) = t {
+                    stats::transition(&mut self.metrics, &entry.stat_base, &t);
+                    log_transition(&entry.stat_base, &t);
+                    if t.to == State::Closed {
+                        entry.delta = Delta::new(view.generation, policy.window);
+                    }
+                }
+            }
+            Err(e) => self.global_pending.count_shared_error(e),
+        }
+    }
+}
+
+fn route_settings(config: &FilterConfig, route_index: Option<usize>) -> &Settings {
+    route_index
+        .and_then(|i| config.routes.routes.get(i))
+        .map_or(&config.routes.defaults, |r| &r.settings)
+}
+
+/// Decode shared bytes, starting afresh on absence or garbage; the flag says garbage was seen.
+fn decode(cur: Option<&[u8]>, policy: &resilience_core::breaker::Policy) -> (SharedBreaker, bool) {
+    match cur {
+        None => (SharedBreaker::new(policy), false),
+        Some([]) => (SharedBreaker::new(policy), false),
+        Some(bytes) => match SharedBreaker::decode(bytes, policy) {
+            Ok(b) => (b, false),
+            Err(_) => (SharedBreaker::new(policy), true),
+        },
+    }
+}
+
+/// Re-read the shared state into the cached view (one read, no write).
+fn refresh(
+    entry: &mut Entry,
+    policy: &resilience_core::breaker::Policy,
+    g: &mut stats::GlobalPending,
+) {
+    match shared::get(&entry.shared_key) {
+        Ok(v) => {
+            let (b, reset) = decode(v.value.as_deref(), policy);
+            if reset {
+                g.state_resets += 1;
+            }
+            adopt_view(entry, b.view(), policy);
+        }
+        Err(e) => g.count_shared_error(e),
+    }
+}
+
+/// Take a view read from shared data; outcomes pending under an older generation are dropped.
+fn adopt_view(entry: &mut Entry, view: View, policy: &resilience_core::breaker::Policy) {
+    if view.generation != entry.delta.generation {
+        entry.delta = Delta::new(view.generation, policy.window);
+    }
+    entry.view = view;
+}
+
+fn publish(
+    entry: &mut Entry,
+    settings: &Settings,
+    now_ms: u64,
+    metrics: &mut Metrics,
+    g: &mut stats::GlobalPending,
+) {
+    let policy = &settings.policy;
+    let random = random_u64();
+    let delta = &entry.delta;
+    let result: Result<(Option<Transition>, View, bool), SharedError> =
+        cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+            let (mut b, reset) = decode(cur, policy);
+            match b.publish(delta, now_ms, policy, random) {
+                Published::Merged(t) => {
+                    let view = b.view();
+                    Update::Write(b.encode(), (t, view, reset))
+                }
+                Published::Stale => Update::Keep((None, b.view(), reset)),
+            }
+        });
+    match result {
+        Ok((t, view, reset)) => {
+            if reset {
+                g.state_resets += 1;
+            }
+            if let Some(t) = t {
+                stats::transition(metrics, &entry.stat_base, &t);
+                log_transition(&entry.stat_base, &t);
+            }
+            entry.delta = Delta::new(view.generation, policy.window);
+            entry.view = view;
+        }
+        Err(e) => {
+            // Keep the outcomes for the next tick; a persistent error drops them with the
+            // generation check once the view moves on.
+            g.count_shared_error(e);
+        }
+    }
+}
+
+fn log_transition(stat_base: &str, t: &Transition) {
+    match (t.to, t.reason) {
+        (State::Open, Some(r)) => log::warn!(
+            "circuit breaker {stat_base}: {} -> open for {} ms ({})",
+            t.from.as_str(),
+            t.open_ms,
+            r.as_str()
+        ),
+        _ => log::info!(
+            "circuit breaker {stat_base}: {} -> {}",
+            t.from.as_str(),
+            t.to.as_str()
+        ),
+    }
+}

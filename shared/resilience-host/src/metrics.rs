@@ -1,0 +1,86 @@
+//! Stats: counters and gauges that add up correctly across Envoy's workers.
+//!
+//! Every worker's VM defines the same metric names; Envoy adds counter increments from all of
+//! them. A gauge `set` from one worker would overwrite another's, so gauges here only move by
+//! signed increments, and the caller adjusts them exactly once per real change (for the breaker,
+//! the worker whose CAS made the transition). Metrics appear in Envoy as `wasmcustom.<name>`; in
+//! Prometheus output the namespace is dropped and dots become underscores.
+//!
+//! Names are defined lazily and cached per worker; the cache is bounded by the caller's key space.
+//! A host error defining or incrementing a metric is ignored: stats must never break traffic.
+
+use hashbrown::HashMap;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// A cache of metric ids by name, for one worker.
+#[derive(Default)]
+pub struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.insert(name.to_owned(), id);
+        Some(id)
+    }
+
+    /// Define a counter now (so it shows as 0 before its first event).
+    pub fn define_counter(&mut self, name: &str) {
+        let _ = self.id(MetricType::Counter, name);
+    }
+
+    /// Define a gauge now.
+    pub fn define_gauge(&mut self, name: &str) {
+        let _ = self.id(MetricType::Gauge, name);
+    }
+
+    /// Add `n` (> 0) to a counter.
+    pub fn count(&mut self, name: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(id) = self.id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Move a gauge by `delta` (either sign).
+    pub fn gauge_add(&mut self, name: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        if let Some(id) = self.id(MetricType::Gauge, name) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+}
+
+/// Make an arbitrary string safe as one segment of a metric name: `[A-Za-z0-9_-]`, at most
+/// `max_len` bytes, never empty. Dots would split the name into tag segments, and unbounded
+/// names would let traffic create unbounded stats.
+pub fn sanitize_segment(raw: &str, max_len: usize) -> String {
+    let mut out: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(max_len.max(1))
+        .collect();
+    if out.is_empty() {
+        out.push('_');
+    }
+    out
+}

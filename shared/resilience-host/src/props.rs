@@ -1,0 +1,44 @@
+//! Typed reads of Envoy properties (`get_property`).
+//!
+//! Envoy returns numbers as little-endian 8-byte integers, booleans as one byte and strings raw.
+//! A missing or malformed value is `None`: callers fall back rather than fail.
+
+use proxy_wasm::hostcalls;
+
+/// Raw bytes of a property.
+pub fn bytes(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
+}
+
+/// A property holding an integer (8 bytes little-endian; shorter values are zero-extended).
+pub fn u64(path: &[&str]) -> Option<u64> {
+    let b = bytes(path)?;
+    if b.is_empty() || b.len() > 8 {
+        return None;
+    }
+    let mut buf = [0u8; 8];
+    for (dst, src) in buf.iter_mut().zip(b.iter()) {
+        *dst = *src;
+    }
+    Some(u64::from_le_bytes(buf))
+}
+
+/// A property holding text; invalid UTF-8 is replaced, never trusted.
+pub fn string(path: &[&str]) -> Option<String> {
+    bytes(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// The name of the plugin instance (`config.name` of the Wasm filter), to namespace shared data.
+pub fn plugin_name() -> Option<String> {
+    string(&["plugin_name"]).filter(|s| !s.is_empty())
+}
+
+/// The Envoy route's `name` for the current request.
+pub fn route_name() -> Option<String> {
+    string(&["xds", "route_name"]).filter(|s| !s.is_empty())
+}
+
+/// The upstream cluster's name for the current request.
+pub fn cluster_name() -> Option<String> {
+    string(&["xds", "cluster_name"]).filter(|s| !s.is_empty())
+}

@@ -1,0 +1,119 @@
+//! A lazy view of the current request for route matching.
+//!
+//! Route matching may need the Envoy route name (a property read), the path, the method or a
+//! header. Each is fetched at most once per request and only if a matcher asks for it: host calls
+//! cost microseconds each. Header values are read as bytes: the SDK's `String` getters unwrap
+//! UTF-8 and would trap the VM on a hostile header, so non-UTF-8 values are treated as absent.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+use resilience_core::routes::RequestView;
+
+/// Read a request header as text, if present and valid UTF-8.
+pub fn request_header(name: &str) -> Option<String> {
+    header(MapType::HttpRequestHeaders, name)
+}
+
+/// Read a response header as text, if present and valid UTF-8.
+pub fn response_header(name: &str) -> Option<String> {
+    header(MapType::HttpResponseHeaders, name)
+}
+
+/// Read a response trailer as text, if present and valid UTF-8.
+pub fn response_trailer(name: &str) -> Option<String> {
+    header(MapType::HttpResponseTrailers, name)
+}
+
+/// Raw bytes of a request header.
+pub fn request_header_bytes(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Raw bytes of a response header.
+pub fn response_header_bytes(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// Raw bytes of a response trailer.
+pub fn response_trailer_bytes(name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name)
+        .ok()
+        .flatten()
+}
+
+/// Set (or replace) a response header.
+pub fn set_response_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+}
+
+/// Set (or replace) a request header.
+pub fn set_request_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+}
+
+fn header(map: MapType, name: &str) -> Option<String> {
+    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The current request, fetched lazily.
+#[derive(Default)]
+pub struct HostRequest {
+    route_name: Option<Option<String>>,
+    path: Option<Option<String>>,
+    method: Option<Option<String>>,
+    headers: Vec<(String, Option<String>)>,
+}
+
+impl HostRequest {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The route name, cached (also used for breaker keys).
+    pub fn route_name_owned(&mut self) -> Option<String> {
+        self.route_name().map(str::to_owned)
+    }
+}
+
+/// At most this many distinct headers are cached per request (bounded by the config's matchers).
+const MAX_CACHED_HEADERS: usize = 32;
+
+impl RequestView for HostRequest {
+    fn route_name(&mut self) -> Option<&str> {
+        self.route_name
+            .get_or_insert_with(crate::props::route_name)
+            .as_deref()
+    }
+
+    fn path(&mut self) -> Option<&str> {
+        self.path
+            .get_or_insert_with(|| request_header(":path"))
+            .as_deref()
+    }
+
+    fn method(&mut self) -> Option<&str> {
+        self.method
+            .get_or_insert_with(|| request_header(":method"))
+            .as_deref()
+    }
+
+    fn header(&mut self, name: &str) -> Option<&str> {
+        let pos = match self.headers.iter().position(|(n, _)| n == name) {
+            Some(p) => p,
+            None => {
+                let v = request_header(name);
+                if self.headers.len() >= MAX_CACHED_HEADERS {
+                    return None;
+                }
+                self.headers.push((name.to_owned(), v));
+                self.headers.len().saturating_sub(1)
+            }
+        };
+        self.headers.get(pos).and_then(|(_, v)| v.as_deref())
+    }
+}

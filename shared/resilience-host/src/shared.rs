@@ -1,0 +1,141 @@
+//! Shared data: the only state all of Envoy's workers see, updated by compare-and-swap.
+//!
+//! Envoy keeps one store per `vm_id` behind one mutex; each value carries a CAS token, bumped on
+//! every write. To change a value a worker reads it with its token, computes the new value and
+//! writes it back conditionally; if another worker wrote in between, the write fails with
+//! `CasMismatch` and the worker tries again from a fresh read. [`cas_update`] runs that loop a
+//! bounded number of times, so a pathological contention can cost latency but never hang a request.
+//!
+//! Why our own imports instead of the SDK's `get_shared_data`/`set_shared_data`: the SDK panics on
+//! any status it does not expect (some hosts answer `Unimplemented`), and a panic traps the VM.
+//! Here every status is a value. The store has no delete and no eviction: callers must keep their
+//! key space bounded by configuration.
+
+use core::ptr::null_mut;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+}
+
+const STATUS_OK: u32 = 0;
+const STATUS_NOT_FOUND: u32 = 1;
+const STATUS_CAS_MISMATCH: u32 = 8;
+
+/// Why a shared-data operation did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedError {
+    /// The host answered with an unexpected status (the raw code).
+    Host(u32),
+    /// Every attempt lost the race to another worker.
+    Contended,
+}
+
+impl SharedError {
+    /// Stable name for stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedError::Host(_) => "host_error",
+            SharedError::Contended => "cas_contended",
+        }
+    }
+}
+
+/// A value and the token that a conditional write must present.
+pub struct Versioned {
+    pub value: Option<Vec<u8>>,
+    pub cas: u32,
+}
+
+/// Read `key`. A missing key is `value: None` with `cas: 0` (a write with cas 0 creates it).
+pub fn get(key: &str) -> Result<Versioned, SharedError> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: the host writes a pointer to memory it allocated through the SDK's exported
+    // `proxy_on_memory_allocate` (a forgotten `Vec<u8>` of exactly `size` bytes), so taking it
+    // back with `Vec::from_raw_parts(data, size, size)` is how the SDK itself frees it.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match status {
+        STATUS_OK => {
+            let value = if data.is_null() {
+                None
+            } else {
+                // SAFETY: see above.
+                Some(unsafe { Vec::from_raw_parts(data, size, size) })
+            };
+            Ok(Versioned { value, cas })
+        }
+        STATUS_NOT_FOUND => Ok(Versioned {
+            value: None,
+            cas: 0,
+        }),
+        other => Err(SharedError::Host(other)),
+    }
+}
+
+/// The result of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Ok,
+    CasMismatch,
+}
+
+/// Write `value` if the stored token is still `cas` (0 writes unconditionally).
+pub fn set(key: &str, value: &[u8], cas: u32) -> Result<Written, SharedError> {
+    // SAFETY: pointers and lengths come from live slices; the host copies the bytes.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        STATUS_OK => Ok(Written::Ok),
+        STATUS_CAS_MISMATCH => Ok(Written::CasMismatch),
+        other => Err(SharedError::Host(other)),
+    }
+}
+
+/// What the update function decided after seeing the current value.
+pub enum Update<T> {
+    /// Write these bytes (conditionally) and return `T` if the write wins.
+    Write(Vec<u8>, T),
+    /// Nothing to change; return `T`.
+    Keep(T),
+}
+
+/// Default number of read-modify-write attempts before giving up as contended.
+pub const DEFAULT_CAS_ATTEMPTS: u32 = 8;
+
+/// Read-modify-write `key` under CAS, retrying at most `attempts` times.
+///
+/// `f` sees the current bytes (or `None`) and may run several times; it must be a pure function
+/// of what it sees.
+pub fn cas_update<T>(
+    key: &str,
+    attempts: u32,
+    mut f: impl FnMut(Option<&[u8]>) -> Update<T>,
+) -> Result<T, SharedError> {
+    for _ in 0..attempts.max(1) {
+        let current = get(key)?;
+        match f(current.value.as_deref()) {
+            Update::Keep(t) => return Ok(t),
+            Update::Write(bytes, t) => match set(key, &bytes, current.cas)? {
+                Written::Ok => return Ok(t),
+                Written::CasMismatch => continue,
+            },
+        }
+    }
+    Err(SharedError::Contended)
+}

@@ -1,0 +1,175 @@
+//! `cargo pack test`: every check, in the order that fails fastest.
+//!
+//! Each step runs as a child process with inherited output, so cargo's own `test result:` lines
+//! reach the terminal and CI. A summary table closes the run; any failed step fails the command.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use harness::paths::workspace_root;
+
+/// Every crate that is compiled to wasm32-wasip1 (filters and the code they link).
+const WASM_CRATES: &[&str] = &["resilience-core", "resilience-host", "circuit-breaker"];
+/// The filter crates whose `.wasm` modules Envoy loads.
+pub const FILTERS: &[&str] = &["circuit-breaker"];
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    c.current_dir(workspace_root());
+    c
+}
+
+fn step(name: &str, mut cmd: Command, results: &mut Vec<(String, bool, f64)>) -> bool {
+    println!("\n==> {name}");
+    let started = Instant::now();
+    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    results.push((name.to_owned(), ok, started.elapsed().as_secs_f64()));
+    ok
+}
+
+/// Build every filter for wasm32-wasip1 in release; returns the output directory.
+pub fn build_wasm() -> Result<PathBuf, String> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", "wasm32-wasip1"]);
+    for f in FILTERS {
+        cmd.args(["-p", f]);
+    }
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("the wasm build failed".to_owned());
+    }
+    Ok(workspace_root().join("target/wasm32-wasip1/release"))
+}
+
+/// The wasm-bindgen version in Cargo.lock (the test runner must match it exactly).
+fn locked_wasm_bindgen_version() -> Option<String> {
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock")).ok()?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "name = \"wasm-bindgen\"" {
+            let v = lines.next()?.trim();
+            return v
+                .strip_prefix("version = \"")
+                .and_then(|v| v.strip_suffix('"'))
+                .map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// Make sure `wasm-bindgen-test-runner` of the locked version is installed (≈3 min the first time).
+fn ensure_wasm_bindgen_runner() -> Result<(), String> {
+    let version = locked_wasm_bindgen_version().ok_or("no wasm-bindgen in Cargo.lock")?;
+    let installed = Command::new("wasm-bindgen-test-runner")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if installed.contains(&version) {
+        return Ok(());
+    }
+    println!(
+        "installing wasm-bindgen-cli {version} (the in-wasm test runner; about 3 minutes once)"
+    );
+    // `--locked` first (reproducible); some releases lock a dependency version the registry no
+    // longer serves (0.2.130 locks webpki-roots 1.0.11), so fall back to a fresh resolution.
+    for locked in [true, false] {
+        let mut cmd = cargo();
+        cmd.args(["install", "wasm-bindgen-cli", "--version", &version]);
+        if locked {
+            cmd.arg("--locked");
+        }
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run cargo install: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+    }
+    Err(format!("cargo install wasm-bindgen-cli {version} failed"))
+}
+
+pub fn test(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut results = Vec::new();
+    let mut ok = true;
+
+    if !quick {
+        let mut fmt = cargo();
+        fmt.args(["fmt", "--all", "--", "--check"]);
+        ok &= step("cargo fmt --check", fmt, &mut results);
+
+        let mut clippy = cargo();
+        clippy.args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        ok &= step("clippy (native)", clippy, &mut results);
+
+        let mut clippy_wasm = cargo();
+        clippy_wasm.args(["clippy", "--target", "wasm32-wasip1"]);
+        for c in WASM_CRATES {
+            clippy_wasm.args(["-p", c]);
+        }
+        clippy_wasm.args(["--", "-D", "warnings"]);
+        ok &= step("clippy (wasm32-wasip1)", clippy_wasm, &mut results);
+    }
+
+    let mut wasm = cargo();
+    wasm.args(["build", "--release", "--target", "wasm32-wasip1"]);
+    for f in FILTERS {
+        wasm.args(["-p", f]);
+    }
+    let built = step("build filters (wasm32-wasip1, release)", wasm, &mut results);
+    ok &= built;
+
+    if built {
+        let mut tests = cargo();
+        tests.args(["test", "--workspace"]);
+        // The end-to-end tests use the modules just built instead of building them again.
+        tests.env("RESILIENCE_SKIP_WASM_BUILD", "1");
+        ok &= step("tests (unit, property, real Envoy)", tests, &mut results);
+    }
+
+    if !quick {
+        match ensure_wasm_bindgen_runner() {
+            Ok(()) => {
+                let mut in_wasm = cargo();
+                in_wasm.args([
+                    "test",
+                    "-p",
+                    "resilience-core",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                ]);
+                ok &= step("core tests inside wasm (node)", in_wasm, &mut results);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                results.push(("core tests inside wasm (node)".to_owned(), false, 0.0));
+                ok = false;
+            }
+        }
+    }
+
+    println!("\n{:<44} {:>6} {:>9}", "step", "result", "seconds");
+    for (name, passed, secs) in &results {
+        println!(
+            "{:<44} {:>6} {:>9.1}",
+            name,
+            if *passed { "ok" } else { "FAILED" },
+            secs
+        );
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err("some steps failed (see above)".to_owned())
+    }
+}
