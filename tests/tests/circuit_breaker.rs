@@ -1,0 +1,702 @@
+//! The circuit breaker, proven against the real Envoy (several workers, one shared state).
+//!
+//! Each test starts its own Envoy (`--concurrency` 2 or 4) with the filter in front of a scripted
+//! upstream, drives real HTTP traffic, and asserts on what a client sees, on what the upstream
+//! received and on Envoy's stats. Figures worth reporting are printed (`--nocapture`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use harness::config::wasm_filter_yaml;
+use harness::{
+    filter_wasm, free_port, get, parallel, Behavior, ClusterSpec, Envoy, EnvoyOptions, ProxyConfig,
+    Response, RouteSpec, Upstream,
+};
+
+const HEADER: &str = "x-resilience-circuit-breaker";
+
+struct Rig {
+    envoy: Envoy,
+    upstream: Upstream,
+    port: u16,
+}
+
+impl Rig {
+    fn get(&self, path: &str) -> Response {
+        get(self.port, path).expect("request through Envoy")
+    }
+
+    fn stat(&self, key: &str, name: &str) -> u64 {
+        self.envoy
+            .stat(&format!("wasmcustom.circuit_breaker.{key}.{name}"))
+    }
+
+    /// Waits until a per-key stat reaches `n` (stats are flushed on the filter's tick).
+    fn wait_stat(&self, key: &str, name: &str, n: u64) -> u64 {
+        self.envoy
+            .wait_stat(
+                &format!("wasmcustom.circuit_breaker.{key}.{name}"),
+                n,
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.envoy.log_tail(40)))
+    }
+
+    fn assert_no_vm_failure(&self) {
+        let log = self.envoy.log();
+        for bad in [
+            "panicked",
+            "wasm trap",
+            "Function: proxy_on",
+            "RuntimeError",
+        ] {
+            assert!(
+                !log.contains(bad),
+                "Envoy log shows a VM failure ({bad}):\n{}",
+                self.envoy.log_tail(60)
+            );
+        }
+    }
+}
+
+fn rig_with(filter_json: &str, routes: &[(&str, &str)], concurrency: u32) -> Rig {
+    let upstream = Upstream::start().expect("upstream");
+    rig_for(upstream, filter_json, routes, concurrency)
+}
+
+fn rig_for(
+    upstream: Upstream,
+    filter_json: &str,
+    routes: &[(&str, &str)],
+    concurrency: u32,
+) -> Rig {
+    let wasm = filter_wasm("circuit-breaker").expect("circuit_breaker.wasm");
+    let port = free_port();
+    let filter = wasm_filter_yaml(
+        "circuit_breaker",
+        "circuit_breaker",
+        "cb",
+        &wasm,
+        filter_json,
+    );
+    let mut config = ProxyConfig::new(port, free_port())
+        .with_http_filters(&filter)
+        .cluster(ClusterSpec::new("upstream", &[upstream.port()]));
+    for (name, prefix) in routes {
+        config = config
+            .route(RouteSpec::new(name, prefix, "upstream").with_timeout(Duration::from_secs(5)));
+    }
+    let envoy = Envoy::start(
+        &config.render(),
+        &EnvoyOptions {
+            concurrency,
+            ..EnvoyOptions::default()
+        },
+    )
+    .expect("envoy starts with the filter");
+    envoy.wait_listener(port).expect("listener");
+    Rig {
+        envoy,
+        upstream,
+        port,
+    }
+}
+
+fn rig(filter_json: &str) -> Rig {
+    rig_with(filter_json, &[("default", "/")], 2)
+}
+
+fn is_rejection(r: &Response) -> bool {
+    r.status == 503 && r.header(HEADER).is_some()
+}
+
+/// Sends requests one by one until the breaker rejects one (or `limit` requests were sent).
+fn until_rejected(rig: &Rig, path: &str, limit: usize) -> Option<(usize, Response)> {
+    for i in 0..limit {
+        let r = rig.get(path);
+        if is_rejection(&r) {
+            return Some((i, r));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+const FAST: &str = r#""sync_interval": "50ms", "open_jitter_percent": 0"#;
+
+#[test]
+fn stays_closed_under_healthy_traffic() {
+    let rig = rig(&format!(r#"{{ {FAST}, "minimum_requests": 5 }}"#));
+    let results = parallel(8, 300, |_| rig.get("/ok").status);
+    assert!(results.iter().all(|s| *s == 200));
+    assert_eq!(rig.upstream.requests(), 300);
+    rig.wait_stat("default", "requests", 300);
+    assert_eq!(rig.stat("default", "rejected"), 0);
+    assert_eq!(rig.stat("default", "failures"), 0);
+    assert_eq!(
+        rig.envoy.stat("wasmcustom.circuit_breaker.default.state"),
+        0
+    );
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn does_not_trip_below_minimum_requests_even_if_every_request_fails() {
+    let rig = rig(&format!(r#"{{ {FAST}, "minimum_requests": 20 }}"#));
+    rig.upstream.set_default(Behavior::status(500));
+    for _ in 0..19 {
+        assert_eq!(rig.get("/x").status, 500);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rig.get("/x");
+    assert_eq!(r.status, 500, "the 20th request still reaches the upstream");
+    assert_eq!(rig.upstream.requests(), 20);
+}
+
+#[test]
+fn trips_at_the_configured_failure_rate_and_then_rejects_fast_with_retry_after() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "minimum_requests": 20, "failure_rate_threshold": 50, "open_duration": "10s" }}"#
+    ));
+    // 40% failures: below the threshold, the breaker stays closed.
+    rig.upstream.set_default(
+        Behavior::status(200)
+            .failing_every_nth(5)
+            .on_failure(Behavior::status(500)),
+    );
+    for _ in 0..50 {
+        rig.get("/x");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(rig.get("/x").status, 503);
+
+    // Every request fails now. The window holds 10 failures in 50 (+1 probe of the state), so
+    // the 40th failure from here makes it 50/101 < 50% and the 41st crosses the threshold.
+    rig.upstream.set_default(Behavior::status(500));
+    let mut crossed_at = None;
+    let mut first = None;
+    for i in 0..500 {
+        let r = rig.get("/x");
+        if is_rejection(&r) {
+            first = Some((i, r));
+            break;
+        }
+        let failures_so_far = 10 + i + 1;
+        let total_so_far = 51 + i + 1;
+        if crossed_at.is_none() && failures_so_far * 2 >= total_so_far {
+            crossed_at = Some(Instant::now());
+        }
+    }
+    let (after, first) = first.expect("the breaker opens");
+    let time_to_open = crossed_at.expect("crossed").elapsed();
+    println!(
+        "figure: breaker opened {time_to_open:?} after the request that crossed 50% \
+         (sync_interval 50ms, {after} failing requests sent in all)"
+    );
+    assert!(time_to_open < Duration::from_millis(500));
+    assert!(first
+        .header(HEADER)
+        .unwrap()
+        .contains("open; reason=failure_rate"));
+
+    // Every worker learns of the trip on its next tick (sync_interval).
+    std::thread::sleep(Duration::from_millis(150));
+    // While open: nothing reaches the upstream, rejections are fast and say when to come back.
+    let before = rig.upstream.requests();
+    let mut worst = Duration::ZERO;
+    let results = parallel(8, 200, |_| rig.get("/x"));
+    for r in &results {
+        assert!(is_rejection(r), "status {} {:?}", r.status, r.body_str());
+        let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=10).contains(&retry_after), "retry-after {retry_after}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["type"], "urn:resilience-pack:problem:circuit-open");
+        assert_eq!(body["status"], 503);
+        assert_eq!(body["reason"], "failure_rate");
+        worst = worst.max(r.elapsed);
+    }
+    assert_eq!(
+        rig.upstream.requests(),
+        before,
+        "no request reached the upstream while open"
+    );
+    println!("figure: slowest of 200 rejections while open: {worst:?}");
+    assert!(worst < Duration::from_millis(100));
+    rig.wait_stat("default", "rejected", 201);
+    assert_eq!(rig.stat("default", "trips_failure_rate"), 1);
+    assert_eq!(
+        rig.envoy.stat("wasmcustom.circuit_breaker.default.state"),
+        1
+    );
+    rig.assert_no_vm_failure();
+}
+
+/// Trips a breaker whose upstream now fails everything; returns when the first rejection is seen.
+fn trip(rig: &Rig, path: &str) {
+    rig.upstream.set_default(Behavior::status(500));
+    until_rejected(rig, path, 500).expect("the breaker opens");
+}
+
+#[test]
+fn half_open_admits_exactly_the_configured_probes_across_all_workers() {
+    let rig = rig_with(
+        &format!(
+            r#"{{ {FAST}, "minimum_requests": 10, "open_duration": "1s", "half_open_probes": 3 }}"#
+        ),
+        &[("default", "/")],
+        4,
+    );
+    trip(&rig, "/x");
+    // Probes are slow so that they are all still in flight while the rest arrive.
+    rig.upstream
+        .set_default(Behavior::status(200).with_latency(Duration::from_millis(800)));
+    std::thread::sleep(Duration::from_millis(1_200));
+    let before = rig.upstream.requests();
+    let results = parallel(40, 80, |_| rig.get("/x"));
+    let admitted = results.iter().filter(|r| r.status == 200).count();
+    let rejected = results.iter().filter(|r| is_rejection(r)).count();
+    let half_open = results
+        .iter()
+        .filter(|r| r.header(HEADER).is_some_and(|h| h.starts_with("half_open")))
+        .count();
+    println!("figure: 80 concurrent requests on 4 workers in half-open: {admitted} admitted, {rejected} rejected ({half_open} as half_open)");
+    assert_eq!(admitted, 3, "exactly half_open_probes requests pass");
+    assert_eq!(rig.upstream.requests() - before, 3);
+    assert_eq!(rejected, 77);
+
+    // The three probes succeeded: the breaker is closed again for every worker.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = parallel(8, 40, |_| rig.get("/x").status);
+    assert!(after.iter().all(|s| *s == 200), "{after:?}");
+    rig.wait_stat("default", "probes_succeeded", 3);
+    assert_eq!(rig.stat("default", "probes_admitted"), 3);
+    assert_eq!(
+        rig.envoy.stat("wasmcustom.circuit_breaker.default.state"),
+        0
+    );
+}
+
+#[test]
+fn a_failed_probe_reopens_the_breaker_for_longer() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "minimum_requests": 10, "open_duration": "1s", "open_duration_multiplier": 3, "half_open_probes": 1 }}"#
+    ));
+    trip(&rig, "/x");
+    std::thread::sleep(Duration::from_millis(1_100));
+    // The upstream still fails: the probe fails and the breaker re-opens for 3 s.
+    let probe = rig.get("/x");
+    assert_eq!(probe.status, 500, "the probe reaches the upstream");
+    let reopened = Instant::now();
+    let r = rig.get("/x");
+    assert!(is_rejection(&r));
+    assert_eq!(r.header("retry-after"), Some("3"));
+    assert!(r.header(HEADER).unwrap().contains("reason=probe_failed"));
+    // Still open after the first open time (1 s) would have ended.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(is_rejection(&rig.get("/x")));
+    // And half-open again after 3 s.
+    rig.upstream.set_default(Behavior::status(200));
+    while reopened.elapsed() < Duration::from_millis(3_050) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(rig.get("/x").status, 200);
+    assert_eq!(rig.get("/x").status, 200);
+    rig.wait_stat("default", "trips_probe_failed", 1);
+}
+
+#[test]
+fn two_routes_with_different_thresholds_trip_independently() {
+    let rig = rig_with(
+        &format!(
+            r#"{{ {FAST}, "minimum_requests": 10,
+                 "routes": [
+                   {{ "name": "strict", "match": {{ "route_name": "strict" }}, "failure_rate_threshold": 20 }},
+                   {{ "name": "lenient", "match": {{ "prefix": "/lenient" }}, "failure_rate_threshold": 90 }}
+                 ] }}"#
+        ),
+        &[("strict", "/strict"), ("default", "/")],
+        2,
+    );
+    // Both routes see one failure in three (33%).
+    rig.upstream.set_default(
+        Behavior::status(200)
+            .failing_every_nth(3)
+            .on_failure(Behavior::status(502)),
+    );
+    for _ in 0..60 {
+        rig.get("/strict/a");
+        rig.get("/lenient/a");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let strict = (0..10)
+        .filter(|_| is_rejection(&rig.get("/strict/a")))
+        .count();
+    let lenient = (0..10)
+        .filter(|_| is_rejection(&rig.get("/lenient/a")))
+        .count();
+    assert_eq!(strict, 10, "the strict route (20%) is open");
+    assert_eq!(lenient, 0, "the lenient route (90%) stays closed");
+    assert_eq!(rig.stat("strict", "trips_failure_rate"), 1);
+    assert_eq!(rig.stat("lenient", "trips_failure_rate"), 0);
+}
+
+#[test]
+fn dry_run_never_rejects_but_counts_and_explains_what_it_would_reject() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "mode": "dry_run", "minimum_requests": 10 }}"#
+    ));
+    rig.upstream.set_default(Behavior::status(500));
+    for _ in 0..30 {
+        assert_eq!(rig.get("/x").status, 500);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let statuses: Vec<u16> = (0..50).map(|_| rig.get("/x").status).collect();
+    assert!(statuses.iter().all(|s| *s == 500), "dry run never rejects");
+    assert_eq!(rig.upstream.requests(), 80);
+    let r = rig.get("/x");
+    assert_eq!(
+        r.header(HEADER),
+        Some("dry_run; would_reject=open; reason=failure_rate")
+    );
+    let would = rig.wait_stat("default", "dry_run_would_reject", 50);
+    println!("figure: dry run counted {would} would-be rejections, rejected none");
+    assert_eq!(rig.stat("default", "rejected"), 0);
+}
+
+#[test]
+fn slow_calls_trip_the_breaker_even_when_they_succeed() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "minimum_requests": 10, "failure_rate_threshold": null,
+             "slow_call_duration": "100ms", "slow_call_rate_threshold": 50 }}"#
+    ));
+    rig.upstream
+        .set_default(Behavior::status(200).with_latency(Duration::from_millis(150)));
+    let results = parallel(10, 10, |_| rig.get("/x").status);
+    assert!(
+        results.iter().all(|s| *s == 200),
+        "slow calls succeed: {results:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let r = rig.get("/x");
+    assert!(is_rejection(&r), "status {}", r.status);
+    assert!(r.header(HEADER).unwrap().contains("reason=slow_call_rate"));
+    rig.wait_stat("default", "slow_calls", 10);
+    assert_eq!(rig.stat("default", "trips_slow_call_rate"), 1);
+}
+
+#[test]
+fn grpc_status_in_the_response_counts_as_failure_though_http_says_200() {
+    let rig = rig(&format!(r#"{{ {FAST}, "minimum_requests": 10 }}"#));
+    rig.upstream.set_default(
+        Behavior::status(200)
+            .with_header("content-type", "application/grpc")
+            .with_header("grpc-status", "14"),
+    );
+    for _ in 0..12 {
+        assert_eq!(rig.get("/svc/Method").status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(is_rejection(&rig.get("/svc/Method")));
+    // gRPC OK and non-failure codes (NOT_FOUND = 5) are successes.
+    let ok = rig_with(
+        &format!(r#"{{ {FAST}, "minimum_requests": 10 }}"#),
+        &[("default", "/")],
+        2,
+    );
+    ok.upstream.set_default(
+        Behavior::status(200)
+            .with_header("content-type", "application/grpc")
+            .with_header("grpc-status", "5"),
+    );
+    for _ in 0..30 {
+        ok.get("/svc/Method");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ok.get("/svc/Method").status, 200);
+}
+
+#[test]
+fn an_unreachable_upstream_counts_as_a_connect_failure_from_envoys_response_flags() {
+    // No status counts as failure: only Envoy's own connect-failure flag can trip this breaker.
+    let upstream = Upstream::start().expect("upstream");
+    upstream.stop();
+    let rig = rig_for(
+        upstream,
+        &format!(r#"{{ {FAST}, "minimum_requests": 5, "failure_statuses": [] }}"#),
+        &[("default", "/")],
+        2,
+    );
+    for _ in 0..6 {
+        assert_eq!(rig.get("/x").status, 503);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let r = rig.get("/x");
+    assert!(is_rejection(&r), "{:?}", r.headers);
+    rig.wait_stat("default", "failures", 6);
+}
+
+#[test]
+fn consecutive_failures_trip_even_when_the_rate_is_low() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "minimum_requests": 1000, "consecutive_failures": 5 }}"#
+    ));
+    for _ in 0..50 {
+        rig.get("/x");
+    }
+    rig.upstream.set_default(Behavior::status(503));
+    let (after, r) = until_rejected(&rig, "/x", 100).expect("opens");
+    assert!(after >= 5);
+    assert!(r
+        .header(HEADER)
+        .unwrap()
+        .contains("reason=consecutive_failures"));
+}
+
+#[test]
+fn operators_can_force_a_breaker_open_or_closed() {
+    let open = rig(&format!(r#"{{ {FAST}, "force_open": true }}"#));
+    let r = open.get("/x");
+    assert!(is_rejection(&r));
+    assert_eq!(r.header(HEADER), Some("open; reason=forced_open"));
+    assert_eq!(open.upstream.requests(), 0);
+
+    let closed = rig(&format!(
+        r#"{{ {FAST}, "force_closed": true, "minimum_requests": 5 }}"#
+    ));
+    closed.upstream.set_default(Behavior::status(500));
+    let statuses: Vec<u16> = (0..40).map(|_| closed.get("/x").status).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 500),
+        "never rejects when forced closed"
+    );
+}
+
+#[test]
+fn rejection_status_headers_and_body_are_configurable() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "force_open": true,
+             "rejection": {{ "status": 429, "headers": {{ "x-fallback": "cached" }},
+                             "body": "{{\"items\":[]}}", "content_type": "application/json" }} }}"#
+    ));
+    let r = rig.get("/x");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-fallback"), Some("cached"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.body_str(), r#"{"items":[]}"#);
+    assert!(r.header("retry-after").is_some());
+}
+
+#[test]
+fn an_upstream_retry_after_keeps_the_breaker_open_longer_when_honoured() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "minimum_requests": 5, "open_duration": "1s", "honor_retry_after": true }}"#
+    ));
+    rig.upstream
+        .set_default(Behavior::status(503).with_header("retry-after", "7"));
+    let (_, r) = until_rejected(&rig, "/x", 100).expect("opens");
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((6..=7).contains(&retry_after), "retry-after {retry_after}");
+}
+
+#[test]
+fn header_keyed_breakers_are_bounded_by_max_keys_and_overflow_is_counted() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "key_header": "x-tenant", "max_keys": 3, "minimum_requests": 5 }}"#
+    ));
+    rig.upstream.set_default(Behavior::status(500));
+    for t in ["a", "b", "c", "d", "e"] {
+        for _ in 0..6 {
+            harness::request(rig.port, "GET", "/x", &[("x-tenant", t)], None).unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let rejected = |t: &str| {
+        let r = harness::request(rig.port, "GET", "/x", &[("x-tenant", t)], None).unwrap();
+        is_rejection(&r)
+    };
+    assert!(rejected("a"), "tenant a has its own breaker, now open");
+    assert!(
+        !rejected("e"),
+        "tenant e did not fit in max_keys and passes unguarded"
+    );
+    rig.envoy
+        .wait_stat(
+            "wasmcustom.circuit_breaker.keys_overflow",
+            6,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(rig.stat("default__a", "trips_failure_rate"), 1);
+}
+
+/// Raw request bytes, for header values no well-behaved client sends.
+fn raw_request(port: u16, head: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(head).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn hostile_input_never_traps_the_vm() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "key_header": "x-tenant", "max_keys": 50, "minimum_requests": 3, "honor_retry_after": true }}"#
+    ));
+    // Non-UTF-8 and huge key header values.
+    let mut head =
+        b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\nx-tenant: \xff\xfe\x80bad\r\n\r\n"
+            .to_vec();
+    assert!(String::from_utf8_lossy(&raw_request(rig.port, &head)).starts_with("HTTP/1.1 200"));
+    let huge = "t".repeat(50_000);
+    let r = harness::request(rig.port, "GET", "/x", &[("x-tenant", huge.as_str())], None).unwrap();
+    assert_eq!(r.status, 200);
+    // Absurd back-off hints from the upstream.
+    for (name, value) in [
+        ("retry-after", "99999999999999999999999999"),
+        ("retry-after", "-5"),
+        ("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ("grpc-retry-pushback-ms", "18446744073709551616"),
+    ] {
+        rig.upstream
+            .set_default(Behavior::status(503).with_header(name, value));
+        for _ in 0..5 {
+            harness::request(rig.port, "GET", "/x", &[("x-tenant", "hostile")], None).unwrap();
+        }
+    }
+    // Garbage status and gRPC status from the upstream.
+    rig.upstream.set_default(
+        Behavior::status(200)
+            .with_header("grpc-status", "999999999999")
+            .with_header("content-type", "application/grpc"),
+    );
+    for _ in 0..5 {
+        rig.get("/x");
+    }
+    head = b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n".to_vec();
+    assert!(!raw_request(rig.port, &head).is_empty());
+    // Let every worker learn of the hostile tenant's trip (sync_interval).
+    std::thread::sleep(Duration::from_millis(200));
+    // The VM is alive and still deciding: the hostile tenant's breaker opened, others pass.
+    let r = harness::request(rig.port, "GET", "/x", &[("x-tenant", "hostile")], None).unwrap();
+    assert!(is_rejection(&r), "{} {:?}", r.status, r.headers);
+    let retry_after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        retry_after <= 60,
+        "an absurd hint is capped by max_open_duration: {retry_after}"
+    );
+    rig.upstream.set_default(Behavior::status(200));
+    assert_eq!(rig.get("/y").status, 200);
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn invalid_config_makes_envoy_refuse_the_filter_with_the_field_named() {
+    let wasm = filter_wasm("circuit-breaker").unwrap();
+    let upstream = Upstream::start().unwrap();
+    for (json, expected) in [
+        (
+            r#"{"routes": [{"match": {"prefix": "/a"}}, {"match": {"prefix": "/b"}, "failure_rate_threshold": 150}]}"#,
+            "routes[1].failure_rate_threshold: must be between 0 and 100, got 150",
+        ),
+        (r#"{"window": "ten seconds"}"#, "window: "),
+        (
+            r#"{"open_duration": "10s", "max_open_duration": "1s"}"#,
+            "max_open_duration: must be at least open_duration (10s), got 1s",
+        ),
+        (r#"{"bogus": 1}"#, "bogus"),
+    ] {
+        let filter = wasm_filter_yaml("circuit_breaker", "circuit_breaker", "cb", &wasm, json);
+        let config = ProxyConfig::new(free_port(), free_port())
+            .with_http_filters(&filter)
+            .route(RouteSpec::new("default", "/", "upstream"))
+            .cluster(ClusterSpec::new("upstream", &[upstream.port()]))
+            .render();
+        let log = harness::envoy::start_expect_failure(&config, &EnvoyOptions::default())
+            .expect("envoy refuses the config");
+        let line = log
+            .lines()
+            .find(|l| l.contains("circuit_breaker: invalid configuration"))
+            .unwrap_or_else(|| panic!("no config error line for {json}:\n{log}"));
+        assert!(line.contains(expected), "{line}");
+        println!("figure: Envoy refused {json} with: {}", line.trim());
+    }
+}
+
+#[test]
+fn the_shipped_envoy_config_validates_runs_and_reads_well_in_prometheus() {
+    let wasm = filter_wasm("circuit-breaker").unwrap();
+    let dir = wasm.parent().unwrap().display().to_string();
+    let shipped = std::fs::read_to_string(
+        harness::paths::workspace_root().join("envoy-configs/circuit-breaker.yaml"),
+    )
+    .unwrap()
+    .replace("target/wasm32-wasip1/release", &dir);
+    harness::envoy::validate(&shipped).expect("envoy --mode validate accepts it");
+
+    let upstream = Upstream::start().unwrap();
+    let (listener, admin) = (free_port(), free_port());
+    let yaml = shipped
+        .replace("port_value: 10000", &format!("port_value: {listener}"))
+        .replace("port_value: 9901", &format!("port_value: {admin}"))
+        .replace(
+            "port_value: 18080",
+            &format!("port_value: {}", upstream.port()),
+        );
+    let envoy = Envoy::start(&yaml, &EnvoyOptions::default()).unwrap();
+    envoy.wait_listener(listener).unwrap();
+    upstream.set_behavior("/flaky", Behavior::status(503));
+    for _ in 0..12 {
+        get(listener, "/flaky").unwrap();
+        get(listener, "/api/x").unwrap();
+    }
+    let r = get(listener, "/flaky").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = if is_rejection(&r) {
+        r
+    } else {
+        get(listener, "/flaky").unwrap()
+    };
+    assert!(
+        is_rejection(&r),
+        "the flaky route's tuned breaker (10 requests, 30%) opened"
+    );
+    assert_eq!(
+        get(listener, "/api/x").unwrap().status,
+        200,
+        "the api route is unaffected"
+    );
+    envoy
+        .wait_stat(
+            "wasmcustom.circuit_breaker.flaky.rejected",
+            1,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let prom = envoy.prometheus();
+    let lines: Vec<&str> = prom
+        .lines()
+        .filter(|l| l.contains("circuit_breaker"))
+        .collect();
+    println!(
+        "figure: prometheus sample:\n{}",
+        lines
+            .iter()
+            .take(12)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("circuit_breaker_rejected{breaker_key=\"flaky\"}")),
+        "{lines:#?}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("circuit_breaker_state{breaker_key=\"flaky\"} 1")));
+}
