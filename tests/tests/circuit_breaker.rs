@@ -4,6 +4,14 @@
 //! upstream, drives real HTTP traffic, and asserts on what a client sees, on what the upstream
 //! received and on Envoy's stats. Figures worth reporting are printed (`--nocapture`).
 
+// Test code: a failed expectation should panic with its message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
