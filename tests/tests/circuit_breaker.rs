@@ -470,6 +470,19 @@ fn operators_can_force_a_breaker_open_or_closed() {
     assert_eq!(r.header(HEADER), Some("open; reason=forced_open"));
     assert_eq!(open.upstream.requests(), 0);
 
+    let rehearsal = rig(&format!(
+        r#"{{ {FAST}, "force_open": true, "mode": "dry_run" }}"#
+    ));
+    let r = rehearsal.get("/x");
+    assert_eq!(
+        r.status, 200,
+        "a dry run of force_open lets the request through"
+    );
+    assert_eq!(
+        r.header(HEADER),
+        Some("dry_run; would_reject=open; reason=forced_open")
+    );
+
     let closed = rig(&format!(
         r#"{{ {FAST}, "force_closed": true, "minimum_requests": 5 }}"#
     ));
@@ -707,4 +720,101 @@ fn the_shipped_envoy_config_validates_runs_and_reads_well_in_prometheus() {
     assert!(lines
         .iter()
         .any(|l| l.contains("circuit_breaker_state{breaker_key=\"flaky\"} 1")));
+}
+
+#[test]
+fn a_count_based_window_trips_on_the_share_of_failures_in_the_last_n_outcomes() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "window_type": "count", "window_size": 20, "minimum_requests": 10, "failure_rate_threshold": 50 }}"#
+    ));
+    for _ in 0..20 {
+        assert_eq!(rig.get("/x").status, 200);
+    }
+    // Outcomes from different workers enter the shared ring at each worker's tick: let the
+    // successes land before the failures so the ring's order is the requests' order.
+    std::thread::sleep(Duration::from_millis(200));
+    rig.upstream.set_default(Behavior::status(500));
+    for _ in 0..9 {
+        assert_eq!(rig.get("/x").status, 500);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // 9 failures among the last 20 outcomes: 45%, still closed.
+    assert_eq!(
+        rig.get("/x").status,
+        500,
+        "the 10th failure still reaches the upstream"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    // 10 of the last 20: 50%, open.
+    assert!(is_rejection(&rig.get("/x")));
+}
+
+#[test]
+fn a_probe_that_never_completes_gives_its_permit_back_after_probe_timeout() {
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "minimum_requests": 5, "open_duration": "1s", "half_open_probes": 1, "probe_timeout": "1s" }}"#
+    ));
+    trip(&rig, "/x");
+    rig.upstream.set_default(Behavior::hang());
+    std::thread::sleep(Duration::from_millis(1_100));
+    let port = rig.port;
+    let hung = std::thread::spawn(move || get(port, "/x").map(|r| r.status));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = rig.get("/x");
+    assert!(
+        r.header(HEADER).is_some_and(|h| h.starts_with("half_open")),
+        "the only permit is held by the hung probe"
+    );
+    std::thread::sleep(Duration::from_millis(1_000));
+    rig.upstream.set_default(Behavior::status(200));
+    assert_eq!(
+        rig.get("/x").status,
+        200,
+        "the permit came back after probe_timeout"
+    );
+    assert_eq!(
+        rig.get("/x").status,
+        200,
+        "and that probe's success closed the breaker"
+    );
+    // The hung probe ends with the route timeout (5 s); its late failure is ignored.
+    let late = hung.join().unwrap();
+    println!("figure: the hung probe ended with {late:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        rig.get("/x").status,
+        200,
+        "a late report from an old half-open phase is ignored"
+    );
+}
+
+#[test]
+fn every_shipped_envoy_config_validates() {
+    let wasm = filter_wasm("circuit-breaker").unwrap();
+    let dir = wasm.parent().unwrap().display().to_string();
+    let root = harness::paths::workspace_root();
+    let mut checked = 0;
+    for folder in ["envoy-configs", "examples"] {
+        let Ok(entries) = std::fs::read_dir(root.join(folder)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if !matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            if !text.contains("static_resources") {
+                continue; // not an Envoy bootstrap (e.g. a Kubernetes manifest)
+            }
+            let text = text.replace("target/wasm32-wasip1/release", &dir);
+            harness::envoy::validate(&text)
+                .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
 }

@@ -62,7 +62,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "\nThe pack is running (Envoy {}, {} workers, config {}).\n\n  \
          send traffic:   curl -i {LISTENER}/api/hello\n                  \
          for i in $(seq 40); do curl -s -o /dev/null -w '%{{http_code}} ' {LISTENER}/flaky; done; echo\n  \
-         watch stats:    curl -s {ADMIN}/stats?filter=circuit_breaker\n                  \
+         watch stats:    curl -s {ADMIN}/stats?filter=wasmcustom.circuit_breaker\n                  \
          curl -s {ADMIN}/stats/prometheus | grep circuit_breaker\n  \
          admin:          {ADMIN}/\n  \
          Envoy log:      {}\n\n\

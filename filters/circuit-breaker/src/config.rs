@@ -18,6 +18,9 @@ use serde::Deserialize;
 /// Fields that apply to the whole filter instance and cannot be overridden per route.
 pub const GLOBAL_FIELDS: &[&str] = &["key_header", "max_keys", "sync_interval", "stat_prefix"];
 
+/// Headers every rejection carries and configuration must not duplicate.
+const RESERVED_HEADERS: &[&str] = &["retry-after", "content-type", DECISION_HEADER];
+
 /// The response header that explains a rejection (and, in dry-run, a would-be rejection).
 pub const DECISION_HEADER: &str = "x-resilience-circuit-breaker";
 
@@ -193,8 +196,17 @@ pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
         parse_filter_config(json, GLOBAL_FIELDS)?;
     let global = check_global(raw_global)?;
     let defaults = check_settings(raw_table.defaults, "")?;
-    let mut routes = Vec::with_capacity(raw_table.routes.len());
+    let mut routes: Vec<Route<Settings>> = Vec::with_capacity(raw_table.routes.len());
     for (i, r) in raw_table.routes.into_iter().enumerate() {
+        if routes.iter().any(|earlier| earlier.name == r.name) {
+            return Err(ConfigError::new(
+                format!("routes[{i}].name"),
+                format!(
+                    "{:?} is already the name of an earlier route; names key the breakers and must be unique",
+                    r.name
+                ),
+            ));
+        }
         let settings = check_settings(r.settings, &format!("routes[{i}]"))?;
         routes.push(Route {
             name: r.name,
@@ -310,6 +322,28 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             "must be at least 1, got 0".to_owned(),
         ));
     }
+    if let WindowSpec::Count { size } = window {
+        if raw.minimum_requests > size {
+            return Err(err(
+                "minimum_requests",
+                format!(
+                    "must not exceed window_size ({size}) with a count window, got {}: the rate signals could never fire",
+                    raw.minimum_requests
+                ),
+            ));
+        }
+    }
+    for (name, threshold) in [
+        ("failure_rate_threshold", raw.failure_rate_threshold),
+        ("slow_call_rate_threshold", raw.slow_call_rate_threshold),
+    ] {
+        if threshold.is_some_and(|p| p.value() <= 0.0) {
+            return Err(err(
+                name,
+                "must be greater than 0 (a 0% threshold trips without any failure; use null to disable the signal)".to_owned(),
+            ));
+        }
+    }
     if raw.open_duration.as_ms() == 0 {
         return Err(err(
             "open_duration",
@@ -367,6 +401,12 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             return Err(err(
                 "rejection.headers",
                 format!("{k:?} is not a valid header name"),
+            ));
+        }
+        if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(err(
+                "rejection.headers",
+                format!("{k:?} is set by the filter itself and cannot be configured"),
             ));
         }
         if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
@@ -522,6 +562,32 @@ mod tests {
         assert!(err(r#"{"half_open_probes": 0}"#).starts_with("half_open_probes: "));
         assert!(err(r#"{"rejection": {"status": 99}}"#).starts_with("rejection.status: "));
         assert!(err(r#"{"key_header": "bad header"}"#).starts_with("key_header: "));
+    }
+
+    #[test]
+    fn a_zero_threshold_is_rejected_because_it_would_trip_without_failures() {
+        assert!(err(r#"{"failure_rate_threshold": 0}"#)
+            .starts_with("failure_rate_threshold: must be greater than 0"));
+    }
+
+    #[test]
+    fn a_count_window_smaller_than_minimum_requests_is_rejected() {
+        assert_eq!(
+            err(r#"{"window_type": "count", "window_size": 10}"#),
+            "minimum_requests: must not exceed window_size (10) with a count window, got 20: the rate signals could never fire"
+        );
+    }
+
+    #[test]
+    fn rejection_headers_may_not_replace_the_ones_the_filter_sets() {
+        assert!(err(r#"{"rejection": {"headers": {"Retry-After": "1"}}}"#)
+            .starts_with("rejection.headers: \"Retry-After\" is set by the filter itself"));
+    }
+
+    #[test]
+    fn two_routes_with_the_same_name_are_rejected() {
+        assert!(err(r#"{"routes": [{"name": "a", "match": {"prefix": "/a"}}, {"name": "a", "match": {"prefix": "/b"}}]}"#)
+            .starts_with("routes[1].name: \"a\" is already the name"));
     }
 
     #[test]

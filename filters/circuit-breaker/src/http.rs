@@ -35,7 +35,7 @@ enum Role {
     Counted,
     Probe { generation: u32 },
     Rejected,
-    WouldReject(Rejection),
+    WouldReject { rejection: Rejection, forced: bool },
 }
 
 /// The HTTP context of the circuit-breaker filter.
@@ -137,7 +137,10 @@ impl BreakerHttp {
                 self.key,
                 explain(r, forced)
             );
-            self.role = Role::WouldReject(r);
+            self.role = Role::WouldReject {
+                rejection: r,
+                forced,
+            };
             return Action::Continue;
         }
         entry.pending.rejected += 1;
@@ -285,8 +288,8 @@ impl HttpContext for BreakerHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.role {
             Role::Unguarded | Role::Rejected => {}
-            Role::WouldReject(r) => {
-                let explanation = format!("dry_run; would_reject={}", explain(r, false));
+            Role::WouldReject { rejection, forced } => {
+                let explanation = format!("dry_run; would_reject={}", explain(rejection, forced));
                 request::set_response_header(DECISION_HEADER, &explanation);
             }
             Role::Counted | Role::Probe { .. } => self.observe_response_headers(),

@@ -3,7 +3,8 @@
 //! Names are `<stat_prefix>.<key>.<name>` per breaker key and `<stat_prefix>.<name>` for the
 //! instance. Envoy shows them as `wasmcustom.circuit_breaker.orders.rejected`; with the
 //! `stats_tags` rule in `envoy-configs/circuit-breaker.yaml` Prometheus shows
-//! `envoy_circuit_breaker_rejected{breaker_key="orders"}`.
+//! `circuit_breaker_rejected{breaker_key="orders"}` (Envoy drops the
+//! `wasmcustom` namespace there and adds no `envoy_` prefix).
 //!
 //! Per-request events (requests, failures, rejections) are added up per worker and flushed on
 //! the tick: an increment is a host call, and the request path should make as few as it can.
