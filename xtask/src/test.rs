@@ -10,9 +10,23 @@ use std::time::Instant;
 use harness::paths::workspace_root;
 
 /// Every crate that is compiled to wasm32-wasip1 (filters and the code they link).
-const WASM_CRATES: &[&str] = &["resilience-core", "resilience-host", "circuit-breaker"];
+const WASM_CRATES: &[&str] = &[
+    "resilience-core",
+    "resilience-host",
+    "circuit-breaker",
+    "retry-budget",
+    "failure-padding",
+    "request-validator",
+    "slow-start",
+];
 /// The filter crates whose `.wasm` modules Envoy loads.
-pub const FILTERS: &[&str] = &["circuit-breaker"];
+pub const FILTERS: &[&str] = &[
+    "circuit-breaker",
+    "retry-budget",
+    "failure-padding",
+    "request-validator",
+    "slow-start",
+];
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));

@@ -198,9 +198,7 @@ impl BreakerHttp {
     /// What the response tells us: status, gRPC status and the upstream's back-off hint.
     fn observe_response_headers(&mut self) {
         self.first_byte_ms = clock::now_ms();
-        self.status = request::response_header_bytes(":status")
-            .and_then(|v| parse_u16(&v))
-            .unwrap_or(0);
+        self.status = request::response_status().unwrap_or(0);
         if let Some(g) =
             request::response_header_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
         {
@@ -256,20 +254,6 @@ fn explain(r: Rejection, forced: bool) -> String {
         State::HalfOpen => format!("half_open; reason={reason}; probes=full"),
         s => format!("{}; reason={reason}", s.as_str()),
     }
-}
-
-fn parse_u16(v: &[u8]) -> Option<u16> {
-    if v.is_empty() || v.len() > 3 {
-        return None;
-    }
-    let mut n: u16 = 0;
-    for b in v {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u16::from(b - b'0');
-    }
-    Some(n)
 }
 
 impl Context for BreakerHttp {}

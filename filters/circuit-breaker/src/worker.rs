@@ -19,6 +19,7 @@ use resilience_core::breaker::{
     Delta, ProbeGrant, ProbeOutcome, Published, SharedBreaker, State, Transition, View,
 };
 use resilience_host::metrics::{sanitize_segment, Metrics};
+use resilience_host::registry::KeyRegistry;
 use resilience_host::shared::{self, cas_update, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
 
 use crate::config::{FilterConfig, Settings};
@@ -44,14 +45,17 @@ pub struct Worker {
     pub entries: HashMap<String, Entry>,
     pub metrics: Metrics,
     namespace: String,
-    registry_key: String,
+    registry: KeyRegistry,
     pub global_pending: stats::GlobalPending,
 }
 
 impl Worker {
     pub fn new(config: Rc<FilterConfig>, plugin: &str) -> Self {
         let namespace = format!("rpack/cb/{}", sanitize_segment(plugin, MAX_KEY_SEGMENT));
-        let registry_key = format!("{namespace}/#keys");
+        let registry = KeyRegistry::new(
+            format!("{namespace}/#keys"),
+            config.global.max_keys as usize,
+        );
         let mut metrics = Metrics::new();
         stats::define_global(&mut metrics, &config.global.stat_prefix);
         Worker {
@@ -59,7 +63,7 @@ impl Worker {
             entries: HashMap::new(),
             metrics,
             namespace,
-            registry_key,
+            registry,
             global_pending: stats::GlobalPending::default(),
         }
     }
@@ -109,26 +113,7 @@ impl Worker {
 
     /// Add `key` to the shared registry if there is room; true if it is (now) registered.
     fn register(&mut self, key: &str) -> bool {
-        let max = self.config.global.max_keys as usize;
-        let result = cas_update(&self.registry_key, DEFAULT_CAS_ATTEMPTS, |cur| {
-            let text = cur.map(String::from_utf8_lossy).unwrap_or_default();
-            let known = text.split('\n').filter(|k| !k.is_empty());
-            let mut count = 0usize;
-            for k in known {
-                if k == key {
-                    return Update::Keep(true);
-                }
-                count += 1;
-            }
-            if count >= max {
-                return Update::Keep(false);
-            }
-            let mut next = text.into_owned();
-            next.push_str(key);
-            next.push('\n');
-            Update::Write(next.into_bytes(), true)
-        });
-        match result {
+        match self.registry.admit(key) {
             Ok(admitted) => admitted,
             Err(e) => {
                 self.global_pending.count_shared_error(e);

@@ -8,6 +8,7 @@
 //!
 //! Modules, one concept each:
 //! - [`shared`]: shared data with compare-and-swap updates in a bounded retry loop.
+//! - [`registry`]: a bounded set of keys shared by all workers (shared data cannot delete).
 //! - [`metrics`]: counters and cross-worker gauges (± increments, never `set`).
 //! - [`props`]: typed reads of Envoy properties.
 //! - [`request`]: a lazy, cached view of the request for route matching.
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod logging;
 pub mod metrics;
 pub mod props;
+pub mod registry;
 pub mod reply;
 pub mod request;
 pub mod shared;

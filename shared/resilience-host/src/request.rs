@@ -45,6 +45,15 @@ pub fn response_trailer_bytes(name: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
+/// The response's `:status`, if present and a 3-digit number.
+pub fn response_status() -> Option<u16> {
+    let v = response_header_bytes(":status")?;
+    if v.len() != 3 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u16, |n, b| n * 10 + u16::from(b - b'0')))
+}
+
 /// Set (or replace) a response header.
 pub fn set_response_header(name: &str, value: &str) {
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
