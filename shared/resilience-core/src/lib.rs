@@ -19,12 +19,15 @@
 //! - [`problem`]: RFC 9457 `application/problem+json` local replies.
 //! - [`deadline`]: reading a request's remaining deadline from its headers.
 //! - [`breaker`]: the circuit breaker's state machine.
+//! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
+//!   across workers.
 
 pub mod backoff;
 pub mod breaker;
 pub mod codec;
 pub mod config;
 pub mod deadline;
+pub mod estimator;
 pub mod outcome;
 pub mod problem;
 pub mod routes;
