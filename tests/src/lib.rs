@@ -10,6 +10,7 @@
 //! - [`wasm`]: building the filter crates into the `.wasm` modules Envoy loads.
 //! - [`upstream`]: scriptable HTTP/1.1 backends (statuses, latency, hangs, resets, outages).
 //! - [`client`]: a blocking HTTP/1.1 client with timing, and a parallel driver.
+//! - [`lab`]: the failure lab (scenarios, load, report) behind `cargo pack lab`.
 //! - [`stats`]: reading Envoy's counters, gauges and Prometheus text.
 //!
 //! Every test gets its own ports, Envoy and upstreams, so tests run in parallel.
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod config;
 pub mod envoy;
+pub mod lab;
 pub mod paths;
 pub mod stats;
 pub mod upstream;

@@ -6,7 +6,9 @@
 //! - `cargo pack test` runs every check CI runs: formatting, clippy (native and wasm32-wasip1),
 //!   the wasm build, every test (unit, property and real-Envoy end-to-end), and the core's tests
 //!   inside wasm under node.
+//! - `cargo pack lab` runs the failure lab (see `harness::lab`).
 
+mod lab;
 mod run;
 mod test;
 
@@ -18,6 +20,8 @@ fn usage() -> ExitCode {
          commands:\n  \
          run [--for SECONDS]   build the pack and run it in a local Envoy in front of an example upstream\n  \
          test [--quick]        every check and test (--quick: skip lint and the in-wasm core tests)\n  \
+         lab [--quick] [--scenario NAME] [--update-readme]\n                        \
+         the failure lab: outages with and without the pack, HTML report in lab-results/\n  \
          build                 build every filter for wasm32-wasip1 (release)"
     );
     ExitCode::from(2)
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run::run(rest),
         Some("test") => test::test(rest),
+        Some("lab") => lab::lab(rest),
         Some("build") => test::build_wasm().map(|p| {
             println!("built {}", p.display());
         }),

@@ -102,6 +102,12 @@ impl BreakerHttp {
                 true,
             );
         }
+        if entry.hot_until_ms > now {
+            w.refresh_if_hot(&self.key, now);
+        }
+        let Some(entry) = w.entries.get_mut(&self.key) else {
+            return Action::Continue;
+        };
         let decision = match entry.view.admit(now) {
             Admission::Allow => ProbeGrant::Closed,
             Admission::Reject(r) => ProbeGrant::Rejected(r),
@@ -324,16 +330,18 @@ impl HttpContext for BreakerHttp {
                 w.report_probe(&self.key, generation, probe, self.hint_ms, clock::now_ms());
             }
             _ => {
+                let now = clock::now_ms();
                 if let (Some((failure, slow)), Some(entry)) =
                     (outcome, w.entries.get_mut(&self.key))
                 {
-                    entry.delta.record(failure, slow);
+                    entry.delta.record(failure, slow, now);
+                    if slow {
+                        entry.pending.slow_calls += 1;
+                    }
                     if failure {
                         entry.delta.hint_retry_after(self.hint_ms);
                         entry.pending.failures += 1;
-                    }
-                    if slow {
-                        entry.pending.slow_calls += 1;
+                        w.publish_failure(&self.key, now);
                     }
                 }
             }

@@ -25,6 +25,9 @@ use resilience_host::shared::{self, cas_update, SharedError, Update, DEFAULT_CAS
 use crate::config::{FilterConfig, Settings};
 use crate::stats;
 
+/// How long (at least) a worker stays hot after a failure: re-reading shared state per request.
+const HOT_MS: u64 = 1_000;
+
 /// Longest key segment kept from a route name or header value (stats and shared-data keys).
 const MAX_KEY_SEGMENT: usize = 64;
 
@@ -37,6 +40,9 @@ pub struct Entry {
     pub shared_key: String,
     pub stat_base: String,
     pub pending: stats::Pending,
+    /// Until when this worker re-reads the shared state on every request: set by a failure, so a
+    /// trip made by another worker is seen at once while failures are in the air.
+    pub hot_until_ms: u64,
 }
 
 /// All of one worker's breakers for one filter instance.
@@ -104,6 +110,7 @@ impl Worker {
                 shared_key,
                 stat_base,
                 pending: stats::Pending::default(),
+                hot_until_ms: 0,
             };
             refresh(&mut entry, &policy, &mut self.global_pending);
             self.entries.insert(key.to_owned(), entry);
@@ -119,6 +126,38 @@ impl Worker {
                 self.global_pending.count_shared_error(e);
                 false
             }
+        }
+    }
+
+    /// Record a failure and publish at once: failures are what trip a breaker, and callers blocked
+    /// on a failing dependency resend the moment they get their error, before the next tick.
+    /// Successes stay aggregated until the tick. Marks the entry hot (see [`Entry::hot_until_ms`]).
+    pub fn publish_failure(&mut self, key: &str, now_ms: u64) {
+        let config = Rc::clone(&self.config);
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        entry.hot_until_ms =
+            now_ms.saturating_add(HOT_MS.max(config.global.sync_interval_ms.saturating_mul(4)));
+        let settings = route_settings(&config, entry.route_index);
+        publish(
+            entry,
+            settings,
+            now_ms,
+            &mut self.metrics,
+            &mut self.global_pending,
+        );
+    }
+
+    /// While an entry is hot, re-read its shared state (one read) before deciding.
+    pub fn refresh_if_hot(&mut self, key: &str, now_ms: u64) {
+        let config = Rc::clone(&self.config);
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        if now_ms < entry.hot_until_ms && entry.delta.is_empty() {
+            let policy = &route_settings(&config, entry.route_index).policy;
+            refresh(entry, policy, &mut self.global_pending);
         }
     }
 

@@ -259,8 +259,11 @@ pub struct Delta {
     pub counts: Counts,
     /// Failures since this worker's last success in this delta.
     pub trailing_failures: u32,
-    /// Whether any success is in this delta (resets the shared consecutive-failure run).
-    pub saw_success: bool,
+    /// When this delta's last success happened, if it has one.
+    pub last_success_ms: Option<u64>,
+    /// When the first and the last of the trailing failures happened.
+    pub first_trailing_failure_ms: u64,
+    pub last_trailing_failure_ms: u64,
     /// Largest `retry-after` / pushback the upstream sent with a failure, in ms.
     pub retry_after_hint_ms: u64,
     /// Ordered (failure, slow) outcomes, only for count-based windows.
@@ -282,18 +285,22 @@ impl Delta {
         }
     }
 
-    /// Record one classified outcome.
-    pub fn record(&mut self, failure: bool, slow: bool) {
+    /// Record one classified outcome that completed at `now_ms`.
+    pub fn record(&mut self, failure: bool, slow: bool, now_ms: u64) {
         self.counts = self.counts.add(Counts {
             total: 1,
             failures: u32::from(failure),
             slow: u32::from(slow),
         });
         if failure {
+            if self.trailing_failures == 0 {
+                self.first_trailing_failure_ms = now_ms;
+            }
             self.trailing_failures = self.trailing_failures.saturating_add(1);
+            self.last_trailing_failure_ms = now_ms;
         } else {
             self.trailing_failures = 0;
-            self.saw_success = true;
+            self.last_success_ms = Some(now_ms);
         }
         if self.outcome_cap > 0 {
             if self.outcomes.len() >= self.outcome_cap && !self.outcomes.is_empty() {
@@ -443,7 +450,7 @@ pub enum ProbeOutcome {
 }
 
 const KIND: u8 = 0xCB;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const WINDOW_TIME: u8 = 1;
 const WINDOW_COUNT: u8 = 2;
 
@@ -460,7 +467,12 @@ pub struct SharedBreaker {
     pub probes_issued: u32,
     pub probes_succeeded: u32,
     pub last_probe_ms: u64,
+    /// Failures in a row since the newest success any worker reported.
     pub consecutive_failures: u32,
+    /// The newest success any worker reported (ms).
+    pub last_success_ms: u64,
+    /// When the current run of failures began (ms; meaningful while `consecutive_failures > 0`).
+    pub run_first_failure_ms: u64,
     pub window: Window,
 }
 
@@ -477,6 +489,8 @@ impl SharedBreaker {
             probes_succeeded: 0,
             last_probe_ms: 0,
             consecutive_failures: 0,
+            last_success_ms: 0,
+            run_first_failure_ms: 0,
             window: Window::new(policy.window),
         }
     }
@@ -553,17 +567,50 @@ impl SharedBreaker {
                 }
             }
         }
-        if delta.saw_success {
-            self.consecutive_failures = delta.trailing_failures;
-        } else {
-            self.consecutive_failures = self
-                .consecutive_failures
-                .saturating_add(delta.trailing_failures);
-        }
+        self.merge_run(delta);
         let reason = self.tripping_signal(now_ms, policy);
         Published::Merged(
             reason.map(|r| self.trip(now_ms, r, policy, random, delta.retry_after_hint_ms)),
         )
+    }
+
+    /// Merge a delta's failure run into the shared one.
+    ///
+    /// Workers publish on their own ticks, so a delta's success may be older or newer than the
+    /// failures other workers already published. Times decide: a success newer than every known one
+    /// restarts the run, but keeps the failures known to have happened after it; failures that
+    /// followed an older success extend the run if any of them came after the newest success.
+    fn merge_run(&mut self, delta: &Delta) {
+        let extend = |this: &mut Self| {
+            if delta.trailing_failures == 0 {
+                return;
+            }
+            this.run_first_failure_ms = if this.consecutive_failures == 0 {
+                delta.first_trailing_failure_ms
+            } else {
+                this.run_first_failure_ms
+                    .min(delta.first_trailing_failure_ms)
+            };
+            this.consecutive_failures = this
+                .consecutive_failures
+                .saturating_add(delta.trailing_failures);
+        };
+        match delta.last_success_ms {
+            Some(ls) if ls >= self.last_success_ms => {
+                let later_failures_known =
+                    self.consecutive_failures > 0 && self.run_first_failure_ms > ls;
+                if !later_failures_known {
+                    self.consecutive_failures = 0;
+                }
+                self.last_success_ms = ls;
+                extend(self);
+            }
+            _ => {
+                if delta.last_trailing_failure_ms >= self.last_success_ms {
+                    extend(self);
+                }
+            }
+        }
     }
 
     fn tripping_signal(&self, now_ms: u64, policy: &Policy) -> Option<TripReason> {
@@ -712,6 +759,8 @@ impl SharedBreaker {
         e.u32(self.probes_succeeded);
         e.u64(self.last_probe_ms);
         e.u32(self.consecutive_failures);
+        e.u64(self.last_success_ms);
+        e.u64(self.run_first_failure_ms);
         match &self.window {
             Window::Time(w) => {
                 e.u8(WINDOW_TIME);
@@ -739,6 +788,8 @@ impl SharedBreaker {
         let probes_succeeded = d.u32()?;
         let last_probe_ms = d.u64()?;
         let consecutive_failures = d.u32()?;
+        let last_success_ms = d.u64()?;
+        let run_first_failure_ms = d.u64()?;
         let window = match (d.u8()?, policy.window) {
             (WINDOW_TIME, WindowSpec::Time { window_ms, buckets }) => {
                 Window::Time(TimeWindow::decode_from(&mut d, window_ms, buckets)?)
@@ -758,6 +809,8 @@ impl SharedBreaker {
                     probes_succeeded,
                     last_probe_ms,
                     consecutive_failures,
+                    last_success_ms,
+                    run_first_failure_ms,
                     window: Window::new(spec),
                 });
             }
@@ -774,6 +827,8 @@ impl SharedBreaker {
             probes_succeeded,
             last_probe_ms,
             consecutive_failures,
+            last_success_ms,
+            run_first_failure_ms,
             window,
         })
     }
@@ -806,12 +861,72 @@ mod tests {
         }
     }
 
+    /// A test clock: every recorded outcome happens 1 ms after the previous one.
+    fn tick() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CLOCK: AtomicU64 = AtomicU64::new(1);
+        CLOCK.fetch_add(1, Ordering::Relaxed)
+    }
+
     fn delta(b: &SharedBreaker, p: &Policy, outcomes: &[(bool, bool)]) -> Delta {
         let mut d = Delta::new(b.generation, p.window);
         for &(f, s) in outcomes {
-            d.record(f, s);
+            d.record(f, s, tick());
         }
         d
+    }
+
+    fn delta_at(b: &SharedBreaker, p: &Policy, outcomes: &[(bool, u64)]) -> Delta {
+        let mut d = Delta::new(b.generation, p.window);
+        for &(failure, at) in outcomes {
+            d.record(failure, false, at);
+        }
+        d
+    }
+
+    fn consecutive_policy() -> Policy {
+        let mut p = policy();
+        p.consecutive_failures = 100;
+        p.minimum_requests = 1_000;
+        p
+    }
+
+    #[test]
+    fn failures_two_workers_saw_after_their_last_successes_add_up() {
+        // The outage starts at t=100: both workers saw successes before it and failures after.
+        let p = consecutive_policy();
+        let mut b = SharedBreaker::new(&p);
+        b.publish(
+            &delta_at(&b, &p, &[(false, 10), (true, 101), (true, 102)]),
+            200,
+            &p,
+            0,
+        );
+        b.publish(
+            &delta_at(&b, &p, &[(false, 12), (true, 103), (true, 104)]),
+            200,
+            &p,
+            0,
+        );
+        assert_eq!(b.consecutive_failures, 4);
+    }
+
+    #[test]
+    fn a_success_newer_than_the_run_restarts_it() {
+        let p = consecutive_policy();
+        let mut b = SharedBreaker::new(&p);
+        b.publish(&delta_at(&b, &p, &[(true, 20), (true, 21)]), 50, &p, 0);
+        b.publish(&delta_at(&b, &p, &[(false, 30)]), 50, &p, 0);
+        assert_eq!(b.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn failures_older_than_the_newest_success_do_not_extend_the_run() {
+        let p = consecutive_policy();
+        let mut b = SharedBreaker::new(&p);
+        b.publish(&delta_at(&b, &p, &[(false, 30)]), 50, &p, 0);
+        b.publish(&delta_at(&b, &p, &[(true, 10), (true, 11)]), 50, &p, 0);
+        assert_eq!(b.consecutive_failures, 0);
     }
 
     fn tripped(p: &Published) -> Option<TripReason> {
