@@ -4,6 +4,7 @@
 //! modules, that each worker's VM shares state as designed, and that responses, timings and
 //! stats are what a client sees. This crate provides the pieces such tests are made of:
 //!
+//! - [`bench`]: Envoy CPU per request with and without the pack (`cargo pack bench`).
 //! - [`paths`]: where the workspace, the tools and the build output are.
 //! - [`envoy`]: installing the pinned Envoy release and running it as a supervised child.
 //! - [`config`]: static bootstraps with the filters under test in front of the router.
@@ -15,6 +16,7 @@
 //!
 //! Every test gets its own ports, Envoy and upstreams, so tests run in parallel.
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod envoy;

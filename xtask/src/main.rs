@@ -6,8 +6,10 @@
 //! - `cargo pack test` runs every check CI runs: formatting, clippy (native and wasm32-wasip1),
 //!   the wasm build, every test (unit, property and real-Envoy end-to-end), and the core's tests
 //!   inside wasm under node.
-//! - `cargo pack lab` runs the failure lab (see `harness::lab`).
+//! - `cargo pack lab` runs the failure lab (see `harness::lab`); `cargo pack bench` measures the
+//!   pack's cost (see `harness::bench`).
 
+mod bench;
 mod lab;
 mod run;
 mod test;
@@ -22,6 +24,7 @@ fn usage() -> ExitCode {
          test [--quick]        every check and test (--quick: skip lint and the in-wasm core tests)\n  \
          lab [--quick] [--scenario NAME] [--update-readme]\n                        \
          the failure lab: outages with and without the pack, HTML report in lab-results/\n  \
+         bench [--quick]       Envoy CPU per request: bare, no-op wasm, each filter, chained, Envoy native\n  \
          build                 build every filter for wasm32-wasip1 (release)"
     );
     ExitCode::from(2)
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Some("run") => run::run(rest),
         Some("test") => test::test(rest),
         Some("lab") => lab::lab(rest),
+        Some("bench") => bench::bench(rest),
         Some("build") => test::build_wasm().map(|p| {
             println!("built {}", p.display());
         }),

@@ -248,19 +248,19 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
     )];
     let charts = vec![
         Chart {
+            title: "Client p50 latency (ms): callers waiting on the dead dependency",
+            y_label: "ms",
+            series: &latency_series,
+            spans: &outage_span,
+            y_max: None,
+        }
+        .render(),
+        Chart {
             title: "Successful requests (%)",
             y_label: "% ok",
             series: &success_series,
             spans: &outage_span,
             y_max: Some(100.0),
-        }
-        .render(),
-        Chart {
-            title: "Client p50 latency (ms)",
-            y_label: "ms",
-            series: &latency_series,
-            spans: &outage_span,
-            y_max: None,
         }
         .render(),
         Chart {

@@ -28,8 +28,8 @@ fn escape(s: &str) -> String {
 impl Chart<'_> {
     /// Render as an `<svg>` element 640×300.
     pub fn render(&self) -> String {
-        let (w, h) = (640.0, 300.0);
-        let (left, right, top, bottom) = (56.0, 150.0, 28.0, 36.0);
+        let (w, h) = (720.0, 300.0);
+        let (left, right, top, bottom) = (56.0, 230.0, 28.0, 36.0);
         let pw = w - left - right;
         let ph = h - top - bottom;
         let x_max = self
@@ -82,8 +82,10 @@ impl Chart<'_> {
                 fmt_num(y)
             );
         }
-        for i in 0..=5 {
-            let x = x_max * f64::from(i) / 5.0;
+        let step = nice_step(x_max / 6.0);
+        let ticks = (x_max / step).floor() as u32;
+        for i in 0..=ticks {
+            let x = step * f64::from(i);
             let _ = write!(
                 out,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}s</text>"#,
@@ -125,6 +127,18 @@ impl Chart<'_> {
         out.push_str("</svg>");
         out
     }
+}
+
+/// A round tick step (1, 2, 5 × 10^n) near `raw`.
+fn nice_step(raw: f64) -> f64 {
+    let raw = if raw.is_finite() && raw > 0.0 { raw } else { 1.0 };
+    let mag = 10f64.powf(raw.log10().floor());
+    for m in [1.0, 2.0, 5.0, 10.0] {
+        if raw <= m * mag {
+            return m * mag;
+        }
+    }
+    10.0 * mag
 }
 
 fn nice_ceiling(v: f64) -> f64 {

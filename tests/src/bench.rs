@@ -1,0 +1,250 @@
+//! The cost side: Envoy CPU time per request with and without the pack, in one run.
+//!
+//! Why CPU per request and not throughput or latency: on a shared 2-core machine wall-clock
+//! numbers move with whatever else runs, but the CPU time the Envoy process spends per completed
+//! request is what a filter adds, and what an operator pays for. Each configuration runs in its
+//! own Envoy; rounds are interleaved (A B C A B C …) so drift hits every configuration alike, and
+//! the median of the rounds is reported, also as a ratio to bare Envoy.
+//!
+//! Load is a keep-alive HTTP/1.1 generator written here (persistent connections, like a real
+//! client pool), so connection set-up does not drown the per-request cost.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::wasm_filter_yaml;
+use crate::envoy::{free_port, Envoy, EnvoyOptions};
+use crate::upstream::Upstream;
+use crate::{ClusterSpec, ProxyConfig, RouteSpec};
+
+/// One configuration to measure.
+#[derive(Clone, Debug)]
+pub struct Subject {
+    pub name: String,
+    /// HTTP filters placed before the router (YAML list items), built by [`wasm_filter`].
+    pub filters_yaml: String,
+    /// Extra cluster YAML (for Envoy-native mechanisms such as outlier detection).
+    pub cluster_yaml: String,
+}
+
+/// A wasm filter entry for a subject. `vm_id` should be unique per filter in a chain.
+pub fn wasm_filter(crate_name: &str, root_id: &str, config_json: &str) -> Result<String, String> {
+    let wasm = crate::wasm::filter_wasm(crate_name)?;
+    Ok(wasm_filter_yaml(
+        root_id,
+        root_id,
+        &format!("bench_{root_id}"),
+        &wasm,
+        config_json,
+    ))
+}
+
+/// Total CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
+pub fn process_cpu(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the full line: 12 and 13 after ") state".
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or("unexpected /proc stat field")
+    };
+    let total = ticks(11)? + ticks(12)?;
+    let hz = clock_ticks_per_second();
+    Ok(Duration::from_secs_f64(total as f64 / hz))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Resident memory of a process in bytes, from `/proc/<pid>/status` (VmRSS).
+pub fn process_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Sends `requests` GETs over `connections` persistent connections; returns (completed, errors).
+pub fn keep_alive_load(port: u16, path: &str, connections: usize, requests: u64) -> (u64, u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..connections.max(1))
+        .map(|_| {
+            let (next, done, errors) = (Arc::clone(&next), Arc::clone(&done), Arc::clone(&errors));
+            let path = path.to_owned();
+            std::thread::spawn(move || {
+                let request = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n");
+                let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+                while next.fetch_add(1, Ordering::Relaxed) < requests {
+                    if conn.is_none() {
+                        conn = connect(port);
+                    }
+                    let Some((w, r)) = conn.as_mut() else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    match exchange(w, r, request.as_bytes()) {
+                        Ok((status, keep)) => {
+                            if (200..300).contains(&status) {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if !keep {
+                                conn = None;
+                            }
+                        }
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            conn = None;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    (done.load(Ordering::Relaxed), errors.load(Ordering::Relaxed))
+}
+
+fn connect(port: u16) -> Option<(TcpStream, BufReader<TcpStream>)> {
+    let s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let r = BufReader::new(s.try_clone().ok()?);
+    Some((s, r))
+}
+
+/// One request/response on a persistent connection: (status, connection still usable).
+fn exchange(
+    w: &mut TcpStream,
+    r: &mut BufReader<TcpStream>,
+    request: &[u8],
+) -> Result<(u16, bool), String> {
+    w.write_all(request).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status line")?;
+    let mut length = 0usize;
+    let mut keep = true;
+    loop {
+        line.clear();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().map_err(|_| "bad content-length")?;
+            } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close")
+            {
+                keep = false;
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).map_err(|e| e.to_string())?;
+    Ok((status, keep))
+}
+
+/// One subject's measurement.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub name: String,
+    /// Median Envoy CPU µs per completed request over the rounds.
+    pub cpu_us_per_request: f64,
+    pub rounds_us: Vec<f64>,
+    pub errors: u64,
+    /// Envoy's resident memory after the rounds.
+    pub rss_bytes: Option<u64>,
+}
+
+/// Runs every subject for `rounds` interleaved rounds of `requests` requests each.
+pub fn measure(
+    subjects: &[Subject],
+    rounds: usize,
+    requests: u64,
+    connections: usize,
+    mut progress: impl FnMut(&str, usize),
+) -> Result<Vec<Measured>, String> {
+    let upstream = Upstream::start_named("bench")?;
+    let mut envoys = Vec::new();
+    for s in subjects {
+        let listener = free_port();
+        let mut cluster = ClusterSpec::new("upstream", &[upstream.port()]);
+        if !s.cluster_yaml.is_empty() {
+            cluster = cluster.with_extra_yaml(&s.cluster_yaml);
+        }
+        let yaml = ProxyConfig::new(listener, free_port())
+            .with_http_filters(&s.filters_yaml)
+            .route(RouteSpec::new("bench", "/", "upstream"))
+            .cluster(cluster)
+            .render();
+        let envoy = Envoy::start(&yaml, &EnvoyOptions::default())
+            .map_err(|e| format!("{}: {e}", s.name))?;
+        envoy.wait_listener(listener)?;
+        // Warm up: connections, VMs, JIT.
+        keep_alive_load(listener, "/bench", connections, requests / 10 + 100);
+        envoys.push((envoy, listener));
+    }
+    let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
+    let mut errors = vec![0u64; subjects.len()];
+    for round in 0..rounds {
+        for (i, (envoy, listener)) in envoys.iter().enumerate() {
+            let name = subjects.get(i).map_or("", |s| s.name.as_str());
+            progress(name, round);
+            let before = process_cpu(envoy.pid())?;
+            let started = Instant::now();
+            let (done, errs) = keep_alive_load(*listener, "/bench", connections, requests);
+            let _ = started.elapsed();
+            let after = process_cpu(envoy.pid())?;
+            if let Some(e) = errors.get_mut(i) {
+                *e += errs;
+            }
+            if done > 0 {
+                let us = (after.saturating_sub(before)).as_secs_f64() * 1e6 / done as f64;
+                if let Some(v) = per_round.get_mut(i) {
+                    v.push(us);
+                }
+            }
+        }
+    }
+    Ok(subjects
+        .iter()
+        .zip(per_round)
+        .zip(errors)
+        .zip(envoys.iter())
+        .map(|(((s, rounds_us), errors), (envoy, _))| Measured {
+            name: s.name.clone(),
+            cpu_us_per_request: crate::lab::series::percentile(&rounds_us, 50.0),
+            rounds_us,
+            errors,
+            rss_bytes: process_rss(envoy.pid()),
+        })
+        .collect())
+}

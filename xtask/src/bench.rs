@@ -1,0 +1,126 @@
+//! `cargo pack bench`: what the pack costs, beside what it saves (the lab).
+//!
+//! Envoy CPU time per request (process CPU delta ÷ completed requests, interleaved rounds, median)
+//! for bare Envoy, a no-op wasm filter, each filter on its healthy path, all of them chained, and
+//! Envoy's native equivalents — in one run, as ratios to bare Envoy. Also each module's size and
+//! Envoy's resident memory. Writes `lab-results/bench.md`.
+
+use std::fmt::Write as _;
+
+use harness::bench::{self, Subject};
+use harness::paths::workspace_root;
+
+/// Each filter on its healthy path: (crate, root id, configuration). A filter is benchmarked once
+/// its crate builds a module that accepts this configuration.
+const FILTERS: &[(&str, &str, &str)] = &[("circuit-breaker", "circuit_breaker", "{}")];
+
+const NATIVE_FILTER: &str = r#"- name: envoy.filters.http.admission_control
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl
+    enabled: { default_value: true, runtime_key: ac.enabled }
+    sampling_window: 30s
+    sr_threshold: { default_value: { value: 95.0 }, runtime_key: ac.sr }
+    aggression: { default_value: 1.0, runtime_key: ac.aggression }
+    success_criteria:
+      http_criteria:
+        http_success_status: [{ start: 100, end: 500 }]
+"#;
+
+const NATIVE_CLUSTER: &str = "outlier_detection:\n  consecutive_5xx: 5\n  interval: 10s\ncircuit_breakers:\n  thresholds:\n    - retry_budget:\n        budget_percent: { value: 20.0 }\n        min_retry_concurrency: 3\n";
+
+fn subjects() -> Result<Vec<Subject>, String> {
+    let mut out = vec![
+        Subject {
+            name: "bare Envoy".into(),
+            filters_yaml: String::new(),
+            cluster_yaml: String::new(),
+        },
+        Subject {
+            name: "no-op wasm filter".into(),
+            filters_yaml: bench::wasm_filter("noop-filter", "noop", "{}")?,
+            cluster_yaml: String::new(),
+        },
+    ];
+    let mut chain = String::new();
+    for (krate, root, config) in FILTERS {
+        let f = bench::wasm_filter(krate, root, config)?;
+        chain.push_str(&f);
+        out.push(Subject {
+            name: (*krate).into(),
+            filters_yaml: f,
+            cluster_yaml: String::new(),
+        });
+    }
+    if FILTERS.len() > 1 {
+        out.push(Subject {
+            name: format!("all {} filters chained", FILTERS.len()),
+            filters_yaml: chain,
+            cluster_yaml: String::new(),
+        });
+    }
+    out.push(Subject {
+        name: "Envoy native (outlier + retry budget + admission control)".into(),
+        filters_yaml: NATIVE_FILTER.into(),
+        cluster_yaml: NATIVE_CLUSTER.into(),
+    });
+    Ok(out)
+}
+
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let (rounds, requests) = if quick { (3, 3_000) } else { (7, 20_000) };
+    println!("building the filters (wasm32-wasip1, release)...");
+    crate::test::build_wasm()?;
+    harness::wasm::build(&["noop-filter"])?;
+    harness::envoy::ensure_installed()?;
+    let subjects = subjects()?;
+    println!("{} configurations × {rounds} interleaved rounds × {requests} requests (8 keep-alive connections)", subjects.len());
+    let results = bench::measure(&subjects, rounds, requests, 8, |name, round| {
+        eprint!("\r  round {}/{rounds}: {name:<60}", round + 1);
+    })?;
+    eprintln!();
+    let bare = results
+        .first()
+        .map_or(1.0, |r| r.cpu_us_per_request.max(1e-9));
+    let mut md = String::new();
+    let _ = writeln!(md, "Envoy {} at --concurrency 2, {rounds} interleaved rounds of {requests} requests, median CPU per request.\n", harness::ENVOY_VERSION);
+    let _ = writeln!(
+        md,
+        "| configuration | Envoy CPU µs/request | × bare | errors | Envoy RSS |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for r in &results {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.2} | {} | {} |",
+            r.name,
+            r.cpu_us_per_request,
+            r.cpu_us_per_request / bare,
+            r.errors,
+            r.rss_bytes
+                .map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+        );
+    }
+    let _ = writeln!(md, "\n| module | size |\n|---|---:|");
+    let dir = workspace_root().join("target/wasm32-wasip1/release");
+    let mut modules: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    modules.sort_by_key(|e| e.file_name());
+    for m in modules {
+        let size = m.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} KiB |",
+            m.file_name().to_string_lossy(),
+            size as f64 / 1024.0
+        );
+    }
+    println!("\n{md}");
+    let out = workspace_root().join("lab-results/bench.md");
+    harness::lab::report::write(&out, &md)?;
+    println!("written to {}", out.display());
+    Ok(())
+}
