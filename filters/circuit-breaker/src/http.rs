@@ -48,6 +48,8 @@ pub struct BreakerHttp {
     status: u16,
     grpc_status: Option<u32>,
     hint_ms: u64,
+    /// Whether the slow-call signal needs this request's latency.
+    track_latency: bool,
 }
 
 impl BreakerHttp {
@@ -61,6 +63,7 @@ impl BreakerHttp {
             status: 0,
             grpc_status: None,
             hint_ms: 0,
+            track_latency: false,
         }
     }
 
@@ -85,12 +88,23 @@ impl BreakerHttp {
             .as_deref()
             .map(|h| req.header(h).unwrap_or("-").to_owned());
         self.key = Worker::key(&base, header_value.as_deref());
-        let now = clock::now_ms();
-        self.start_ms = now;
         let Some(entry) = w.entry(&self.key, selected.index) else {
             return Action::Continue;
         };
         entry.pending.requests += 1;
+        // The clock is a host call: read it only when something needs the time. A closed,
+        // quiet breaker without the slow-call signal decides without it.
+        self.track_latency = settings.classifier.slow_call_ms.is_some();
+        let now = if self.track_latency
+            || entry.view.state != State::Closed
+            || entry.hot_until_ms > 0
+            || settings.force_open
+        {
+            clock::now_ms()
+        } else {
+            0
+        };
+        self.start_ms = now;
         if settings.force_open {
             return self.reject(
                 w,
@@ -203,7 +217,9 @@ impl BreakerHttp {
 
     /// What the response tells us: status, gRPC status and the upstream's back-off hint.
     fn observe_response_headers(&mut self) {
-        self.first_byte_ms = clock::now_ms();
+        if self.track_latency {
+            self.first_byte_ms = clock::now_ms();
+        }
         self.status = request::response_status().unwrap_or(0);
         if let Some(g) =
             request::response_header_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
@@ -220,7 +236,7 @@ impl BreakerHttp {
         }
     }
 
-    fn classify(&self, classifier: &Classifier) -> Option<(bool, bool)> {
+    fn classify(&self, classifier: &Classifier, now_ms: u64) -> Option<(bool, bool)> {
         let mut local: Option<LocalFailure> = None;
         let mut status = self.status;
         if status == 0 {
@@ -238,7 +254,7 @@ impl BreakerHttp {
         let end = if self.first_byte_ms > 0 {
             self.first_byte_ms
         } else {
-            clock::now_ms()
+            now_ms
         };
         let facts = ResponseFacts {
             status,
@@ -315,7 +331,8 @@ impl HttpContext for BreakerHttp {
         let settings = index
             .and_then(|i| config.routes.routes.get(i))
             .map_or(&config.routes.defaults, |r| &r.settings);
-        let outcome = self.classify(&settings.classifier);
+        let now = clock::now_ms();
+        let outcome = self.classify(&settings.classifier, now);
         match self.role {
             Role::Probe { generation } => {
                 let probe = match outcome {
@@ -327,10 +344,9 @@ impl HttpContext for BreakerHttp {
                     }
                     Some((false, _)) => ProbeOutcome::Success,
                 };
-                w.report_probe(&self.key, generation, probe, self.hint_ms, clock::now_ms());
+                w.report_probe(&self.key, generation, probe, self.hint_ms, now);
             }
             _ => {
-                let now = clock::now_ms();
                 if let (Some((failure, slow)), Some(entry)) =
                     (outcome, w.entries.get_mut(&self.key))
                 {
