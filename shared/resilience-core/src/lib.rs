@@ -18,12 +18,15 @@
 //! - [`backoff`]: jittered exponential backoff and full jitter.
 //! - [`problem`]: RFC 9457 `application/problem+json` local replies.
 //! - [`deadline`]: reading a request's remaining deadline from its headers.
+//! - [`budget`]: the retry budget: retries as a share of recent requests plus a floor, reserved
+//!   before a request is sent, shared by all workers through leases.
 //! - [`breaker`]: the circuit breaker's state machine.
 //! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
 //!   across workers.
 
 pub mod backoff;
 pub mod breaker;
+pub mod budget;
 pub mod codec;
 pub mod config;
 pub mod deadline;

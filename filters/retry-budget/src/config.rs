@@ -1,0 +1,617 @@
+//! The filter's configuration: parsed from the Wasm filter's JSON, then checked into settings.
+//!
+//! Why two steps: serde catches the shape (types, unknown fields) with the JSON path; the checks
+//! that relate fields (`retry_after_max` ≥ `retry_after_min`, whole seconds, known retry
+//! conditions) run after and name the field too. Either way Envoy refuses the filter at load with
+//! a log line such as `routes[0].budget_percent: must be between 0 and 100, got 150`; nothing is
+//! silently ignored.
+//!
+//! Top-level fields that are not filter-wide (see [`GLOBAL_FIELDS`]) are the defaults; each
+//! `routes` entry overrides them field by field for the requests its `match` selects.
+
+use resilience_core::budget::BudgetPolicy;
+use resilience_core::config::{ConfigError, DurationMs, Percent};
+use resilience_core::routes::{parse_filter_config, Route, RouteTable};
+use serde::Deserialize;
+
+/// Fields that apply to the whole filter instance and cannot be overridden per route.
+pub const GLOBAL_FIELDS: &[&str] = &["max_keys", "sync_interval", "stat_prefix"];
+
+/// The response header that explains a decision.
+pub const DECISION_HEADER: &str = "x-resilience-retry-budget";
+
+/// The header the hop guard adds to a request that arrived as a retry, so later hops know it is
+/// one even after this hop's router renumbered `x-envoy-attempt-count`. Always recognised.
+pub const HOP_GUARD_HEADER: &str = "x-resilience-retried";
+
+/// Buckets of the budget window: a request or retry is forgotten 90–100% of `window` later.
+pub const WINDOW_BUCKETS: u32 = 10;
+
+/// Most header names in one list (each is a host call per request).
+const MAX_HEADER_NAMES: usize = 8;
+
+/// Retry conditions the router accepts in `x-envoy-retry-on`.
+const RETRY_ON_CONDITIONS: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+];
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    #[serde(default = "default_max_keys")]
+    max_keys: u32,
+    #[serde(default = "default_sync_interval")]
+    sync_interval: DurationMs,
+    #[serde(default = "default_stat_prefix")]
+    stat_prefix: String,
+}
+
+fn default_max_keys() -> u32 {
+    100
+}
+fn default_sync_interval() -> DurationMs {
+    DurationMs(100)
+}
+fn default_stat_prefix() -> String {
+    "retry_budget".to_owned()
+}
+
+/// Which side of a hop the filter guards, and whether it acts or only counts.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Caller side, before the router: bounds the retries this Envoy makes.
+    #[default]
+    Outbound,
+    /// Server side, in front of the app: sheds incoming retries beyond the budget.
+    Inbound,
+    /// `outbound`, but only counts, logs and marks what it would deny.
+    OutboundDryRun,
+    /// `inbound`, but only counts, logs and marks what it would shed.
+    InboundDryRun,
+    /// Does nothing; requests are not counted.
+    Disabled,
+}
+
+/// The side a mode works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Outbound,
+    Inbound,
+}
+
+impl Mode {
+    /// The side, `None` when disabled.
+    pub fn side(self) -> Option<Side> {
+        match self {
+            Mode::Outbound | Mode::OutboundDryRun => Some(Side::Outbound),
+            Mode::Inbound | Mode::InboundDryRun => Some(Side::Inbound),
+            Mode::Disabled => None,
+        }
+    }
+
+    /// Whether decisions are only counted.
+    pub fn dry_run(self) -> bool {
+        matches!(self, Mode::OutboundDryRun | Mode::InboundDryRun)
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default = "d_budget_percent")]
+    budget_percent: Percent,
+    #[serde(default = "d_window")]
+    window: DurationMs,
+    #[serde(default = "d_min_rps")]
+    min_retries_per_second: f64,
+    /// Required in outbound mode: see [`check_settings`].
+    max_retries: Option<u32>,
+    retry_on: Option<String>,
+    per_try_timeout: Option<DurationMs>,
+    #[serde(default = "d_true")]
+    hop_guard: bool,
+    attempt_count_headers: Option<Vec<String>>,
+    previous_attempts_headers: Option<Vec<String>>,
+    #[serde(default = "d_true")]
+    deadline_aware: bool,
+    deadline_header: Option<String>,
+    #[serde(default = "d_min_latency_samples")]
+    min_latency_samples: u32,
+    #[serde(default = "d_shed_status")]
+    shed_status: u16,
+    #[serde(default = "d_retry_after_min")]
+    retry_after_min: DurationMs,
+    #[serde(default = "d_retry_after_max")]
+    retry_after_max: DurationMs,
+    #[serde(default)]
+    add_retry_after: bool,
+    #[serde(default = "d_true")]
+    mark_ratelimited: bool,
+}
+
+fn d_budget_percent() -> Percent {
+    Percent::clamped(20.0)
+}
+fn d_window() -> DurationMs {
+    DurationMs(10_000)
+}
+fn d_min_rps() -> f64 {
+    10.0
+}
+fn d_true() -> bool {
+    true
+}
+fn d_min_latency_samples() -> u32 {
+    20
+}
+fn d_shed_status() -> u16 {
+    503
+}
+fn d_retry_after_min() -> DurationMs {
+    DurationMs(1_000)
+}
+fn d_retry_after_max() -> DurationMs {
+    DurationMs(5_000)
+}
+
+/// One key's checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub policy: BudgetPolicy,
+    /// Outbound: retries reserved for, and allowed to, one request (`x-envoy-max-retries`).
+    pub max_retries: u32,
+    /// Outbound: `x-envoy-retry-on` set on requests that may retry.
+    pub retry_on: Option<String>,
+    /// Outbound: `x-envoy-upstream-rq-per-try-timeout-ms` set on requests that may retry.
+    pub per_try_timeout_ms: Option<u64>,
+    pub hop_guard: bool,
+    /// Lowercase names; the value is the attempt number (1 = first attempt).
+    pub attempt_count_headers: Vec<String>,
+    /// Lowercase names; the value counts earlier attempts (0 = first attempt).
+    pub previous_attempts_headers: Vec<String>,
+    pub deadline_aware: bool,
+    /// Lowercase name of an extra header holding the remaining deadline in ms.
+    pub deadline_header: Option<String>,
+    pub min_latency_samples: u32,
+    pub shed_status: u16,
+    pub retry_after_min_s: u64,
+    pub retry_after_max_s: u64,
+    pub add_retry_after: bool,
+    /// Inbound: sheds carry `x-envoy-ratelimited: true`, which a calling Envoy's router does not
+    /// retry (unless its `retry_on` has `envoy-ratelimited`).
+    pub mark_ratelimited: bool,
+}
+
+/// Settings of the whole filter instance.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub max_keys: u32,
+    pub sync_interval_ms: u64,
+    pub stat_prefix: String,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct FilterConfig {
+    pub global: Global,
+    pub routes: RouteTable<Settings>,
+}
+
+/// Parse and check the filter's JSON configuration.
+pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let (raw_global, raw_table): (RawGlobal, RouteTable<RawSettings>) =
+        parse_filter_config(json, GLOBAL_FIELDS)?;
+    let global = check_global(raw_global)?;
+    let defaults = check_settings(raw_table.defaults, "")?;
+    let mut routes: Vec<Route<Settings>> = Vec::with_capacity(raw_table.routes.len());
+    for (i, r) in raw_table.routes.into_iter().enumerate() {
+        if routes.iter().any(|earlier| earlier.name == r.name) {
+            return Err(ConfigError::new(
+                format!("routes[{i}].name"),
+                format!(
+                    "{:?} is already the name of an earlier route; names key the budgets and must be unique",
+                    r.name
+                ),
+            ));
+        }
+        let settings = check_settings(r.settings, &format!("routes[{i}]"))?;
+        routes.push(Route {
+            name: r.name,
+            matcher: r.matcher,
+            settings,
+        });
+    }
+    Ok(FilterConfig {
+        global,
+        routes: RouteTable { defaults, routes },
+    })
+}
+
+fn field(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
+    if !(1..=10_000).contains(&raw.max_keys) {
+        return Err(ConfigError::new(
+            "max_keys",
+            format!("must be between 1 and 10000, got {}", raw.max_keys),
+        ));
+    }
+    let sync = raw.sync_interval.as_ms();
+    if !(10..=10_000).contains(&sync) {
+        return Err(ConfigError::new(
+            "sync_interval",
+            format!("must be between 10ms and 10s, got {}", raw.sync_interval),
+        ));
+    }
+    if raw.stat_prefix.is_empty()
+        || raw.stat_prefix.len() > 64
+        || !raw
+            .stat_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ConfigError::new(
+            "stat_prefix",
+            format!(
+                "must be 1 to 64 characters of [A-Za-z0-9_], got {:?}",
+                raw.stat_prefix
+            ),
+        ));
+    }
+    Ok(Global {
+        max_keys: raw.max_keys,
+        sync_interval_ms: sync,
+        stat_prefix: raw.stat_prefix,
+    })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() || name.len() > 128 || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be an HTTP header name of 1 to 128 token characters, got {name:?}"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn header_list(
+    prefix: &str,
+    name: &str,
+    given: Option<Vec<String>>,
+    default: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = given else {
+        return Ok(default.iter().map(|s| (*s).to_owned()).collect());
+    };
+    if list.len() > MAX_HEADER_NAMES {
+        return Err(ConfigError::new(
+            field(prefix, name),
+            format!(
+                "at most {MAX_HEADER_NAMES} header names, got {}",
+                list.len()
+            ),
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, h)| header_name(&format!("{}[{i}]", field(prefix, name)), h))
+        .collect()
+}
+
+fn whole_seconds(prefix: &str, name: &str, d: DurationMs) -> Result<u64, ConfigError> {
+    let ms = d.as_ms();
+    if ms == 0 || ms > 3_600_000 || !ms.is_multiple_of(1000) {
+        return Err(ConfigError::new(
+            field(prefix, name),
+            format!("must be whole seconds between 1s and 1h (retry-after is in seconds), got {d}"),
+        ));
+    }
+    Ok(ms / 1000)
+}
+
+fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigError> {
+    let err = |name: &str, rule: String| ConfigError::new(field(prefix, name), rule);
+    let window_ms = raw.window.as_ms();
+    if !(1_000..=3_600_000).contains(&window_ms) {
+        return Err(err(
+            "window",
+            format!("must be between 1s and 1h, got {}", raw.window),
+        ));
+    }
+    let rps = raw.min_retries_per_second;
+    if !(rps.is_finite() && (0.0..=100_000.0).contains(&rps)) {
+        return Err(err(
+            "min_retries_per_second",
+            format!("must be a number between 0 and 100000, got {rps}"),
+        ));
+    }
+    if let Some(m) = raw.max_retries.filter(|m| *m > 100) {
+        return Err(err(
+            "max_retries",
+            format!("must be between 0 and 100, got {m}"),
+        ));
+    }
+    let retry_on = match raw.retry_on {
+        None => None,
+        Some(s) => {
+            let mut items = Vec::new();
+            for item in s.split(',') {
+                let item = item.trim();
+                if !RETRY_ON_CONDITIONS.contains(&item) {
+                    return Err(err(
+                        "retry_on",
+                        format!(
+                            "{:?} is not a retry condition Envoy's router knows (one of {})",
+                            resilience_core::problem::bounded(item, 40),
+                            RETRY_ON_CONDITIONS.join(", ")
+                        ),
+                    ));
+                }
+                items.push(item);
+            }
+            Some(items.join(","))
+        }
+    };
+    let per_try_timeout_ms = match raw.per_try_timeout {
+        Some(d) if d.as_ms() == 0 => {
+            return Err(err(
+                "per_try_timeout",
+                "must be at least 1ms, got 0s".to_owned(),
+            ))
+        }
+        other => other.map(DurationMs::as_ms),
+    };
+    let attempt_count_headers = header_list(
+        prefix,
+        "attempt_count_headers",
+        raw.attempt_count_headers,
+        &["x-envoy-attempt-count"],
+    )?;
+    let previous_attempts_headers = header_list(
+        prefix,
+        "previous_attempts_headers",
+        raw.previous_attempts_headers,
+        &["grpc-previous-rpc-attempts"],
+    )?;
+    let deadline_header = raw
+        .deadline_header
+        .map(|h| header_name(&field(prefix, "deadline_header"), &h))
+        .transpose()?;
+    if !(1..=1_000_000).contains(&raw.min_latency_samples) {
+        return Err(err(
+            "min_latency_samples",
+            format!(
+                "must be between 1 and 1000000, got {}",
+                raw.min_latency_samples
+            ),
+        ));
+    }
+    if !(400..=599).contains(&raw.shed_status) {
+        return Err(err(
+            "shed_status",
+            format!("must be between 400 and 599, got {}", raw.shed_status),
+        ));
+    }
+    let retry_after_min_s = whole_seconds(prefix, "retry_after_min", raw.retry_after_min)?;
+    let retry_after_max_s = whole_seconds(prefix, "retry_after_max", raw.retry_after_max)?;
+    if retry_after_max_s < retry_after_min_s {
+        return Err(err(
+            "retry_after_max",
+            format!(
+                "must be at least retry_after_min ({}), got {}",
+                raw.retry_after_min, raw.retry_after_max
+            ),
+        ));
+    }
+    // The filter sends x-envoy-max-retries on every outbound request, and that header *replaces*
+    // the route's retry_policy.num_retries. Any default would silently rewrite the route's retry
+    // count, so outbound routes must say it (checked last: a typo elsewhere is reported first).
+    let max_retries = match (raw.mode.side(), raw.max_retries) {
+        (Some(Side::Outbound), None) => {
+            return Err(err(
+                "max_retries",
+                "is required in outbound mode: set it to the route's retry_policy.num_retries (the filter sends x-envoy-max-retries, which replaces num_retries)".to_owned(),
+            ))
+        }
+        (_, m) => m.unwrap_or(0),
+    };
+    Ok(Settings {
+        mode: raw.mode,
+        policy: BudgetPolicy {
+            budget_percent: raw.budget_percent.value(),
+            min_retries_per_second: rps,
+            window_ms,
+            buckets: WINDOW_BUCKETS,
+        },
+        max_retries,
+        retry_on,
+        per_try_timeout_ms,
+        hop_guard: raw.hop_guard,
+        attempt_count_headers,
+        previous_attempts_headers,
+        deadline_aware: raw.deadline_aware,
+        deadline_header,
+        min_latency_samples: raw.min_latency_samples,
+        shed_status: raw.shed_status,
+        retry_after_min_s,
+        retry_after_max_s,
+        add_retry_after: raw.add_retry_after,
+        mark_ratelimited: raw.mark_ratelimited,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Ok(_) => panic!("expected {json} to be rejected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_empty_configuration_means_every_default() {
+        let c = parse(br#"{"max_retries": 1}"#).unwrap();
+        let s = &c.routes.defaults;
+        assert_eq!(s.mode, Mode::Outbound);
+        assert_eq!(s.policy, BudgetPolicy::default());
+        assert_eq!(s.max_retries, 1);
+        assert!(s.hop_guard && s.deadline_aware && s.mark_ratelimited && !s.add_retry_after);
+        assert_eq!(s.attempt_count_headers, ["x-envoy-attempt-count"]);
+        assert_eq!(s.previous_attempts_headers, ["grpc-previous-rpc-attempts"]);
+        assert_eq!((s.retry_after_min_s, s.retry_after_max_s), (1, 5));
+        assert_eq!(s.shed_status, 503);
+        assert_eq!(c.global.max_keys, 100);
+        assert_eq!(c.global.sync_interval_ms, 100);
+        assert_eq!(c.global.stat_prefix, "retry_budget");
+    }
+
+    #[test]
+    fn a_route_overrides_only_the_fields_it_names() {
+        let c = parse(
+            br#"{"budget_percent": 10, "max_retries": 3,
+                 "routes": [{"name": "api", "match": {"prefix": "/api"}, "mode": "inbound", "budget_percent": 50}]}"#,
+        )
+        .unwrap();
+        let r = &c.routes.routes[0].settings;
+        assert_eq!(r.mode, Mode::Inbound);
+        assert_eq!(r.policy.budget_percent, 50.0);
+        assert_eq!(r.max_retries, 3);
+        assert_eq!(c.routes.defaults.policy.budget_percent, 10.0);
+    }
+
+    #[test]
+    fn dry_run_modes_keep_their_side() {
+        assert_eq!(Mode::OutboundDryRun.side(), Some(Side::Outbound));
+        assert!(Mode::InboundDryRun.dry_run());
+        assert_eq!(Mode::InboundDryRun.side(), Some(Side::Inbound));
+        assert_eq!(Mode::Disabled.side(), None);
+        assert!(!Mode::Inbound.dry_run());
+    }
+
+    #[test]
+    fn every_rule_names_its_field() {
+        for (json, expected) in [
+            (
+                r#"{"routes": [{"match": {"prefix": "/a"}, "budget_percent": 150}]}"#,
+                "routes[0].budget_percent: must be between 0 and 100, got 150",
+            ),
+            (
+                r#"{"window": "500ms"}"#,
+                "window: must be between 1s and 1h, got 500ms",
+            ),
+            (
+                r#"{"min_retries_per_second": -1}"#,
+                "min_retries_per_second: must be a number between 0 and 100000, got -1",
+            ),
+            (
+                r#"{"max_retries": 101}"#,
+                "max_retries: must be between 0 and 100, got 101",
+            ),
+            (
+                r#"{"retry_on": "5xx,sometimes"}"#,
+                "retry_on: \"sometimes\" is not a retry condition",
+            ),
+            (
+                r#"{"per_try_timeout": "0s"}"#,
+                "per_try_timeout: must be at least 1ms, got 0s",
+            ),
+            (
+                r#"{"attempt_count_headers": ["ok", "bad header"]}"#,
+                "attempt_count_headers[1]: must be an HTTP header name",
+            ),
+            (
+                r#"{"deadline_header": ""}"#,
+                "deadline_header: must be an HTTP header name",
+            ),
+            (
+                r#"{"shed_status": 200}"#,
+                "shed_status: must be between 400 and 599, got 200",
+            ),
+            (
+                r#"{"retry_after_min": "1500ms"}"#,
+                "retry_after_min: must be whole seconds",
+            ),
+            (
+                r#"{"retry_after_min": "10s", "retry_after_max": "2s"}"#,
+                "retry_after_max: must be at least retry_after_min (10s), got 2s",
+            ),
+            (
+                r#"{"min_latency_samples": 0}"#,
+                "min_latency_samples: must be between 1 and 1000000, got 0",
+            ),
+            (
+                r#"{"mode": "sometimes"}"#,
+                "mode: unknown variant \"sometimes\"",
+            ),
+            (
+                r#"{"max_keys": 0}"#,
+                "max_keys: must be between 1 and 10000, got 0",
+            ),
+            (
+                r#"{"sync_interval": "1ms"}"#,
+                "sync_interval: must be between 10ms and 10s, got 1ms",
+            ),
+            (
+                r#"{"stat_prefix": "a.b"}"#,
+                "stat_prefix: must be 1 to 64 characters",
+            ),
+            (r#"{"budget": 20}"#, "budget: unknown field \"budget\""),
+            (
+                r#"{"budget_percent": 20}"#,
+                "max_retries: is required in outbound mode",
+            ),
+            (
+                r#"{"routes": [{"match": {"prefix": "/a"}, "max_keys": 5}]}"#,
+                "routes[0].max_keys: is a filter-wide setting",
+            ),
+            (
+                r#"{"max_retries": 1, "routes": [{"name": "a", "match": {"prefix": "/a"}}, {"name": "a", "match": {"prefix": "/b"}}]}"#,
+                "routes[1].name: \"a\" is already the name",
+            ),
+        ] {
+            let e = err(json);
+            assert!(e.starts_with(expected), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn retry_conditions_are_normalised_and_headers_lowercased() {
+        let c = parse(
+            br#"{"retry_on": "5xx, reset", "deadline_header": "X-Deadline-Ms", "max_retries": 2,
+                 "previous_attempts_headers": ["X-Retry"]}"#,
+        )
+        .unwrap();
+        let s = &c.routes.defaults;
+        assert_eq!(s.retry_on.as_deref(), Some("5xx,reset"));
+        assert_eq!(s.deadline_header.as_deref(), Some("x-deadline-ms"));
+        assert_eq!(s.previous_attempts_headers, ["x-retry"]);
+    }
+}
