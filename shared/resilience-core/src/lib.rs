@@ -23,6 +23,8 @@
 //! - [`breaker`]: the circuit breaker's state machine.
 //! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
 //!   across workers.
+//! - [`padding`]: failure-latency padding: how long to hold a failed response, and the
+//!   cross-worker cap on held responses.
 
 pub mod backoff;
 pub mod breaker;
@@ -32,6 +34,7 @@ pub mod config;
 pub mod deadline;
 pub mod estimator;
 pub mod outcome;
+pub mod padding;
 pub mod problem;
 pub mod routes;
 pub mod window;

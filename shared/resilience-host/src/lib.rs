@@ -15,6 +15,7 @@
 //! - [`reply`]: `application/problem+json` local replies.
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log level and a panic hook that logs before the VM traps.
+//! - [`resume`]: resuming a paused response from the tick; re-arming the tick timer.
 
 pub mod clock;
 pub mod logging;
@@ -23,4 +24,5 @@ pub mod props;
 pub mod registry;
 pub mod reply;
 pub mod request;
+pub mod resume;
 pub mod shared;

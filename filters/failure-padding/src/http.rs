@@ -1,0 +1,306 @@
+//! The per-request side: note when the request arrived, judge the response, hold a failure.
+//!
+//! At the request headers the route's settings and key are chosen, health checks recognised and
+//! the caller's deadline read (request headers cannot be read once the response is under way). At the response headers a *failure* (the route's
+//! classifier: 5xx except 501, Envoy-local failures, gRPC failure codes in the headers; 4xx are
+//! not failures unless configured) is decided on: held until it took as long as the route's
+//! learned target, or skipped with a reason. A held response gets its decision header first
+//! (header maps cannot be changed after a resume) and the callback returns `Pause`; the worker's
+//! tick resumes it. At the end of the stream a success teaches the route its latency, and a
+//! response still held (the client went away) gives its in-flight slot back.
+//!
+//! The latency measured is this proxy's: from the request headers to the response headers, the
+//! same clock for what is learned and what is padded.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use resilience_core::backoff::random_u64;
+use resilience_core::deadline::{parse_grpc_timeout, parse_millis};
+use resilience_core::outcome::{
+    local_failure_from_flags, parse_grpc_status, Classifier, Outcome, ResponseFacts,
+};
+use resilience_core::padding::{decide, Cap, Decision, Skip};
+use resilience_host::request::{self, HostRequest};
+use resilience_host::{clock, props};
+
+use crate::config::{Mode, Settings, DECISION_HEADER};
+use crate::worker::Worker;
+
+/// The HTTP context of the failure-padding filter.
+pub struct PaddingHttp {
+    worker: Option<Rc<RefCell<Worker>>>,
+    context_id: u32,
+    /// The request was seen, has a key and its route is not disabled.
+    active: bool,
+    health_check: bool,
+    /// The response was queued to be held (it may have been released since).
+    held: bool,
+    key: String,
+    start_ms: u64,
+    first_byte_ms: u64,
+    status: u16,
+    grpc_status: Option<u32>,
+    /// The caller's deadline read from the request (its headers are gone by the response).
+    deadline_ms: Option<u64>,
+}
+
+impl PaddingHttp {
+    pub fn new(worker: Option<Rc<RefCell<Worker>>>, context_id: u32) -> Self {
+        PaddingHttp {
+            worker,
+            context_id,
+            active: false,
+            health_check: false,
+            held: false,
+            key: String::new(),
+            start_ms: 0,
+            first_byte_ms: 0,
+            status: 0,
+            grpc_status: None,
+            deadline_ms: None,
+        }
+    }
+
+    fn on_request(&mut self, w: &mut Worker) {
+        let mut req = HostRequest::new();
+        let config = Rc::clone(&w.config);
+        let selected = config.routes.select(&mut req);
+        let settings: &Settings = selected.settings;
+        if settings.mode == Mode::Disabled {
+            return;
+        }
+        let base = match selected.index {
+            Some(_) => selected.name.to_owned(),
+            None => req
+                .route_name_owned()
+                .or_else(props::cluster_name)
+                .unwrap_or_else(|| "default".to_owned()),
+        };
+        self.key = Worker::key(&base);
+        if w.entry(&self.key, selected.index).is_none() {
+            return;
+        }
+        self.health_check = settings.health_checks.iter().any(|m| m.matches(&mut req));
+        if !self.health_check {
+            self.deadline_ms = Self::deadline_ms(settings);
+        }
+        self.start_ms = clock::now_ms();
+        self.active = true;
+    }
+
+    /// Whether the response so far is a failure under `classifier`.
+    fn is_failure(&self, classifier: &Classifier) -> bool {
+        let local = if self.status == 0 || self.status >= 500 {
+            props::u64(&["response", "flags"]).and_then(local_failure_from_flags)
+        } else {
+            None
+        };
+        let facts = ResponseFacts {
+            status: self.status,
+            grpc_status: self.grpc_status,
+            local,
+            duration_ms: 0,
+        };
+        classifier.classify(&facts).is_failure()
+    }
+
+    /// The caller's whole budget in ms, counted from when it sent the request: the smallest of
+    /// `grpc-timeout`, `x-envoy-expected-rq-timeout-ms` and the configured header. Read with the
+    /// request: Envoy 1.40 refuses request-header reads once the response is under way.
+    fn deadline_ms(settings: &Settings) -> Option<u64> {
+        let grpc =
+            request::request_header_bytes("grpc-timeout").and_then(|v| parse_grpc_timeout(&v));
+        let envoy = request::request_header_bytes("x-envoy-expected-rq-timeout-ms")
+            .and_then(|v| parse_millis(&v));
+        let custom = settings
+            .deadline_header
+            .as_deref()
+            .and_then(request::request_header_bytes)
+            .and_then(|v| parse_millis(&v));
+        [grpc, envoy, custom].into_iter().flatten().min()
+    }
+
+    /// Decide on a failed response; `Pause` when it is held.
+    fn on_failure(&mut self, w: &mut Worker, now_ms: u64) -> Action {
+        let config = Rc::clone(&w.config);
+        let Some(entry) = w.entries.get_mut(&self.key) else {
+            return Action::Continue;
+        };
+        let settings = config.settings(entry.route_index);
+        entry.pending.failures += 1;
+        if self.health_check {
+            entry.pending.skip(Skip::HealthCheck);
+            skipped_header(Skip::HealthCheck);
+            return Action::Continue;
+        }
+        let elapsed = now_ms.saturating_sub(self.start_ms);
+        let deadline = self.deadline_ms;
+        let random = if settings.policy.jitter > 0.0 {
+            random_u64()
+        } else {
+            0
+        };
+        let hold = match decide(&settings.policy, entry.target_ms, elapsed, deadline, random) {
+            Decision::Skip(s) => {
+                entry.pending.skip(s);
+                skipped_header(s);
+                return Action::Continue;
+            }
+            Decision::Hold(h) => h,
+        };
+        if settings.mode == Mode::DryRun {
+            entry.pending.would_pad += 1;
+            entry.pending.would_pad_ms += hold.hold_ms;
+            log::debug!(
+                "failure_padding {}: dry run: would hold a failed response for {} ms (target {} ms)",
+                self.key,
+                hold.hold_ms,
+                hold.target_ms
+            );
+            request::set_response_header(
+                DECISION_HEADER,
+                &format!(
+                    "dry_run; would_pad_ms={}; target={}",
+                    hold.hold_ms, hold.target_ms
+                ),
+            );
+            return Action::Continue;
+        }
+        match w.try_hold(&self.key, self.context_id, &hold, now_ms) {
+            Ok(()) => {
+                if let Some(entry) = w.entries.get_mut(&self.key) {
+                    entry.pending.padded += 1;
+                    match hold.capped {
+                        Some(Cap::MaxPadding) => entry.pending.capped_max_padding += 1,
+                        Some(Cap::Deadline) => entry.pending.capped_deadline += 1,
+                        None => {}
+                    }
+                }
+                self.held = true;
+                let mut value = format!("padded; ms={}; target={}", hold.hold_ms, hold.target_ms);
+                if let Some(c) = hold.capped {
+                    value.push_str("; capped=");
+                    value.push_str(c.as_str());
+                }
+                // Header maps are gone after a resume: the header goes on before the pause.
+                request::set_response_header(DECISION_HEADER, &value);
+                Action::Pause
+            }
+            Err(s) => {
+                if let Some(entry) = w.entries.get_mut(&self.key) {
+                    entry.pending.skip(s);
+                }
+                skipped_header(s);
+                Action::Continue
+            }
+        }
+    }
+
+    /// The stream ended: learn from a success, give back a slot still held.
+    fn finish(&mut self) {
+        if !self.active {
+            return;
+        }
+        self.active = false;
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return;
+        };
+        if self.held {
+            self.held = false;
+            w.abandon(self.context_id, clock::now_ms());
+        }
+        if self.health_check || self.first_byte_ms == 0 || !(100..400).contains(&self.status) {
+            return;
+        }
+        if !matches!(self.grpc_status, None | Some(0)) {
+            return;
+        }
+        let Some(index) = w.entries.get(&self.key).map(|e| e.route_index) else {
+            return;
+        };
+        let config = Rc::clone(&w.config);
+        let facts = ResponseFacts {
+            status: self.status,
+            grpc_status: self.grpc_status,
+            local: None,
+            duration_ms: 0,
+        };
+        if config.settings(index).classifier.classify(&facts).outcome == Outcome::Success {
+            let latency = self.first_byte_ms.saturating_sub(self.start_ms);
+            w.record_success(&self.key, latency);
+        }
+    }
+}
+
+fn skipped_header(s: Skip) {
+    request::set_response_header(DECISION_HEADER, &format!("skipped; reason={}", s.as_str()));
+}
+
+impl Context for PaddingHttp {}
+
+impl HttpContext for PaddingHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return Action::Continue;
+        };
+        if let Ok(mut w) = worker.try_borrow_mut() {
+            self.on_request(&mut w);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.active || self.first_byte_ms != 0 {
+            return Action::Continue;
+        }
+        let now = clock::now_ms();
+        self.first_byte_ms = now.max(1);
+        self.status = request::response_status().unwrap_or(0);
+        self.grpc_status =
+            request::response_header_bytes("grpc-status").and_then(|v| parse_grpc_status(&v));
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return Action::Continue;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let Some(index) = w.entries.get(&self.key).map(|e| e.route_index) else {
+            return Action::Continue;
+        };
+        let config = Rc::clone(&w.config);
+        if !self.is_failure(&config.settings(index).classifier) {
+            return Action::Continue;
+        }
+        self.on_failure(&mut w, now)
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.active {
+            if let Some(g) =
+                request::response_trailer_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
+            {
+                self.grpc_status = Some(g);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}
+
+impl Drop for PaddingHttp {
+    /// A backstop: should a stream end without `on_log`, its slot still comes back.
+    fn drop(&mut self) {
+        if self.held {
+            self.finish();
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Resuming a paused response later, from the root context's timer.
+//!
+//! Why: a filter that holds a response (failure padding) returns `Pause` from its response-headers
+//! callback; nothing calls that stream again until the filter resumes it. The only callback that
+//! runs by itself later is the root context's `on_tick`, so the tick resumes it: it makes the
+//! held stream the *effective context* and continues it. Verified on Envoy 1.40: Envoy defers the
+//! continuation until `on_tick` returns, and a stream that is gone (the client reset it) is
+//! reported, not a trap.
+//!
+//! Why our own imports: the SDK's `set_effective_context`, `resume_http_response` and
+//! `set_tick_period` panic on any status they do not expect (trapping the worker's VM); here
+//! every status is a value.
+//!
+//! The timer: Envoy 1.40 re-arms the root context's timer whenever the period is set (it replaces
+//! the timer), from any context of that root (the failure-padding e2e timing tests rely on it). [`set_tick_period_ms`] is therefore both
+//! "tick every N ms from now on" and "fire in N ms", which is what lets a held response be
+//! released at its due time instead of at the next regular tick.
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+}
+
+const STATUS_OK: u32 = 0;
+const STATUS_BAD_ARGUMENT: u32 = 2;
+/// `StreamType::HttpResponse` in the proxy-wasm ABI.
+const STREAM_HTTP_RESPONSE: u32 = 1;
+
+/// What became of a resume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resumed {
+    /// The response continues toward the client.
+    Continued,
+    /// The stream no longer exists (the client went away, or it was reset).
+    Gone,
+    /// The host refused with this status; the stream may stay paused until a timeout ends it.
+    Refused(u32),
+}
+
+/// Continue the HTTP response of stream `context_id` (one of this worker's streams), paused
+/// earlier by returning `Pause` from its response headers. Call from the root context.
+pub fn resume_http_response(context_id: u32) -> Resumed {
+    // SAFETY: plain integer arguments; the host validates the id.
+    let status = unsafe { proxy_set_effective_context(context_id) };
+    match status {
+        STATUS_OK => {}
+        STATUS_BAD_ARGUMENT => return Resumed::Gone,
+        other => return Resumed::Refused(other),
+    }
+    // SAFETY: as above; the effective context is now the held stream.
+    match unsafe { proxy_continue_stream(STREAM_HTTP_RESPONSE) } {
+        STATUS_OK => Resumed::Continued,
+        STATUS_BAD_ARGUMENT => Resumed::Gone,
+        other => Resumed::Refused(other),
+    }
+}
+
+/// Set the root context's tick period to `ms` (clamped to 1..=u32::MAX) and re-arm its timer to
+/// fire `ms` from now. Returns false if the host refused.
+pub fn set_tick_period_ms(ms: u64) -> bool {
+    let ms = u32::try_from(ms.max(1)).unwrap_or(u32::MAX);
+    // SAFETY: a plain integer argument.
+    unsafe { proxy_set_tick_period_milliseconds(ms) == STATUS_OK }
+}
