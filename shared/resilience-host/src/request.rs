@@ -4,6 +4,11 @@
 //! header. Each is fetched at most once per request and only if a matcher asks for it: host calls
 //! cost microseconds each. Header values are read as bytes: the SDK's `String` getters unwrap
 //! UTF-8 and would trap the VM on a hostile header, so non-UTF-8 values are treated as absent.
+//!
+//! Reads go through our own import of `proxy_get_header_map_value`: the SDK's
+//! `get_map_value_bytes` panics on any status but Ok/NotFound, and Envoy 1.40 answers
+//! `BadArgument` when, for example, request headers are read during the response phase. Here any
+//! such status is simply "absent".
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
@@ -24,25 +29,51 @@ pub fn response_trailer(name: &str) -> Option<String> {
     header(MapType::HttpResponseTrailers, name)
 }
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+}
+
+const STATUS_OK: u32 = 0;
+
+/// One header's raw value from a map; `None` when absent or when the host says anything but Ok.
+fn map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = core::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the out-pointers are valid for writes; the host fills them with memory allocated
+    // through the SDK's exported `proxy_on_memory_allocate` (a forgotten `Vec<u8>` of `size`
+    // bytes), which `Vec::from_raw_parts` takes back, as the SDK itself does.
+    let status = unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    let value = if data.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: see above.
+        unsafe { Vec::from_raw_parts(data, size, size) }
+    };
+    (status == STATUS_OK).then_some(value)
+}
+
 /// Raw bytes of a request header.
 pub fn request_header_bytes(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    map_value(MapType::HttpRequestHeaders, name)
 }
 
 /// Raw bytes of a response header.
 pub fn response_header_bytes(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
+    map_value(MapType::HttpResponseHeaders, name)
 }
 
 /// Raw bytes of a response trailer.
 pub fn response_trailer_bytes(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpResponseTrailers, name)
-        .ok()
-        .flatten()
+    map_value(MapType::HttpResponseTrailers, name)
 }
 
 /// The response's `:status`, if present and a 3-digit number.
@@ -64,8 +95,13 @@ pub fn set_request_header(name: &str, value: &str) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
 }
 
+/// Remove a request header (every value of it).
+pub fn remove_request_header(name: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+}
+
 fn header(map: MapType, name: &str) -> Option<String> {
-    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    let bytes = map_value(map, name)?;
     String::from_utf8(bytes).ok()
 }
 
