@@ -131,7 +131,11 @@ impl Chart<'_> {
 
 /// A round tick step (1, 2, 5 × 10^n) near `raw`.
 fn nice_step(raw: f64) -> f64 {
-    let raw = if raw.is_finite() && raw > 0.0 { raw } else { 1.0 };
+    let raw = if raw.is_finite() && raw > 0.0 {
+        raw
+    } else {
+        1.0
+    };
     let mag = 10f64.powf(raw.log10().floor());
     for m in [1.0, 2.0, 5.0, 10.0] {
         if raw <= m * mag {
