@@ -25,6 +25,8 @@
 //!   across workers.
 //! - [`padding`]: failure-latency padding: how long to hold a failed response, and the
 //!   cross-worker cap on held responses.
+//! - [`shedding`]: concurrency admission per route across workers, with priority classes and
+//!   leases that forget a dead worker's requests.
 
 pub mod backoff;
 pub mod breaker;
@@ -37,4 +39,5 @@ pub mod outcome;
 pub mod padding;
 pub mod problem;
 pub mod routes;
+pub mod shedding;
 pub mod window;

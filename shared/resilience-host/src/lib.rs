@@ -16,6 +16,7 @@
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log level and a panic hook that logs before the VM traps.
 //! - [`resume`]: resuming a paused response from the tick; re-arming the tick timer.
+//! - [`stream`]: the whole request header map and body as bytes, and resuming a paused request.
 
 pub mod clock;
 pub mod logging;
@@ -26,3 +27,4 @@ pub mod reply;
 pub mod request;
 pub mod resume;
 pub mod shared;
+pub mod stream;

@@ -1,0 +1,167 @@
+//! The current HTTP stream seen whole: every request header in one call, the buffered request
+//! body, and resuming a paused request from the root context.
+//!
+//! Why our own imports: the SDK's `get_map_bytes` unwraps header *names* as UTF-8 and its
+//! `get_buffer`, `set_effective_context` and `resume_http_request` panic on any status they do not
+//! expect; a panic traps the worker's VM. Here the serialized map is parsed with every length
+//! checked, and every status is a value. Reading the whole header map costs one host call, cheaper
+//! than the several single-header reads a validator would otherwise make.
+
+use core::ptr::null_mut;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_buffer_data: *mut *mut u8,
+        return_buffer_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+}
+
+const STATUS_OK: u32 = 0;
+const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
+const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
+const STREAM_HTTP_REQUEST: u32 = 0;
+
+/// Takes ownership of a host-allocated buffer.
+///
+/// # Safety
+/// `data` must be null or a pointer the host obtained from the SDK's exported allocator for
+/// exactly `size` bytes.
+unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        // SAFETY: per the contract above, this is a forgotten `Vec<u8>` of `size` bytes, which is
+        // how the SDK itself frees it.
+        unsafe { Vec::from_raw_parts(data, size, size) }
+    }
+}
+
+/// Every request header as `(name, value)` bytes, pseudo-headers included, in wire order.
+/// `None` when the host refused or sent a map that does not parse.
+pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the out-pointers are valid for writes; the host fills them with an allocation made
+    // through the SDK's `proxy_on_memory_allocate`.
+    let status =
+        unsafe { proxy_get_header_map_pairs(MAP_HTTP_REQUEST_HEADERS, &mut data, &mut size) };
+    // SAFETY: see above; the buffer is taken back even when the status is not OK.
+    let bytes = unsafe { take(data, size) };
+    if status != STATUS_OK {
+        return None;
+    }
+    parse_header_map(&bytes)
+}
+
+/// Up to `max` bytes of the buffered request body from `start`. `None` when the host refused.
+pub fn request_body(start: usize, max: usize) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: as in `request_headers`.
+    let status = unsafe {
+        proxy_get_buffer_bytes(BUFFER_HTTP_REQUEST_BODY, start, max, &mut data, &mut size)
+    };
+    // SAFETY: as in `request_headers`.
+    let bytes = unsafe { take(data, size) };
+    (status == STATUS_OK).then_some(bytes)
+}
+
+/// From the root context (e.g. on the tick): resumes the request of HTTP context `context_id`,
+/// paused earlier. False when that stream is gone or the host refused.
+pub fn resume_request(context_id: u32) -> bool {
+    // SAFETY: plain host calls with integer arguments.
+    unsafe {
+        proxy_set_effective_context(context_id) == STATUS_OK
+            && proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK
+    }
+}
+
+/// Parses the proxy-wasm serialized map: a little-endian `u32` count, then `count` pairs of
+/// `u32` lengths, then each name and value followed by a NUL. Any inconsistency is `None`.
+pub fn parse_header_map(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let read_u32 = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        let arr: [u8; 4] = b.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(arr)).ok()
+    };
+    let count = read_u32(0)?;
+    let sizes_end = count.checked_mul(8)?.checked_add(4)?;
+    if sizes_end > bytes.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(count);
+    let mut p = sizes_end;
+    for i in 0..count {
+        let at = i.checked_mul(8)?.checked_add(4)?;
+        let key_len = read_u32(at)?;
+        let value_len = read_u32(at.checked_add(4)?)?;
+        let key = bytes.get(p..p.checked_add(key_len)?)?.to_vec();
+        p = p.checked_add(key_len)?.checked_add(1)?;
+        let value = bytes.get(p..p.checked_add(value_len)?)?.to_vec();
+        p = p.checked_add(value_len)?.checked_add(1)?;
+        out.push((key, value));
+    }
+    if p > bytes.len() {
+        return None;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (k, v) in pairs {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    #[test]
+    fn a_serialized_map_parses_back_including_non_utf8_bytes() {
+        let pairs: &[(&[u8], &[u8])] =
+            &[(b":path", b"/a"), (b"x-bin", b"\xff\x00\xfe"), (b"e", b"")];
+        let parsed = parse_header_map(&serialize(pairs)).unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[1], (b"x-bin".to_vec(), b"\xff\x00\xfe".to_vec()));
+        assert_eq!(parse_header_map(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn truncated_or_lying_maps_are_none_not_a_panic() {
+        let full = serialize(&[(b"name", b"value")]);
+        for cut in 1..full.len() - 1 {
+            assert_eq!(parse_header_map(&full[..cut]), None, "cut at {cut}");
+        }
+        let mut lying = full.clone();
+        lying[0] = 0xff;
+        assert_eq!(parse_header_map(&lying), None);
+        let mut huge = full;
+        huge[4] = 0xff;
+        huge[7] = 0xff;
+        assert_eq!(parse_header_map(&huge), None);
+    }
+}
