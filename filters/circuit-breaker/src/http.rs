@@ -177,11 +177,7 @@ impl BreakerHttp {
         match &settings.rejection.body {
             Some((body, content_type)) => {
                 headers.push(("content-type", content_type.as_str()));
-                let _ = proxy_wasm::hostcalls::send_http_response(
-                    u32::from(settings.rejection.status),
-                    headers,
-                    Some(body.as_bytes()),
-                );
+                reply::send(settings.rejection.status, &headers, body.as_bytes());
             }
             None => {
                 let reason = if forced {
