@@ -262,7 +262,9 @@ impl Worker {
             .partition(|h| now_ms.saturating_sub(h.since_ms) >= HOLD_GRACE_MS);
         self.held = keep;
         for h in due {
-            if resilience_host::stream::resume_request(h.context_id) {
+            if resilience_host::resume::resume_http_request(h.context_id)
+                == resilience_host::resume::Resumed::Continued
+            {
                 self.global_pending.hold_fallbacks += 1;
                 if !self.warned_hold {
                     self.warned_hold = true;

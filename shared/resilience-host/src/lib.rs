@@ -15,8 +15,8 @@
 //! - [`reply`]: `application/problem+json` local replies.
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log level and a panic hook that logs before the VM traps.
-//! - [`resume`]: resuming a paused response from the tick; re-arming the tick timer.
-//! - [`stream`]: the whole request header map and body as bytes, and resuming a paused request.
+//! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
+//! - [`stream`]: the whole request header map and body as bytes.
 
 pub mod clock;
 pub mod logging;

@@ -1,4 +1,4 @@
-//! Resuming a paused response later, from the root context's timer.
+//! Resuming a paused request or response later, from the root context's timer.
 //!
 //! Why: a filter that holds a response (failure padding) returns `Pause` from its response-headers
 //! callback; nothing calls that stream again until the filter resumes it. The only callback that
@@ -25,6 +25,8 @@ extern "C" {
 
 const STATUS_OK: u32 = 0;
 const STATUS_BAD_ARGUMENT: u32 = 2;
+/// `StreamType::HttpRequest` in the proxy-wasm ABI.
+const STREAM_HTTP_REQUEST: u32 = 0;
 /// `StreamType::HttpResponse` in the proxy-wasm ABI.
 const STREAM_HTTP_RESPONSE: u32 = 1;
 
@@ -42,6 +44,16 @@ pub enum Resumed {
 /// Continue the HTTP response of stream `context_id` (one of this worker's streams), paused
 /// earlier by returning `Pause` from its response headers. Call from the root context.
 pub fn resume_http_response(context_id: u32) -> Resumed {
+    resume(context_id, STREAM_HTTP_RESPONSE)
+}
+
+/// Continue the HTTP request of stream `context_id`, paused earlier in its request phase (e.g.
+/// held for body checks). Call from the root context.
+pub fn resume_http_request(context_id: u32) -> Resumed {
+    resume(context_id, STREAM_HTTP_REQUEST)
+}
+
+fn resume(context_id: u32, stream: u32) -> Resumed {
     // SAFETY: plain integer arguments; the host validates the id.
     let status = unsafe { proxy_set_effective_context(context_id) };
     match status {
@@ -50,7 +62,7 @@ pub fn resume_http_response(context_id: u32) -> Resumed {
         other => return Resumed::Refused(other),
     }
     // SAFETY: as above; the effective context is now the held stream.
-    match unsafe { proxy_continue_stream(STREAM_HTTP_RESPONSE) } {
+    match unsafe { proxy_continue_stream(stream) } {
         STATUS_OK => Resumed::Continued,
         STATUS_BAD_ARGUMENT => Resumed::Gone,
         other => Resumed::Refused(other),

@@ -1,8 +1,8 @@
-//! The current HTTP stream seen whole: every request header in one call, the buffered request
-//! body, and resuming a paused request from the root context.
+//! The current HTTP stream seen whole: every request header in one call and the buffered request
+//! body. (Resuming a paused request lives in [`crate::resume`].)
 //!
 //! Why our own imports: the SDK's `get_map_bytes` unwraps header *names* as UTF-8 and its
-//! `get_buffer`, `set_effective_context` and `resume_http_request` panic on any status they do not
+//! `get_buffer` panics on any status it does not
 //! expect; a panic traps the worker's VM. Here the serialized map is parsed with every length
 //! checked, and every status is a value. Reading the whole header map costs one host call, cheaper
 //! than the several single-header reads a validator would otherwise make.
@@ -23,14 +23,11 @@ extern "C" {
         return_buffer_data: *mut *mut u8,
         return_buffer_size: *mut usize,
     ) -> u32;
-    fn proxy_set_effective_context(context_id: u32) -> u32;
-    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 const STATUS_OK: u32 = 0;
 const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
 const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
-const STREAM_HTTP_REQUEST: u32 = 0;
 
 /// Takes ownership of a host-allocated buffer.
 ///
@@ -75,16 +72,6 @@ pub fn request_body(start: usize, max: usize) -> Option<Vec<u8>> {
     // SAFETY: as in `request_headers`.
     let bytes = unsafe { take(data, size) };
     (status == STATUS_OK).then_some(bytes)
-}
-
-/// From the root context (e.g. on the tick): resumes the request of HTTP context `context_id`,
-/// paused earlier. False when that stream is gone or the host refused.
-pub fn resume_request(context_id: u32) -> bool {
-    // SAFETY: plain host calls with integer arguments.
-    unsafe {
-        proxy_set_effective_context(context_id) == STATUS_OK
-            && proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK
-    }
 }
 
 /// Parses the proxy-wasm serialized map: a little-endian `u32` count, then `count` pairs of
