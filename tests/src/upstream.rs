@@ -219,12 +219,25 @@ struct Shared {
     /// Open connections, so stopping can shut them (hung ones included) down.
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
+    /// The optional cold cache (see `Upstream::set_cold_cache`).
+    cold: Mutex<ColdCache>,
+    /// Held while a cache miss is being served: misses queue behind each other.
+    miss_lock: Mutex<()>,
+}
+
+/// A cache that starts empty: the first request for each distinct target is a miss.
+#[derive(Debug, Default)]
+struct ColdCache {
+    miss_latency: Option<Duration>,
+    seen: std::collections::HashSet<String>,
 }
 
 /// What one request gets, decided under the lock and carried out without it.
 struct Plan {
     mode: Mode,
     latency: Duration,
+    /// A cold-cache miss: served for this long, one miss at a time.
+    miss: Option<Duration>,
     response: Vec<u8>,
     close: bool,
 }
@@ -278,10 +291,16 @@ impl Shared {
                 None => Behavior::default(),
             }
         };
+        let miss = {
+            let mut cold = lock(&self.cold);
+            let ColdCache { miss_latency, seen } = &mut *cold;
+            miss_latency.filter(|_| seen.insert(target.to_string()))
+        };
         let head_only = method.eq_ignore_ascii_case("HEAD");
         Plan {
             mode: chosen.mode,
             latency: chosen.latency,
+            miss,
             response: render_response(&self.name, &chosen, head_only, close),
             close,
         }
@@ -362,6 +381,8 @@ impl Upstream {
                             counts: Mutex::new(Counts::default()),
                             conns: Mutex::new(HashMap::new()),
                             next_conn: AtomicU64::new(0),
+                            cold: Mutex::new(ColdCache::default()),
+                            miss_lock: Mutex::new(()),
                         }),
                         running: Mutex::new(None),
                     };
@@ -387,6 +408,8 @@ impl Upstream {
                 counts: Mutex::new(Counts::default()),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(0),
+                cold: Mutex::new(ColdCache::default()),
+                miss_lock: Mutex::new(()),
             }),
             running: Mutex::new(None),
         };
@@ -412,6 +435,17 @@ impl Upstream {
         lock(&self.shared.script)
             .overrides
             .insert(prefix.to_string(), Rule { behavior, seen: 0 });
+    }
+
+    /// Models a replica whose cache starts cold: with `Some(miss)`, the first request for each
+    /// distinct target takes an extra `miss` (after the behaviour's latency), and misses are
+    /// served one at a time, like a cold backing store, so a flood of misses queues. `None`
+    /// turns it off. Either way the cache is emptied (a restarted process has a cold cache:
+    /// call this again after `restart`).
+    pub fn set_cold_cache(&self, miss: Option<Duration>) {
+        let mut cold = lock(&self.shared.cold);
+        cold.miss_latency = miss;
+        cold.seen.clear();
     }
 
     /// Removes the override for exactly `prefix`.
@@ -614,6 +648,10 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
         let plan = shared.plan(&method, &target, &head.headers, body, close);
         if !plan.latency.is_zero() {
             std::thread::sleep(plan.latency);
+        }
+        if let Some(miss) = plan.miss {
+            let _serving = lock(&shared.miss_lock);
+            std::thread::sleep(miss);
         }
         match plan.mode {
             Mode::Respond => {

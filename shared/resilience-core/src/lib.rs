@@ -18,8 +18,6 @@
 //! - [`backoff`]: jittered exponential backoff and full jitter.
 //! - [`problem`]: RFC 9457 `application/problem+json` local replies.
 //! - [`deadline`]: reading a request's remaining deadline from its headers.
-//! - [`budget`]: the retry budget: retries as a share of recent requests plus a floor, reserved
-//!   before a request is sent, shared by all workers through leases.
 //! - [`breaker`]: the circuit breaker's state machine.
 //! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
 //!   across workers.
@@ -27,17 +25,29 @@
 //!   cross-worker cap on held responses.
 //! - [`shedding`]: concurrency admission per route across workers, with priority classes and
 //!   leases that forget a dead worker's requests.
+//! - [`budget`]: the retry budget: retries as a share of recent requests plus a floor, reserved
+//!   before a request is sent, shared by all workers through leases.
+//! - [`ramp`]: slow start: one endpoint's warm-up (curve from first success, re-entry after
+//!   failures, closed-loop pause, priming pacing).
+//! - [`balance`]: choosing an endpoint by effective weight (weighted random or P2C least-request).
+//! - [`rate_cap`]: an absolute requests-per-second cap shared by all workers (GCRA).
+//! - [`directory`]: the balancer's endpoint list with stable slots of shared state, and the
+//!   discovery document it is refreshed from.
 
 pub mod backoff;
+pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod codec;
 pub mod config;
 pub mod deadline;
+pub mod directory;
 pub mod estimator;
 pub mod outcome;
 pub mod padding;
 pub mod problem;
+pub mod ramp;
+pub mod rate_cap;
 pub mod routes;
 pub mod shedding;
 pub mod window;

@@ -7,17 +7,19 @@
 //! surprise into a value the filter can degrade on (fail open, counted), never a trap.
 //!
 //! Modules, one concept each:
+//! - [`callout`]: requests the filter sends itself (`dispatch_http_call`) and their answers.
 //! - [`shared`]: shared data with compare-and-swap updates in a bounded retry loop.
+//! - [`stream`]: the whole request header map and body as bytes.
 //! - [`registry`]: a bounded set of keys shared by all workers (shared data cannot delete).
 //! - [`metrics`]: counters and cross-worker gauges (± increments, never `set`).
 //! - [`props`]: typed reads of Envoy properties.
 //! - [`request`]: a lazy, cached view of the request for route matching.
 //! - [`reply`]: `application/problem+json` local replies.
+//! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log level and a panic hook that logs before the VM traps.
-//! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
-//! - [`stream`]: the whole request header map and body as bytes.
 
+pub mod callout;
 pub mod clock;
 pub mod logging;
 pub mod metrics;

@@ -1,0 +1,1077 @@
+//! The filter's configuration: parsed from the Wasm filter's JSON, then checked.
+//!
+//! Why two steps: serde catches the shape (types, unknown fields) with the JSON path; the checks
+//! that relate fields (`mode: "balance"` needs `endpoints`, priming needs a `dispatch_cluster`)
+//! run after and name the field too. Envoy then refuses the filter at load with one log line such
+//! as `endpoints[1].address: must be an IP address and port like "10.0.0.7:8080", got "db"`.
+//!
+//! What kind of filter an instance is follows from its configuration: with `endpoints` it
+//! **balances** (it picks the endpoint of an `ORIGINAL_DST` cluster for every request); without,
+//! it **admits** (it sits in the warming replica's own proxy and sheds the excess). Per route,
+//! `mode` may stay that kind, become `dry_run` (decide and count, never act) or `disabled`.
+
+use std::net::SocketAddr;
+
+use resilience_core::config::{ConfigError, DurationMs, Percent};
+use resilience_core::outcome::{Classifier, GrpcCodeSet, LocalFailureSet, StatusSet};
+use resilience_core::ramp::{ClosedLoop, Curve, Policy, Priming};
+use resilience_core::routes::{parse_filter_config, HeaderMatch, Route, RouteTable};
+use serde::Deserialize;
+
+/// Fields that apply to the whole filter instance and cannot be overridden per route.
+pub const GLOBAL_FIELDS: &[&str] = &[
+    "stat_prefix",
+    "sync_interval",
+    "endpoints",
+    "discovery",
+    "max_endpoints",
+    "destination_header",
+    "balancer",
+    "dispatch_cluster",
+    "unhealthy_after",
+    "silence_timeout",
+    "closed_loop",
+    "failure_statuses",
+    "active_health_check",
+    "recheck_interval",
+    "warmup_requests",
+    "warmup_rate",
+    "warmup_deadline",
+    "warmup_timeout",
+    "warmup_authority",
+    "prime_before_traffic",
+    "health_checks",
+    "max_warmup_rps",
+];
+
+/// The response header that explains a decision (`shed; reason=warming; ...`).
+pub const DECISION_HEADER: &str = "x-resilience-slow-start";
+
+/// Most warm-up requests one configuration may list.
+pub const MAX_WARMUP_REQUESTS: usize = 1_000;
+
+/// Envoy's header for picking an `ORIGINAL_DST` endpoint.
+pub const DEFAULT_DESTINATION_HEADER: &str = "x-envoy-original-dst-host";
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: String,
+    #[serde(default = "d_weight")]
+    weight: u32,
+}
+
+fn d_weight() -> u32 {
+    1
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    #[serde(default = "d_get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    body: Option<String>,
+}
+
+fn d_get() -> String {
+    "GET".to_owned()
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(default = "d_get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default = "d_one_second")]
+    interval: DurationMs,
+    #[serde(default = "d_one_second")]
+    timeout: DurationMs,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    cluster: String,
+    path: String,
+    authority: Option<String>,
+    #[serde(default = "d_discovery_interval")]
+    interval: DurationMs,
+    #[serde(default = "d_discovery_timeout")]
+    timeout: DurationMs,
+}
+
+fn d_discovery_interval() -> DurationMs {
+    DurationMs(10_000)
+}
+fn d_discovery_timeout() -> DurationMs {
+    DurationMs(2_000)
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawClosedLoop {
+    #[serde(default = "d_factor")]
+    latency_factor: Option<f64>,
+    #[serde(default = "d_factor")]
+    error_rate_factor: Option<f64>,
+    #[serde(default = "d_min_requests")]
+    min_requests: u32,
+    #[serde(default = "d_cl_window")]
+    window: DurationMs,
+    #[serde(default = "d_latency_floor")]
+    latency_floor: DurationMs,
+    #[serde(default = "d_error_floor")]
+    error_floor_percent: Percent,
+}
+
+fn d_factor() -> Option<f64> {
+    Some(2.0)
+}
+fn d_min_requests() -> u32 {
+    20
+}
+fn d_cl_window() -> DurationMs {
+    DurationMs(5_000)
+}
+fn d_latency_floor() -> DurationMs {
+    DurationMs(5)
+}
+fn d_error_floor() -> Percent {
+    Percent::clamped(1.0)
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealthChecks {
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    headers: Vec<HeaderMatch>,
+}
+
+/// How endpoints are chosen among their effective weights.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+enum RawBalancer {
+    #[default]
+    WeightedRandom,
+    LeastRequest,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    #[serde(default = "d_stat_prefix")]
+    stat_prefix: String,
+    #[serde(default = "d_sync_interval")]
+    sync_interval: DurationMs,
+    endpoints: Option<Vec<RawEndpoint>>,
+    discovery: Option<RawDiscovery>,
+    #[serde(default = "d_max_endpoints")]
+    max_endpoints: u32,
+    #[serde(default = "d_destination_header")]
+    destination_header: String,
+    #[serde(default)]
+    balancer: RawBalancer,
+    dispatch_cluster: Option<String>,
+    #[serde(default = "d_unhealthy_after")]
+    unhealthy_after: u32,
+    silence_timeout: Option<DurationMs>,
+    closed_loop: Option<RawClosedLoop>,
+    failure_statuses: Option<StatusSet>,
+    active_health_check: Option<RawHealthCheck>,
+    #[serde(default = "d_one_second")]
+    recheck_interval: DurationMs,
+    #[serde(default)]
+    warmup_requests: Vec<RawRequest>,
+    #[serde(default = "d_warmup_rate")]
+    warmup_rate: f64,
+    #[serde(default = "d_warmup_deadline")]
+    warmup_deadline: DurationMs,
+    #[serde(default = "d_warmup_timeout")]
+    warmup_timeout: DurationMs,
+    warmup_authority: Option<String>,
+    #[serde(default = "d_true")]
+    prime_before_traffic: bool,
+    health_checks: Option<RawHealthChecks>,
+    max_warmup_rps: Option<f64>,
+}
+
+fn d_stat_prefix() -> String {
+    "slow_start".to_owned()
+}
+fn d_sync_interval() -> DurationMs {
+    DurationMs(100)
+}
+fn d_max_endpoints() -> u32 {
+    64
+}
+fn d_destination_header() -> String {
+    DEFAULT_DESTINATION_HEADER.to_owned()
+}
+fn d_unhealthy_after() -> u32 {
+    5
+}
+fn d_one_second() -> DurationMs {
+    DurationMs(1_000)
+}
+fn d_warmup_rate() -> f64 {
+    10.0
+}
+fn d_warmup_deadline() -> DurationMs {
+    DurationMs(30_000)
+}
+fn d_warmup_timeout() -> DurationMs {
+    DurationMs(5_000)
+}
+fn d_true() -> bool {
+    true
+}
+
+/// What a route does with its requests.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Pick the endpoint by ramped weight (instances with `endpoints`).
+    Balance,
+    /// Admit the ramped fraction, shed the rest (instances without `endpoints`).
+    Admit,
+    /// Decide and count as the instance's kind would, never act.
+    DryRun,
+    /// Do nothing (a balancing instance still removes a client-supplied destination header).
+    Disabled,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Balance => "balance",
+            Mode::Admit => "admit",
+            Mode::DryRun => "dry_run",
+            Mode::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    mode: Option<Mode>,
+    #[serde(default = "d_window")]
+    slow_start_window: DurationMs,
+    #[serde(default = "d_aggression")]
+    aggression: f64,
+    #[serde(default = "d_min_weight")]
+    min_weight_percent: Percent,
+    #[serde(default = "d_one_second")]
+    retry_after: DurationMs,
+}
+
+fn d_window() -> DurationMs {
+    DurationMs(30_000)
+}
+fn d_aggression() -> f64 {
+    1.0
+}
+fn d_min_weight() -> Percent {
+    Percent::clamped(10.0)
+}
+
+/// One route's checked settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mode: Mode,
+    pub curve: Curve,
+    /// Whole seconds for `retry-after` on a shed request (at least 1).
+    pub retry_after_s: u64,
+}
+
+/// Which job the instance does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Balance,
+    Admit,
+}
+
+/// One endpoint of a balancing instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// `ip:port`, normalised (`[::1]:80` for IPv6).
+    pub address: String,
+    pub weight: u32,
+}
+
+/// A request the filter sends itself (priming, health check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalloutSpec {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<String>,
+}
+
+/// Where the endpoint list is refreshed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverySpec {
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// Requests an admitting instance always lets through.
+#[derive(Debug, Clone, Default)]
+pub struct HealthChecks {
+    pub paths: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// Settings of the whole filter instance.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub kind: Kind,
+    pub stat_prefix: String,
+    pub sync_interval_ms: u64,
+    pub endpoints: Vec<EndpointSpec>,
+    pub discovery: Option<DiscoverySpec>,
+    /// Slots of shared state for endpoints (configured plus discovered).
+    pub max_endpoints: u16,
+    pub destination_header: String,
+    pub balancer: resilience_core::balance::Strategy,
+    pub dispatch_cluster: Option<String>,
+    pub classifier: Classifier,
+    pub policy: Policy,
+    pub health_check: Option<CalloutSpec>,
+    pub health_check_timeout_ms: u64,
+    pub warmup_requests: Vec<CalloutSpec>,
+    pub warmup_timeout_ms: u64,
+    pub warmup_authority: Option<String>,
+    pub health_checks: HealthChecks,
+    pub max_warmup_rps: Option<resilience_core::rate_cap::RateCap>,
+}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct FilterConfig {
+    pub global: Global,
+    pub routes: RouteTable<Settings>,
+}
+
+/// Parse and check the filter's JSON configuration.
+pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
+    let (raw_global, raw_table): (RawGlobal, RouteTable<RawSettings>) =
+        parse_filter_config(json, GLOBAL_FIELDS)?;
+    let kind = if raw_global.endpoints.is_some() || raw_global.discovery.is_some() {
+        Kind::Balance
+    } else {
+        Kind::Admit
+    };
+    let defaults = check_settings(raw_table.defaults, "", kind)?;
+    let mut window_ms = defaults.curve.window_ms;
+    let mut routes: Vec<Route<Settings>> = Vec::with_capacity(raw_table.routes.len());
+    for (i, r) in raw_table.routes.into_iter().enumerate() {
+        let settings = check_settings(r.settings, &format!("routes[{i}]"), kind)?;
+        window_ms = window_ms.max(settings.curve.window_ms);
+        routes.push(Route {
+            name: r.name,
+            matcher: r.matcher,
+            settings,
+        });
+    }
+    let global = check_global(raw_global, kind, window_ms)?;
+    Ok(FilterConfig {
+        global,
+        routes: RouteTable { defaults, routes },
+    })
+}
+
+fn field(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn check_settings(raw: RawSettings, prefix: &str, kind: Kind) -> Result<Settings, ConfigError> {
+    let err = |name: &str, rule: String| ConfigError::new(field(prefix, name), rule);
+    let mode = match (raw.mode, kind) {
+        (None, Kind::Balance) => Mode::Balance,
+        (None, Kind::Admit) => Mode::Admit,
+        (Some(Mode::Balance), Kind::Admit) => {
+            return Err(err(
+                "mode",
+                "\"balance\" needs \"endpoints\": the filter picks among the endpoints it lists"
+                    .to_owned(),
+            ))
+        }
+        (Some(Mode::Admit), Kind::Balance) => {
+            return Err(err(
+                "mode",
+                "\"admit\" cannot be used with \"endpoints\": admit mode runs in the warming replica's own proxy, balance mode in its callers'".to_owned(),
+            ))
+        }
+        (Some(m), _) => m,
+    };
+    let window = raw.slow_start_window.as_ms();
+    if !(100..=3_600_000).contains(&window) {
+        return Err(err(
+            "slow_start_window",
+            format!(
+                "must be between 100ms and 1h, got {}",
+                raw.slow_start_window
+            ),
+        ));
+    }
+    if !(raw.aggression.is_finite() && raw.aggression > 0.0 && raw.aggression <= 100.0) {
+        return Err(err(
+            "aggression",
+            format!(
+                "must be greater than 0 and at most 100, got {}",
+                raw.aggression
+            ),
+        ));
+    }
+    let retry = raw.retry_after.as_ms();
+    if !(1_000..=3_600_000).contains(&retry) {
+        return Err(err(
+            "retry_after",
+            format!("must be between 1s and 1h, got {}", raw.retry_after),
+        ));
+    }
+    Ok(Settings {
+        mode,
+        curve: Curve {
+            window_ms: window,
+            aggression: raw.aggression,
+            min_fraction: raw.min_weight_percent.fraction(),
+        },
+        retry_after_s: retry.div_ceil(1_000),
+    })
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn check_header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() || name.len() > 128 || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be an HTTP header name of 1 to 128 token characters, got {name:?}"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn check_callout(
+    raw_method: &str,
+    raw_path: &str,
+    raw_headers: &std::collections::BTreeMap<String, String>,
+    body: Option<String>,
+    prefix: &str,
+    destination_header: &str,
+) -> Result<CalloutSpec, ConfigError> {
+    if raw_method.is_empty() || raw_method.len() > 32 || !raw_method.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            field(prefix, "method"),
+            format!("must be an HTTP method, got {raw_method:?}"),
+        ));
+    }
+    if !raw_path.starts_with('/')
+        || raw_path.len() > 4_096
+        || raw_path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+    {
+        return Err(ConfigError::new(
+            field(prefix, "path"),
+            format!(
+                "must start with \"/\" and hold no spaces or control characters, got {:?}",
+                resilience_core::problem::bounded(raw_path, 64)
+            ),
+        ));
+    }
+    let mut headers = Vec::with_capacity(raw_headers.len());
+    for (k, v) in raw_headers {
+        let name = check_header_name(&field(prefix, "headers"), k)?;
+        if name == destination_header || name == "host" || name == DECISION_HEADER {
+            return Err(ConfigError::new(
+                field(prefix, "headers"),
+                format!("{k:?} is set by the filter itself and cannot be configured"),
+            ));
+        }
+        if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(ConfigError::new(
+                field(prefix, &format!("headers.{k}")),
+                "must not contain CR, LF or NUL",
+            ));
+        }
+        headers.push((name, v.clone()));
+    }
+    Ok(CalloutSpec {
+        method: raw_method.to_ascii_uppercase(),
+        path: raw_path.to_owned(),
+        headers,
+        body,
+    })
+}
+
+fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, ConfigError> {
+    if raw.stat_prefix.is_empty()
+        || raw.stat_prefix.len() > 64
+        || !raw
+            .stat_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ConfigError::new(
+            "stat_prefix",
+            format!(
+                "must be 1 to 64 characters of [A-Za-z0-9_], got {:?}",
+                raw.stat_prefix
+            ),
+        ));
+    }
+    let sync = raw.sync_interval.as_ms();
+    if !(10..=10_000).contains(&sync) {
+        return Err(ConfigError::new(
+            "sync_interval",
+            format!("must be between 10ms and 10s, got {}", raw.sync_interval),
+        ));
+    }
+    if !(1..=1_024).contains(&raw.max_endpoints) {
+        return Err(ConfigError::new(
+            "max_endpoints",
+            format!("must be between 1 and 1024, got {}", raw.max_endpoints),
+        ));
+    }
+    let destination_header = check_header_name("destination_header", &raw.destination_header)?;
+    let mut endpoints: Vec<EndpointSpec> = Vec::new();
+    if let Some(list) = &raw.endpoints {
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                "endpoints",
+                "must list at least one endpoint (leave it out for admit mode)",
+            ));
+        }
+        if list.len() > raw.max_endpoints as usize {
+            return Err(ConfigError::new(
+                "endpoints",
+                format!(
+                    "lists {} endpoints, more than max_endpoints ({})",
+                    list.len(),
+                    raw.max_endpoints
+                ),
+            ));
+        }
+        for (i, e) in list.iter().enumerate() {
+            let addr: SocketAddr = e.address.parse().map_err(|_| {
+                ConfigError::new(
+                    format!("endpoints[{i}].address"),
+                    format!(
+                        "must be an IP address and port like \"10.0.0.7:8080\", got {:?}",
+                        resilience_core::problem::bounded(&e.address, 64)
+                    ),
+                )
+            })?;
+            let address = addr.to_string();
+            if endpoints.iter().any(|x| x.address == address) {
+                return Err(ConfigError::new(
+                    format!("endpoints[{i}].address"),
+                    format!("{address} is listed twice"),
+                ));
+            }
+            if !(1..=1_000).contains(&e.weight) {
+                return Err(ConfigError::new(
+                    format!("endpoints[{i}].weight"),
+                    format!("must be between 1 and 1000, got {}", e.weight),
+                ));
+            }
+            endpoints.push(EndpointSpec {
+                address,
+                weight: e.weight,
+            });
+        }
+    }
+    let discovery = match &raw.discovery {
+        None => None,
+        Some(d) => {
+            if d.cluster.is_empty() || d.cluster.len() > 256 {
+                return Err(ConfigError::new(
+                    "discovery.cluster",
+                    "must be a cluster name of 1 to 256 characters",
+                ));
+            }
+            if !d.path.starts_with('/') || d.path.bytes().any(|b| b.is_ascii_control() || b == b' ')
+            {
+                return Err(ConfigError::new(
+                    "discovery.path",
+                    format!(
+                        "must start with \"/\" and hold no spaces or control characters, got {:?}",
+                        resilience_core::problem::bounded(&d.path, 64)
+                    ),
+                ));
+            }
+            if !(100..=3_600_000).contains(&d.interval.as_ms()) {
+                return Err(ConfigError::new(
+                    "discovery.interval",
+                    format!("must be between 100ms and 1h, got {}", d.interval),
+                ));
+            }
+            if d.timeout.as_ms() == 0 {
+                return Err(ConfigError::new(
+                    "discovery.timeout",
+                    "must be at least 1ms, got 0ms",
+                ));
+            }
+            let authority = d.authority.clone().unwrap_or_else(|| d.cluster.clone());
+            if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_control() || b == b' ')
+            {
+                return Err(ConfigError::new(
+                    "discovery.authority",
+                    format!("must be a host name, got {authority:?}"),
+                ));
+            }
+            Some(DiscoverySpec {
+                cluster: d.cluster.clone(),
+                path: d.path.clone(),
+                authority,
+                interval_ms: d.interval.as_ms(),
+                timeout_ms: d.timeout.as_ms(),
+            })
+        }
+    };
+    if kind == Kind::Balance && raw.health_checks.is_some() {
+        return Err(ConfigError::new(
+            "health_checks",
+            "applies to admit mode only (a balancing filter routes every request to an endpoint)",
+        ));
+    }
+    let health_checks = match raw.health_checks {
+        None => HealthChecks::default(),
+        Some(h) => {
+            for (i, p) in h.paths.iter().enumerate() {
+                if !p.starts_with('/') {
+                    return Err(ConfigError::new(
+                        format!("health_checks.paths[{i}]"),
+                        format!("must start with \"/\", got {p:?}"),
+                    ));
+                }
+            }
+            if h.headers.iter().any(|m| m.name.is_empty()) {
+                return Err(ConfigError::new(
+                    "health_checks.headers",
+                    "every header match needs a name",
+                ));
+            }
+            HealthChecks {
+                paths: h.paths,
+                headers: h.headers,
+            }
+        }
+    };
+    if raw.warmup_requests.len() > MAX_WARMUP_REQUESTS {
+        return Err(ConfigError::new(
+            "warmup_requests",
+            format!(
+                "at most {MAX_WARMUP_REQUESTS} requests, got {}",
+                raw.warmup_requests.len()
+            ),
+        ));
+    }
+    let mut warmup_requests = Vec::with_capacity(raw.warmup_requests.len());
+    for (i, r) in raw.warmup_requests.into_iter().enumerate() {
+        warmup_requests.push(check_callout(
+            &r.method,
+            &r.path,
+            &r.headers,
+            r.body,
+            &format!("warmup_requests[{i}]"),
+            &destination_header,
+        )?);
+    }
+    if !(raw.warmup_rate.is_finite() && raw.warmup_rate > 0.0 && raw.warmup_rate <= 10_000.0) {
+        return Err(ConfigError::new(
+            "warmup_rate",
+            format!(
+                "must be a number of requests per second above 0 and at most 10000, got {}",
+                raw.warmup_rate
+            ),
+        ));
+    }
+    for (name, d) in [
+        ("warmup_deadline", raw.warmup_deadline),
+        ("warmup_timeout", raw.warmup_timeout),
+        ("recheck_interval", raw.recheck_interval),
+    ] {
+        if d.as_ms() == 0 {
+            return Err(ConfigError::new(name, "must be at least 1ms, got 0ms"));
+        }
+    }
+    let (health_check, health_check_interval, health_check_timeout_ms) =
+        match raw.active_health_check {
+            None => (None, None, 0),
+            Some(h) => {
+                if h.interval.as_ms() < 10 {
+                    return Err(ConfigError::new(
+                        "active_health_check.interval",
+                        format!("must be at least 10ms, got {}", h.interval),
+                    ));
+                }
+                if h.timeout.as_ms() == 0 {
+                    return Err(ConfigError::new(
+                        "active_health_check.timeout",
+                        "must be at least 1ms, got 0ms",
+                    ));
+                }
+                let spec = check_callout(
+                    &h.method,
+                    &h.path,
+                    &h.headers,
+                    None,
+                    "active_health_check",
+                    &destination_header,
+                )?;
+                (Some(spec), Some(h.interval.as_ms()), h.timeout.as_ms())
+            }
+        };
+    if (health_check.is_some() || !warmup_requests.is_empty()) && raw.dispatch_cluster.is_none() {
+        return Err(ConfigError::new(
+            "dispatch_cluster",
+            "is required with warmup_requests or active_health_check: it names the cluster they are sent through (the ORIGINAL_DST cluster in balance mode, the local service's cluster in admit mode)",
+        ));
+    }
+    if let Some(c) = &raw.dispatch_cluster {
+        if c.is_empty() || c.len() > 256 {
+            return Err(ConfigError::new(
+                "dispatch_cluster",
+                "must be a cluster name of 1 to 256 characters",
+            ));
+        }
+    }
+    if let Some(a) = &raw.warmup_authority {
+        if a.is_empty() || a.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(ConfigError::new(
+                "warmup_authority",
+                format!("must be a host name, got {a:?}"),
+            ));
+        }
+    }
+    let closed_loop = match raw.closed_loop {
+        None => None,
+        Some(c) => {
+            for (name, f) in [
+                ("closed_loop.latency_factor", c.latency_factor),
+                ("closed_loop.error_rate_factor", c.error_rate_factor),
+            ] {
+                if let Some(f) = f {
+                    if !(f.is_finite() && (1.0..=1_000.0).contains(&f)) {
+                        return Err(ConfigError::new(
+                            name,
+                            format!("must be between 1 and 1000 (or null to turn the signal off), got {f}"),
+                        ));
+                    }
+                }
+            }
+            if c.latency_factor.is_none() && c.error_rate_factor.is_none() {
+                return Err(ConfigError::new(
+                    "closed_loop",
+                    "turns both signals off; leave closed_loop out instead",
+                ));
+            }
+            if c.min_requests == 0 {
+                return Err(ConfigError::new(
+                    "closed_loop.min_requests",
+                    "must be at least 1, got 0",
+                ));
+            }
+            if !(100..=600_000).contains(&c.window.as_ms()) {
+                return Err(ConfigError::new(
+                    "closed_loop.window",
+                    format!("must be between 100ms and 10m, got {}", c.window),
+                ));
+            }
+            Some((
+                ClosedLoop {
+                    latency_factor: c.latency_factor,
+                    error_rate_factor: c.error_rate_factor,
+                    min_requests: c.min_requests,
+                    latency_floor_ms: c.latency_floor.as_ms() as f64,
+                    error_floor_percent: c.error_floor_percent.value(),
+                },
+                c.window.as_ms(),
+            ))
+        }
+    };
+    let max_warmup_rps = match raw.max_warmup_rps {
+        None => None,
+        Some(r) => Some(
+            resilience_core::rate_cap::RateCap::per_second(r)
+                .filter(|_| r <= 1_000_000.0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "max_warmup_rps",
+                        format!("must be above 0 and at most 1000000, got {r}"),
+                    )
+                })?,
+        ),
+    };
+    let statuses = match raw.failure_statuses {
+        Some(s) => s,
+        None => StatusSet::from_strs(&["500", "502-599"])
+            .map_err(|e| ConfigError::new("failure_statuses", e))?,
+    };
+    let local: LocalFailureSet =
+        serde_json::from_str(r#"["connect_failure","reset","timeout"]"#)
+            .map_err(|e| ConfigError::new("failure_statuses", e.to_string()))?;
+    let priming = if warmup_requests.is_empty() {
+        None
+    } else {
+        Some(Priming {
+            requests: u32::try_from(warmup_requests.len()).unwrap_or(u32::MAX),
+            interval_ms: ((1_000.0 / raw.warmup_rate).round() as u64).max(1),
+            deadline_ms: raw.warmup_deadline.as_ms(),
+        })
+    };
+    let silence_ms = raw.silence_timeout.map(|d| d.as_ms());
+    if silence_ms == Some(0) {
+        return Err(ConfigError::new(
+            "silence_timeout",
+            "must be at least 1ms (or null to turn it off), got 0ms",
+        ));
+    }
+    Ok(Global {
+        kind,
+        stat_prefix: raw.stat_prefix,
+        sync_interval_ms: sync,
+        endpoints,
+        discovery,
+        max_endpoints: u16::try_from(raw.max_endpoints).unwrap_or(1_024),
+        destination_header,
+        balancer: match raw.balancer {
+            RawBalancer::WeightedRandom => resilience_core::balance::Strategy::WeightedRandom,
+            RawBalancer::LeastRequest => resilience_core::balance::Strategy::LeastRequest,
+        },
+        dispatch_cluster: raw.dispatch_cluster,
+        classifier: Classifier {
+            statuses,
+            grpc_codes: GrpcCodeSet::empty(),
+            local,
+            slow_call_ms: None,
+        },
+        policy: Policy {
+            window_ms,
+            unhealthy_after: raw.unhealthy_after,
+            silence_ms,
+            closed_loop: closed_loop.map(|(c, _)| c),
+            recent_window_ms: closed_loop.map_or(5_000, |(_, w)| w),
+            priming,
+            health_check_interval_ms: health_check_interval,
+            recheck_interval_ms: raw.recheck_interval.as_ms(),
+            prime_before_traffic: raw.prime_before_traffic,
+        },
+        health_check,
+        health_check_timeout_ms,
+        warmup_requests,
+        warmup_timeout_ms: raw.warmup_timeout.as_ms(),
+        warmup_authority: raw.warmup_authority,
+        health_checks,
+        max_warmup_rps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> String {
+        match parse(json.as_bytes()) {
+            Ok(_) => panic!("expected {json} to be rejected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const TWO: &str =
+        r#""endpoints": [{"address": "10.0.0.1:80"}, {"address": "10.0.0.2:80", "weight": 3}]"#;
+
+    #[test]
+    fn an_empty_configuration_is_an_admitting_filter_with_envoys_curve_defaults() {
+        let c = parse(b"").unwrap();
+        assert_eq!(c.global.kind, Kind::Admit);
+        let s = &c.routes.defaults;
+        assert_eq!(s.mode, Mode::Admit);
+        assert_eq!(
+            s.curve,
+            Curve {
+                window_ms: 30_000,
+                aggression: 1.0,
+                min_fraction: 0.1
+            }
+        );
+        assert_eq!(s.retry_after_s, 1);
+        assert_eq!(c.global.policy.unhealthy_after, 5);
+        assert!(c.global.policy.closed_loop.is_none());
+        assert!(!c.global.policy.gated());
+    }
+
+    #[test]
+    fn endpoints_make_a_balancing_filter() {
+        let c = parse(format!("{{ {TWO} }}").as_bytes()).unwrap();
+        assert_eq!(c.global.kind, Kind::Balance);
+        assert_eq!(c.routes.defaults.mode, Mode::Balance);
+        assert_eq!(c.global.endpoints[1].weight, 3);
+        assert_eq!(c.global.destination_header, "x-envoy-original-dst-host");
+    }
+
+    #[test]
+    fn discovery_alone_makes_a_balancing_filter_and_is_checked() {
+        let c = parse(
+            br#"{"discovery": {"cluster": "registry", "path": "/endpoints", "interval": "5s"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.global.kind, Kind::Balance);
+        assert!(c.global.endpoints.is_empty());
+        let d = c.global.discovery.unwrap();
+        assert_eq!(
+            (d.authority.as_str(), d.interval_ms, d.timeout_ms),
+            ("registry", 5_000, 2_000)
+        );
+        assert!(
+            err(r#"{"discovery": {"cluster": "r", "path": "endpoints"}}"#)
+                .starts_with("discovery.path: must start with")
+        );
+        assert!(
+            err(r#"{"discovery": {"cluster": "r", "path": "/e", "interval": "10ms"}}"#)
+                .starts_with("discovery.interval: must be between 100ms and 1h")
+        );
+    }
+
+    #[test]
+    fn a_route_tunes_its_own_curve_and_the_longest_window_decides_when_an_endpoint_is_warm() {
+        let c = parse(
+            format!(
+                r#"{{ {TWO}, "slow_start_window": "10s",
+                     "routes": [{{"name": "heavy", "match": {{"prefix": "/report"}}, "slow_start_window": "60s", "aggression": 0.5}}] }}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.routes.routes[0].settings.curve.window_ms, 60_000);
+        assert_eq!(c.routes.defaults.curve.window_ms, 10_000);
+        assert_eq!(c.global.policy.window_ms, 60_000);
+    }
+
+    #[test]
+    fn modes_must_fit_the_kind_of_filter() {
+        assert!(err(r#"{"mode": "balance"}"#).starts_with("mode: \"balance\" needs \"endpoints\""));
+        assert!(err(&format!(r#"{{ {TWO}, "mode": "admit" }}"#))
+            .starts_with("mode: \"admit\" cannot be used with \"endpoints\""));
+        assert!(parse(format!(r#"{{ {TWO}, "mode": "dry_run" }}"#).as_bytes()).is_ok());
+        assert!(err(r#"{"mode": "sometimes"}"#).starts_with("mode: unknown variant"));
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_named_with_its_index() {
+        assert_eq!(
+            err(r#"{"endpoints": [{"address": "10.0.0.1:80"}, {"address": "db"}]}"#),
+            "endpoints[1].address: must be an IP address and port like \"10.0.0.7:8080\", got \"db\""
+        );
+        assert_eq!(
+            err(r#"{"endpoints": [{"address": "10.0.0.1:80"}, {"address": "10.0.0.1:80"}]}"#),
+            "endpoints[1].address: 10.0.0.1:80 is listed twice"
+        );
+        assert_eq!(
+            err(r#"{"endpoints": [{"address": "10.0.0.1:80", "weight": 0}]}"#),
+            "endpoints[0].weight: must be between 1 and 1000, got 0"
+        );
+        assert!(err(r#"{"endpoints": []}"#).starts_with("endpoints: must list at least one"));
+    }
+
+    #[test]
+    fn priming_and_health_checks_need_a_cluster_to_be_sent_through() {
+        assert!(err(r#"{"warmup_requests": [{"path": "/warm"}]}"#)
+            .starts_with("dispatch_cluster: is required"));
+        let c = parse(
+            br#"{"dispatch_cluster": "app", "warmup_requests": [{"path": "/a"}, {"method": "post", "path": "/b", "body": "x"}], "warmup_rate": 20}"#,
+        )
+        .unwrap();
+        let p = c.global.policy.priming.unwrap();
+        assert_eq!((p.requests, p.interval_ms), (2, 50));
+        assert_eq!(c.global.warmup_requests[1].method, "POST");
+        assert!(c.global.policy.gated());
+    }
+
+    #[test]
+    fn warm_up_requests_are_checked_like_requests() {
+        assert_eq!(
+            err(r#"{"dispatch_cluster": "app", "warmup_requests": [{"path": "warm"}]}"#),
+            "warmup_requests[0].path: must start with \"/\" and hold no spaces or control characters, got \"warm\""
+        );
+        assert!(err(
+            r#"{"dispatch_cluster": "app", "warmup_requests": [{"path": "/a", "headers": {"x-envoy-original-dst-host": "1.2.3.4:5"}}]}"#
+        )
+        .starts_with("warmup_requests[0].headers: \"x-envoy-original-dst-host\" is set by the filter"));
+        assert!(err(r#"{"warmup_rate": 0}"#).starts_with("warmup_rate: must be"));
+    }
+
+    #[test]
+    fn out_of_range_curve_settings_name_the_route_and_field() {
+        assert_eq!(
+            err(r#"{"routes": [{"match": {"prefix": "/a"}, "min_weight_percent": 150}]}"#),
+            "routes[0].min_weight_percent: must be between 0 and 100, got 150"
+        );
+        assert_eq!(
+            err(r#"{"aggression": 0}"#),
+            "aggression: must be greater than 0 and at most 100, got 0"
+        );
+        assert_eq!(
+            err(r#"{"slow_start_window": "10ms"}"#),
+            "slow_start_window: must be between 100ms and 1h, got 10ms"
+        );
+        assert!(
+            err(r#"{"routes": [{"match": {"prefix": "/a"}, "max_warmup_rps": 5}]}"#)
+                .starts_with("routes[0].max_warmup_rps: is a filter-wide setting")
+        );
+    }
+
+    #[test]
+    fn the_closed_loop_is_off_unless_configured_and_checked_when_it_is() {
+        let c = parse(br#"{"closed_loop": {}}"#).unwrap();
+        let cl = c.global.policy.closed_loop.unwrap();
+        assert_eq!(cl.latency_factor, Some(2.0));
+        assert_eq!(cl.min_requests, 20);
+        assert_eq!(c.global.policy.recent_window_ms, 5_000);
+        assert!(err(r#"{"closed_loop": {"latency_factor": 0.5}}"#)
+            .starts_with("closed_loop.latency_factor: must be between 1 and 1000"));
+        assert!(
+            err(r#"{"closed_loop": {"latency_factor": null, "error_rate_factor": null}}"#)
+                .starts_with("closed_loop: turns both signals off")
+        );
+    }
+
+    #[test]
+    fn health_checks_belong_to_admit_mode() {
+        let c = parse(br#"{"health_checks": {"paths": ["/healthz"], "headers": [{"name": "User-Agent", "value": "kube-probe/1.30"}]}}"#).unwrap();
+        assert_eq!(c.global.health_checks.paths, vec!["/healthz".to_owned()]);
+        assert_eq!(c.global.health_checks.headers[0].name, "user-agent");
+        assert!(err(&format!(
+            r#"{{ {TWO}, "health_checks": {{"paths": ["/h"]}} }}"#
+        ))
+        .starts_with("health_checks: applies to admit mode only"));
+    }
+
+    #[test]
+    fn a_rate_cap_and_a_retry_after_are_validated() {
+        let c = parse(br#"{"max_warmup_rps": 20, "retry_after": "2.5s"}"#).unwrap();
+        assert_eq!(c.global.max_warmup_rps.unwrap().interval_us, 50_000);
+        assert_eq!(c.routes.defaults.retry_after_s, 3);
+        assert!(err(r#"{"max_warmup_rps": -1}"#).starts_with("max_warmup_rps: must be above 0"));
+        assert!(err(r#"{"retry_after": "10ms"}"#).starts_with("retry_after: must be between 1s"));
+    }
+}

@@ -1,0 +1,371 @@
+//! Per-request decisions.
+//!
+//! **Balance mode.** Every request gets its destination from the filter: the endpoint chosen by
+//! ramped weight is written into the `ORIGINAL_DST` cluster's header (`x-envoy-original-dst-host`
+//! by default). Envoy does not sanitise that header, so a client could name any `ip:port` behind
+//! the proxy; the filter therefore **always** overwrites it (or, on a `disabled` route, removes
+//! it), counts a client-supplied one in `destination_header_overridden`, and only ever writes an
+//! address from its own list. When no endpoint can take the request (every one at its warm-up
+//! rate cap) the request gets a fast 503.
+//!
+//! **Admit mode.** The request is admitted when a per-request random number falls below the
+//! replica's shared ramp fraction, so the admitted share is the same on every worker. The excess
+//! gets a fast, retriable `503` with `retry-after` and `x-resilience-slow-start: shed; ...`, so
+//! callers retry on warm replicas. Configured health checks are always admitted.
+//!
+//! Outcomes (status, Envoy's failure flags, latency) go into the worker's batch for the chosen
+//! endpoint; the healthy path makes no shared-data call.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use resilience_core::outcome::{local_failure_from_flags, ResponseFacts};
+use resilience_core::problem::{bounded, Problem};
+use resilience_core::ramp::admits;
+use resilience_core::routes::{HeaderMatch, RequestView};
+use resilience_host::request::{self, HostRequest};
+use resilience_host::{clock, props, reply};
+
+use crate::config::{Global, Kind, Mode, Settings, DECISION_HEADER};
+use crate::worker::{Choice, Worker};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Not ours to count (disabled route, or nothing decided).
+    Untouched,
+    /// Sent to endpoint `endpoint` (admit mode: the replica itself, index 0).
+    Routed {
+        endpoint: usize,
+        identity: u64,
+        in_flight: bool,
+    },
+    /// Answered locally with a 503.
+    Shed,
+}
+
+/// The HTTP context of the slow-start filter.
+pub struct SlowStartHttp {
+    worker: Option<Rc<RefCell<Worker>>>,
+    role: Role,
+    start_ms: u64,
+    first_byte_ms: u64,
+    status: u16,
+    /// Dry run: the decision header to put on the response.
+    dry_run_note: Option<String>,
+}
+
+impl SlowStartHttp {
+    pub fn new(worker: Option<Rc<RefCell<Worker>>>) -> Self {
+        SlowStartHttp {
+            worker,
+            role: Role::Untouched,
+            start_ms: 0,
+            first_byte_ms: 0,
+            status: 0,
+            dry_run_note: None,
+        }
+    }
+
+    fn decide(&mut self, w: &mut Worker) -> Action {
+        let config = Rc::clone(&w.config);
+        let g = &config.global;
+        if g.kind == Kind::Balance && request::request_header_bytes(&g.destination_header).is_some()
+        {
+            // Overwritten below (or removed): a client never picks the destination.
+            w.global_pending.destination_header_overridden += 1;
+        }
+        let mut req = HostRequest::new();
+        let now = clock::now_ms();
+        self.start_ms = now;
+        if g.kind == Kind::Admit && is_health_check(g, &mut req) {
+            if let Some(ep) = w.endpoints.first_mut() {
+                ep.pending.health_checks += 1;
+                self.role = Role::Routed {
+                    endpoint: 0,
+                    identity: ep.identity,
+                    in_flight: false,
+                };
+            }
+            return Action::Continue;
+        }
+        let selected = config.routes.select(&mut req);
+        let s: &Settings = selected.settings;
+        match (g.kind, s.mode) {
+            (Kind::Balance, Mode::Disabled) => {
+                request::remove_request_header(&g.destination_header);
+                Action::Continue
+            }
+            (Kind::Admit, Mode::Disabled) => Action::Continue,
+            (Kind::Balance, Mode::DryRun) => {
+                let (go, would) = w.choose_dry_run(now, &s.curve);
+                if let Some(ep) = would.and_then(|i| w.endpoints.get_mut(i)) {
+                    ep.pending.dry_run_would_pick += 1;
+                    self.dry_run_note = Some(format!("dry_run; would_pick={}", ep.address));
+                }
+                match go {
+                    Some(i) => self.route(w, i, g),
+                    None => {
+                        request::remove_request_header(&g.destination_header);
+                        Action::Continue
+                    }
+                }
+            }
+            (Kind::Balance, _) => match w.choose(now, &s.curve) {
+                Choice::Endpoint { index, panic } => {
+                    if panic {
+                        w.global_pending.panic_routed += 1;
+                    }
+                    self.route(w, index, g)
+                }
+                Choice::None { capped } => {
+                    w.global_pending.no_ready_endpoint += 1;
+                    let reason = if capped {
+                        "warmup_rate_cap"
+                    } else {
+                        "no_ready_endpoint"
+                    };
+                    self.shed_balance(s, reason)
+                }
+            },
+            (Kind::Admit, mode) => self.admit(w, s, mode, now),
+        }
+    }
+
+    fn route(&mut self, w: &mut Worker, index: usize, g: &Global) -> Action {
+        let Some(ep) = w.endpoints.get_mut(index) else {
+            request::remove_request_header(&g.destination_header);
+            return Action::Continue;
+        };
+        request::set_request_header(&g.destination_header, &ep.address);
+        ep.pending.requests += 1;
+        ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_add(1);
+        self.role = Role::Routed {
+            endpoint: index,
+            identity: ep.identity,
+            in_flight: true,
+        };
+        Action::Continue
+    }
+
+    fn admit(&mut self, w: &mut Worker, s: &Settings, mode: Mode, now: u64) -> Action {
+        let (fraction, phase) = w.admit_fraction(now, &s.curve);
+        let random = w.next_random();
+        let mut admitted = admits(fraction, random);
+        let mut reason = "warming";
+        if admitted && mode == Mode::Admit && w.over_cap(0, now) {
+            admitted = false;
+            reason = "warmup_rate_cap";
+            if let Some(ep) = w.endpoints.first_mut() {
+                ep.pending.rate_capped += 1;
+            }
+        }
+        let Some(ep) = w.endpoints.first_mut() else {
+            return Action::Continue;
+        };
+        ep.pending.requests += 1;
+        let percent = (fraction * 100.0).round().clamp(0.0, 100.0) as u64;
+        if admitted || mode == Mode::DryRun {
+            if admitted {
+                ep.pending.admitted += 1;
+            } else {
+                ep.pending.dry_run_would_shed += 1;
+                self.dry_run_note = Some(format!(
+                    "dry_run; would_shed={reason}; phase={}; admit_percent={percent}",
+                    phase.as_str()
+                ));
+                log::debug!("slow_start: dry run: would shed ({reason}, {percent}% admitted)");
+            }
+            self.role = Role::Routed {
+                endpoint: 0,
+                identity: ep.identity,
+                in_flight: false,
+            };
+            return Action::Continue;
+        }
+        ep.pending.shed += 1;
+        self.role = Role::Shed;
+        let retry_after = s.retry_after_s.to_string();
+        let decision = format!(
+            "shed; reason={reason}; phase={}; admit_percent={percent}",
+            phase.as_str()
+        );
+        let problem = Problem {
+            status: 503,
+            kind: "warming-up",
+            title: "Replica warming up",
+            detail: bounded(
+                &format!(
+                    "This replica is warming up ({}) and admits {percent}% of requests; retry on another replica or after {} s.",
+                    phase.as_str(),
+                    s.retry_after_s
+                ),
+                256,
+            ),
+            extensions: vec![
+                ("phase", serde_json::Value::from(phase.as_str())),
+                ("reason", serde_json::Value::from(reason)),
+                ("admit_percent", serde_json::Value::from(percent)),
+                ("retry_after", serde_json::Value::from(s.retry_after_s)),
+            ],
+        };
+        reply::send_problem(
+            &problem,
+            &[
+                ("retry-after", retry_after.as_str()),
+                (DECISION_HEADER, decision.as_str()),
+            ],
+        );
+        Action::Pause
+    }
+
+    fn shed_balance(&mut self, s: &Settings, reason: &str) -> Action {
+        self.role = Role::Shed;
+        let retry_after = s.retry_after_s.to_string();
+        let decision = format!("shed; reason={reason}");
+        let problem = Problem {
+            status: 503,
+            kind: "no-ready-endpoint",
+            title: "No endpoint ready",
+            detail: bounded(
+                &format!(
+                    "No endpoint can take this request now ({reason}); retry after {} s.",
+                    s.retry_after_s
+                ),
+                256,
+            ),
+            extensions: vec![
+                ("reason", serde_json::Value::from(reason)),
+                ("retry_after", serde_json::Value::from(s.retry_after_s)),
+            ],
+        };
+        reply::send_problem(
+            &problem,
+            &[
+                ("retry-after", retry_after.as_str()),
+                (DECISION_HEADER, decision.as_str()),
+            ],
+        );
+        Action::Pause
+    }
+
+    /// Success or failure of the finished exchange; `None` when the client went away before
+    /// any response and Envoy saw no upstream failure (not an outcome).
+    fn outcome(&self, w: &Worker) -> Option<bool> {
+        let mut status = self.status;
+        if status == 0 {
+            status = props::u64(&["response", "code"])
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(0);
+        }
+        let mut local = None;
+        if status == 0 || status >= 500 {
+            local = props::u64(&["response", "flags"]).and_then(local_failure_from_flags);
+            if status == 0 && local.is_none() {
+                return None;
+            }
+        }
+        let end = if self.first_byte_ms > 0 {
+            self.first_byte_ms
+        } else {
+            clock::now_ms()
+        };
+        let facts = ResponseFacts {
+            status,
+            grpc_status: None,
+            local,
+            duration_ms: end.saturating_sub(self.start_ms),
+        };
+        Some(!w.config.global.classifier.classify(&facts).is_failure())
+    }
+}
+
+fn header_matches(m: &HeaderMatch, req: &mut HostRequest) -> bool {
+    let found = req.header(&m.name);
+    match (&m.value, m.present.unwrap_or(true)) {
+        (Some(expected), _) => found == Some(expected.as_str()),
+        (None, true) => found.is_some(),
+        (None, false) => found.is_none(),
+    }
+}
+
+fn is_health_check(g: &Global, req: &mut HostRequest) -> bool {
+    let hc = &g.health_checks;
+    if !hc.paths.is_empty() {
+        if let Some(full) = req.path() {
+            let path = full.split_once('?').map_or(full, |(p, _)| p);
+            if hc.paths.iter().any(|p| p == path) {
+                return true;
+            }
+        }
+    }
+    hc.headers.iter().any(|m| header_matches(m, req))
+}
+
+impl Context for SlowStartHttp {}
+
+impl HttpContext for SlowStartHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return Action::Continue;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        self.decide(&mut w)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Role::Routed { .. } = self.role {
+            self.first_byte_ms = clock::now_ms();
+            self.status = request::response_status().unwrap_or(0);
+        }
+        if let Some(note) = &self.dry_run_note {
+            request::set_response_header(DECISION_HEADER, note);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Role::Routed {
+            endpoint,
+            identity,
+            in_flight,
+        } = self.role
+        else {
+            return;
+        };
+        let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
+            return;
+        };
+        let Ok(mut w) = worker.try_borrow_mut() else {
+            return;
+        };
+        let outcome = self.outcome(&w);
+        let now = clock::now_ms();
+        let end = if self.first_byte_ms > 0 {
+            self.first_byte_ms
+        } else {
+            now
+        };
+        let latency = end.saturating_sub(self.start_ms);
+        let Some(ep) = w.endpoint_mut(endpoint, identity) else {
+            return;
+        };
+        if in_flight {
+            ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_sub(1);
+        }
+        match outcome {
+            Some(true) => {
+                ep.pending.successes += 1;
+                ep.batch.record(true, latency, now);
+            }
+            Some(false) => {
+                ep.pending.failures += 1;
+                ep.batch.record(false, latency, now);
+            }
+            None => {}
+        }
+    }
+}
