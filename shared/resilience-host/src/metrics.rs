@@ -13,10 +13,12 @@ use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-/// A cache of metric ids by name, for one worker.
+/// A cache of metric ids by kind and name, for one worker. (By kind too: a counter and a gauge
+/// of the same name are different metrics, and must not silently share one id.)
 #[derive(Default)]
 pub struct Metrics {
-    ids: HashMap<String, u32>,
+    counters: HashMap<String, u32>,
+    gauges: HashMap<String, u32>,
 }
 
 impl Metrics {
@@ -25,11 +27,15 @@ impl Metrics {
     }
 
     fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
-        if let Some(id) = self.ids.get(name) {
+        let ids = match kind {
+            MetricType::Gauge => &mut self.gauges,
+            _ => &mut self.counters,
+        };
+        if let Some(id) = ids.get(name) {
             return Some(*id);
         }
         let id = hostcalls::define_metric(kind, name).ok()?;
-        self.ids.insert(name.to_owned(), id);
+        ids.insert(name.to_owned(), id);
         Some(id)
     }
 
