@@ -4,8 +4,9 @@
 //! upstreams whose successes take ~50 ms and whose failures are instant, drives real HTTP traffic,
 //! and asserts on what clients see (status, latency, the decision header), on what the upstream
 //! received and on Envoy's stats. Figures worth reporting are printed as `figure:` lines
-//! (`--nocapture`). The black-hole test runs the scenario the filter exists for: an edge Envoy
-//! balancing by least request over four per-host sidecars, one of whose hosts fails instantly.
+//! (`--nocapture`). The black-hole test runs the scenario the filter exists for (the failure
+//! lab's `blackhole`): an edge Envoy balancing by least request over four per-host sidecars, one
+//! of whose hosts fails instantly.
 
 // Test code: a failed expectation should panic with its message.
 #![allow(
@@ -22,6 +23,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::config::wasm_filter_yaml;
+use harness::lab::{report, Progress, Scale, ScenarioReport};
 use harness::{
     filter_wasm, free_port, get, parallel, request, Behavior, ClusterSpec, Envoy, EnvoyOptions,
     ProxyConfig, Response, RouteSpec, Upstream,
@@ -1002,281 +1004,78 @@ fn the_shipped_envoy_config_validates_runs_and_reads_well_in_prometheus() {
 // ---------------------------------------------------------------------------------------------
 // The black hole: least-request balancing over four per-host sidecars, one host failing fast.
 // ---------------------------------------------------------------------------------------------
+//
+// The scenario lives in the failure lab (`harness::lab::blackhole`, `cargo pack lab --scenario
+// blackhole`): one Envoy with an edge listener balancing by least request over four sidecar
+// listeners, each carrying the filter (or not) in front of its own host. This runs its quick
+// version and asserts the lab's criteria plus what outlier_detection does on four hosts.
 
-/// One Envoy process playing two roles: an edge listener that balances by least request over
-/// four hosts, and the four hosts' sidecar listeners, each (optionally) carrying the filter in
-/// front of its own application instance.
-fn black_hole_yaml(
-    edge: u16,
-    admin: u16,
-    sidecars: &[u16],
-    apps: &[u16],
-    with_filter: bool,
-    outlier: Outlier,
-) -> String {
-    use harness::config::indent_yaml;
-    let hcm = |name: &str, port: u16, cluster: &str, filters: &str| {
-        format!(
-            "  - name: {name}
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          use_remote_address: true
-          internal_address_config:
-            cidr_ranges: [{{ address_prefix: 127.0.0.0, prefix_len: 8 }}]
-          route_config:
-            name: {name}
-            virtual_hosts:
-            - name: {name}
-              domains: [\"*\"]
-              routes:
-              - name: app
-                match: {{ prefix: \"/\" }}
-                route: {{ cluster: {cluster}, timeout: 5s }}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"
-        )
-    };
-    let cluster = |name: &str, ports: &[u16], extra: &str| {
-        let mut c = format!(
-            "  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-{extra}    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-"
-        );
-        for p in ports {
-            c.push_str(&format!(
-                "        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {p} }}
-"
-            ));
-        }
-        c
-    };
-    let mut y = format!(
-        "admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin} }}
-static_resources:
-  listeners:
-"
-    );
-    y.push_str(&hcm("edge", edge, "hosts", ""));
-    for (i, port) in sidecars.iter().enumerate() {
-        let filters = if with_filter {
-            // Distinct plugin names and stat prefixes: one VM, four independent filters.
-            let json = format!(
-                r#"{{ "sync_interval": "50ms", "min_samples": 20, "stat_prefix": "fp_{i}" }}"#
-            );
-            indent_yaml(&padding_filter(&format!("pad_{i}"), &json), 10)
-        } else {
-            String::new()
-        };
-        y.push_str(&hcm(
-            &format!("sidecar_{i}"),
-            *port,
-            &format!("app_{i}"),
-            &filters,
-        ));
-    }
-    y.push_str("  clusters:\n");
-    let mut extra = "    lb_policy: LEAST_REQUEST\n".to_string();
-    match outlier {
-        Outlier::Off => {}
-        // Envoy's defaults: consecutive_5xx 5, 30 s ejections, max_ejection_percent 10.
-        Outlier::Defaults => extra.push_str("    outlier_detection: {}\n"),
-        // As an operator of a 4-host cluster would tune it: one host may be ejected.
-        Outlier::Tuned => extra.push_str(
-            "    outlier_detection: { consecutive_5xx: 5, base_ejection_time: 30s, max_ejection_percent: 50 }\n",
-        ),
-    }
-    y.push_str(&cluster("hosts", sidecars, &extra));
-    for (i, port) in apps.iter().enumerate() {
-        y.push_str(&cluster(&format!("app_{i}"), &[*port], ""));
-    }
-    y
+/// The value of figure `name` of `variant` in the lab report.
+fn lab_figure<'a>(r: &'a ScenarioReport, variant: &str, name: &str) -> &'a str {
+    let v = r
+        .variants
+        .iter()
+        .find(|v| v.name == variant)
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = r.variants.iter().map(|v| v.name.as_str()).collect();
+            panic!("no variant {variant:?} in {names:?}")
+        });
+    v.figures
+        .iter()
+        .find(|f| f.name == name)
+        .map(|f| f.value.as_str())
+        .unwrap_or_else(|| panic!("no figure {name:?} for {variant:?}"))
 }
 
-/// Envoy's `outlier_detection` on the edge's cluster of hosts.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Outlier {
-    Off,
-    Defaults,
-    Tuned,
-}
-
-struct Row {
-    name: &'static str,
-    bad_share: f64,
-    error_rate: f64,
-    requests: u64,
-    rps: f64,
-    bad_p50_ms: f64,
-    good_p50_ms: f64,
-    ejections: u64,
-    overflow: u64,
-}
-
-/// Runs `threads` clients against `port` for `duration`; returns each response's status,
-/// latency and answering instance.
-fn drive(port: u16, threads: usize, duration: Duration) -> Vec<(u16, f64, String)> {
-    let t0 = Instant::now();
-    let out = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let mut mine = Vec::new();
-                while t0.elapsed() < duration {
-                    match get(port, "/work") {
-                        Ok(r) => mine.push((
-                            r.status,
-                            ms(r.elapsed),
-                            r.header("x-upstream-name").unwrap_or("-").to_string(),
-                        )),
-                        Err(_) => mine.push((0, 0.0, "-".to_string())),
-                    }
-                }
-                out.lock().unwrap().extend(mine);
-            });
-        }
-    });
-    out.into_inner().unwrap()
-}
-
-fn scenario(name: &'static str, apps: &[Upstream], with_filter: bool, outlier: Outlier) -> Row {
-    for app in apps {
-        app.set_default(Behavior::status(200).with_latency(Duration::from_millis(SUCCESS_MS)));
-    }
-    let (edge, admin) = (free_port(), free_port());
-    let sidecars: Vec<u16> = (0..apps.len()).map(|_| free_port()).collect();
-    let app_ports: Vec<u16> = apps.iter().map(Upstream::port).collect();
-    let yaml = black_hole_yaml(edge, admin, &sidecars, &app_ports, with_filter, outlier);
-    let envoy = Envoy::start(&yaml, &EnvoyOptions::default()).expect("black-hole topology starts");
-    envoy.wait_listener(edge).unwrap();
-    for p in &sidecars {
-        envoy.wait_listener(*p).unwrap();
-    }
-    // Warm-up: every host healthy, every sidecar learns its ~50 ms.
-    drive(edge, 16, Duration::from_millis(1_500));
-    std::thread::sleep(Duration::from_millis(200));
-    // One host starts failing instantly.
-    let bad = apps.len() - 1;
-    apps[bad].set_default(Behavior::status(503));
-    for app in apps {
-        app.reset_counts();
-    }
-    let measured = Duration::from_secs(4);
-    let results = drive(edge, 16, measured);
-    let per_app: Vec<u64> = apps.iter().map(Upstream::requests).collect();
-    let total_app: u64 = per_app.iter().sum();
-    let errors = results.iter().filter(|(s, _, _)| *s != 200).count();
-    let bad_name = apps[bad].name().to_string();
-    let lat = |bad_host: bool| {
-        median(
-            results
-                .iter()
-                .filter(|(_, _, who)| (*who == bad_name) == bad_host && who != "-")
-                .map(|(_, l, _)| *l)
-                .chain(std::iter::once(0.0))
-                .collect(),
-        )
-    };
-    let row = Row {
-        name,
-        bad_share: per_app[bad] as f64 / total_app.max(1) as f64,
-        error_rate: errors as f64 / results.len().max(1) as f64,
-        requests: results.len() as u64,
-        rps: results.len() as f64 / measured.as_secs_f64(),
-        bad_p50_ms: lat(true),
-        good_p50_ms: lat(false),
-        ejections: envoy.stat("cluster.hosts.outlier_detection.ejections_enforced_total"),
-        overflow: envoy.stat("cluster.hosts.outlier_detection.ejections_overflow"),
-    };
-    println!(
-        "figure: black hole [{name}]: per-host requests {per_app:?}, bad host share {:.1}%, client errors {:.1}%",
-        row.bad_share * 100.0,
-        row.error_rate * 100.0
-    );
-    if with_filter {
-        let padded = envoy.stat(&format!("wasmcustom.fp_{bad}.app.padded"));
-        let target = envoy.stat(&format!("wasmcustom.fp_{bad}.app.target_ms"));
-        println!("figure: black hole [{name}]: the failing host's sidecar padded {padded} failures to its learned {target} ms");
-        assert!(padded > 0);
-    }
-    assert_no_vm_failure(&envoy);
-    row
+/// The numbers in a figure such as `"0 (412)"` or `"12.5%"`, in order.
+fn numbers(figure: &str) -> Vec<f64> {
+    figure
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 #[test]
 fn least_request_balancing_stops_black_holing_into_a_fast_failing_host() {
     let _serial = timing();
-    let apps: Vec<Upstream> = (0..4)
-        .map(|i| Upstream::start_named(&format!("host-{i}")).unwrap())
-        .collect();
-    let rows = [
-        scenario("no filter", &apps, false, Outlier::Off),
-        scenario("padding filter", &apps, true, Outlier::Off),
-        scenario(
-            "outlier_detection, Envoy defaults",
-            &apps,
-            false,
-            Outlier::Defaults,
-        ),
-        scenario(
-            "outlier_detection, max_ejection_percent 50",
-            &apps,
-            false,
-            Outlier::Tuned,
-        ),
-        scenario(
-            "padding + outlier_detection (max_ejection_percent 50)",
-            &apps,
-            true,
-            Outlier::Tuned,
-        ),
-    ];
-    println!("figure: black hole, LEAST_REQUEST over 4 sidecars, 16 client threads, 4 s, one host failing in <1 ms while the others take {SUCCESS_MS} ms:");
-    println!("figure: | setup | bad host's share (fair 25%) | client errors | requests (rps) | p50 bad / good host | ejections (refused by max %) |");
-    for r in &rows {
-        println!(
-            "figure: | {} | {:.1}% | {:.1}% | {} ({:.0}/s) | {:.1} / {:.1} ms | {} ({}) |",
-            r.name,
-            r.bad_share * 100.0,
-            r.error_rate * 100.0,
-            r.requests,
-            r.rps,
-            r.bad_p50_ms,
-            r.good_p50_ms,
-            r.ejections,
-            r.overflow
+    let mut progress = Progress::new(false);
+    let r = harness::lab::run_scenario("blackhole", Scale::Quick, &mut progress)
+        .expect("the black-hole scenario runs");
+    for line in report::terminal_table(std::slice::from_ref(&r))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        println!("figure: {line}");
+    }
+    for c in &r.criteria {
+        assert!(c.passed, "missed: {}", c.description);
+    }
+    const DEFAULTS: &str = "outlier_detection defaults";
+    const TUNED: &str = "outlier_detection max 50%";
+    const BOTH: &str = "padding + outlier max 50%";
+    let ejections = |variant: &str| numbers(lab_figure(&r, variant, "ejections (refused)"));
+    let defaults = ejections(DEFAULTS);
+    assert_eq!(defaults[0], 0.0, "10% of 4 hosts is no host at all");
+    assert!(
+        defaults[1] >= 1.0,
+        "Envoy refuses the ejections it would make: {defaults:?}"
+    );
+    assert!(ejections(TUNED)[0] >= 1.0, "{:?}", ejections(TUNED));
+    assert!(ejections(BOTH)[0] >= 1.0, "{:?}", ejections(BOTH));
+    // Padding does not get in the way of outlier_detection.
+    let errors = |variant: &str| numbers(lab_figure(&r, variant, "client errors"))[0];
+    assert!(
+        errors(BOTH) <= errors(TUNED) + 2.0,
+        "{} vs {}",
+        errors(BOTH),
+        errors(TUNED)
+    );
+    // The failing host's sidecar did the padding.
+    for variant in ["padding filter (pack)", BOTH] {
+        let padded = numbers(lab_figure(&r, variant, "padded by bad host"));
+        assert!(
+            padded.first().is_some_and(|n| *n > 0.0),
+            "{variant}: {padded:?}"
         );
     }
-    let [none, padded, defaults, outlier, both] = &rows;
-    assert!(
-        none.bad_share > 0.35,
-        "without the filter the fast-failing host draws far more than its share: {:.3}",
-        none.bad_share
-    );
-    assert!(
-        padded.bad_share <= 0.25 * 1.2,
-        "with the filter the failing host's share is within 1.2x of fair: {:.3}",
-        padded.bad_share
-    );
-    assert!(padded.error_rate < none.error_rate);
-    assert_eq!(defaults.ejections, 0, "10% of 4 hosts is no host at all");
-    assert!(outlier.ejections >= 1 && both.ejections >= 1);
-    assert!(both.error_rate <= outlier.error_rate + 0.02);
 }

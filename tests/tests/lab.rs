@@ -2,9 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Mutex;
+
 use harness::lab::{self, report, Progress, Scale};
 
+/// Scenarios measure timing: one at a time, or they would measure each other's CPU contention.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 fn run(name: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut progress = Progress::new(false);
     let r = lab::run_scenario(name, Scale::Quick, &mut progress).expect("the scenario runs");
     println!("{}", report::terminal_table(std::slice::from_ref(&r)));
@@ -18,4 +24,9 @@ fn run(name: &str) {
 #[test]
 fn cascading_dependency_outage_is_contained_by_the_circuit_breaker() {
     run("cascade");
+}
+
+#[test]
+fn black_hole_under_least_request_is_fixed_by_failure_padding() {
+    run("blackhole");
 }

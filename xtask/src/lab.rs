@@ -13,6 +13,17 @@ use harness::paths::workspace_root;
 const BEGIN: &str = "<!-- lab:begin -->";
 const END: &str = "<!-- lab:end -->";
 
+/// Replace the README's text between the `begin` and `end` markers with `body`.
+pub fn replace_block(begin: &str, end: &str, body: &str) -> Result<(), String> {
+    let readme_path = workspace_root().join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).map_err(|e| e.to_string())?;
+    let (Some(b), Some(e)) = (readme.find(begin), readme.find(end)) else {
+        return Err(format!("README.md has no {begin} … {end} block"));
+    };
+    let new = format!("{}{begin}\n{body}\n{}", &readme[..b], &readme[e..]);
+    std::fs::write(&readme_path, new).map_err(|e| e.to_string())
+}
+
 pub fn lab(args: &[String]) -> Result<(), String> {
     let mut scale = Scale::Full;
     let mut only: Option<String> = None;
@@ -70,11 +81,6 @@ pub fn lab(args: &[String]) -> Result<(), String> {
                 report::write(&docs.join(&file), chart)?;
             }
         }
-        let readme_path = workspace_root().join("README.md");
-        let readme = std::fs::read_to_string(&readme_path).map_err(|e| e.to_string())?;
-        let (Some(b), Some(e)) = (readme.find(BEGIN), readme.find(END)) else {
-            return Err(format!("README.md has no {BEGIN} … {END} block"));
-        };
         let plot = reports
             .first()
             .map(|r| {
@@ -85,8 +91,7 @@ pub fn lab(args: &[String]) -> Result<(), String> {
                 )
             })
             .unwrap_or_default();
-        let new = format!("{}{BEGIN}\n{summary}{plot}\n{}", &readme[..b], &readme[e..]);
-        std::fs::write(&readme_path, new).map_err(|e| e.to_string())?;
+        replace_block(BEGIN, END, &format!("{summary}{plot}"))?;
         println!("README.md and docs/lab/ updated from this run");
     }
     if reports.iter().all(|r| r.passed()) {

@@ -7,6 +7,7 @@
 //! lab` runs the full version and writes a self-contained HTML report; the test suite runs the
 //! quick version of every scenario and fails if a criterion is missed.
 
+pub mod blackhole;
 pub mod cascade;
 pub mod load;
 pub mod report;
@@ -78,7 +79,7 @@ impl Progress {
 }
 
 /// The scenarios, by name, in the order they run.
-pub const SCENARIOS: &[&str] = &["cascade"];
+pub const SCENARIOS: &[&str] = &["cascade", "blackhole"];
 
 /// Run one scenario by name.
 pub fn run_scenario(
@@ -88,6 +89,7 @@ pub fn run_scenario(
 ) -> Result<ScenarioReport, String> {
     match name {
         "cascade" => cascade::run(scale, progress),
+        "blackhole" => blackhole::run(scale, progress),
         other => Err(format!("unknown scenario {other:?}; known: {SCENARIOS:?}")),
     }
 }
