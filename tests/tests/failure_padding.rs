@@ -541,9 +541,9 @@ fn max_overlap(windows: &[(f64, f64)], slack_ms: f64) -> usize {
     usize::try_from(best).unwrap_or(0)
 }
 
-#[test]
-fn the_in_flight_cap_holds_across_all_workers_under_concurrent_load() {
-    let _serial = timing();
+/// One burst of 40 simultaneous failures against a fresh Envoy with 4 workers and a cap of 5.
+/// Asserts the cap, and returns on how many distinct workers the holds were taken.
+fn in_flight_burst() -> usize {
     let rig = rig_with(
         r#"{ "sync_interval": "20ms", "fallback_target": "800ms", "min_samples": 1000000, "max_padded_in_flight": 5 }"#,
         RigOptions {
@@ -596,11 +596,29 @@ fn the_in_flight_cap_holds_across_all_workers_under_concurrent_load() {
     assert_eq!(padded, 5);
     assert_eq!(capped, 35);
     assert_eq!(in_flight_during.load(Ordering::SeqCst), 5);
-    assert!(workers.len() >= 2, "holds on one worker only: {workers:?}");
-
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(rig.global("in_flight"), 0, "every slot came back");
     rig.assert_no_vm_failure();
+    workers.len()
+}
+
+#[test]
+fn the_in_flight_cap_holds_across_all_workers_under_concurrent_load() {
+    let _serial = timing();
+    // The kernel picks the worker for each connection; a burst whose holds all land on one
+    // worker proves the cap but not that it is shared. Every burst must hold the cap exactly;
+    // at least one must spread its holds over two or more workers.
+    let mut spread = 0;
+    for _ in 0..4 {
+        spread = in_flight_burst();
+        if spread >= 2 {
+            break;
+        }
+    }
+    assert!(
+        spread >= 2,
+        "in 4 bursts the holds never spread over two workers"
+    );
 }
 
 #[test]
