@@ -208,3 +208,16 @@ where
     }
     slots.into_iter().flatten().collect()
 }
+
+/// Sends raw request bytes (for header values no well-behaved client sends, such as non-UTF-8)
+/// and returns whatever comes back until the server closes or 5 s pass.
+pub fn raw_request(port: u16, head: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(head).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(out)
+}

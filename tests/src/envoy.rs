@@ -599,7 +599,27 @@ impl Envoy {
     pub fn log_tail(&self, n: usize) -> String {
         tail(&self.log(), n)
     }
+
+    /// A wasm VM failure in the log (a panic, a trap, a failed callback), with the log tail; `None`
+    /// when the VMs are healthy. Every filter promises never to trap: tests assert on this.
+    pub fn vm_failure(&self) -> Option<String> {
+        let log = self.log();
+        VM_FAILURE_MARKERS
+            .iter()
+            .find(|m| log.contains(*m))
+            .map(|m| format!("Envoy log shows a VM failure ({m}):\n{}", self.log_tail(60)))
+    }
 }
+
+/// What Envoy logs when a wasm VM fails: a Rust panic (through the pack's panic hook), a trap,
+/// or a callback that failed.
+const VM_FAILURE_MARKERS: &[&str] = &[
+    "panicked",
+    "panic:",
+    "wasm trap",
+    "Function: proxy_on",
+    "RuntimeError",
+];
 
 impl Drop for Envoy {
     fn drop(&mut self) {

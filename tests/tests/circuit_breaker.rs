@@ -12,8 +12,6 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use harness::config::wasm_filter_yaml;
@@ -52,18 +50,8 @@ impl Rig {
     }
 
     fn assert_no_vm_failure(&self) {
-        let log = self.envoy.log();
-        for bad in [
-            "panicked",
-            "wasm trap",
-            "Function: proxy_on",
-            "RuntimeError",
-        ] {
-            assert!(
-                !log.contains(bad),
-                "Envoy log shows a VM failure ({bad}):\n{}",
-                self.envoy.log_tail(60)
-            );
+        if let Some(failure) = self.envoy.vm_failure() {
+            panic!("{failure}");
         }
     }
 }
@@ -560,12 +548,7 @@ fn header_keyed_breakers_are_bounded_by_max_keys_and_overflow_is_counted() {
 
 /// Raw request bytes, for header values no well-behaved client sends.
 fn raw_request(port: u16, head: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+    harness::client::raw_request(port, head).unwrap()
 }
 
 #[test]

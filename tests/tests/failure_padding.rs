@@ -16,7 +16,7 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
@@ -74,19 +74,8 @@ impl Rig {
 }
 
 fn assert_no_vm_failure(envoy: &Envoy) {
-    let log = envoy.log();
-    for bad in [
-        "panicked",
-        "panic:",
-        "wasm trap",
-        "Function: proxy_on",
-        "RuntimeError",
-    ] {
-        assert!(
-            !log.contains(bad),
-            "Envoy log shows a VM failure ({bad}):\n{}",
-            envoy.log_tail(60)
-        );
+    if let Some(failure) = envoy.vm_failure() {
+        panic!("{failure}");
     }
 }
 
@@ -851,12 +840,7 @@ fn grpc_failures_and_envoys_own_local_failures_are_padded_too() {
 
 /// Raw request bytes, for header values no well-behaved client sends.
 fn raw_request(port: u16, head: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+    harness::client::raw_request(port, head).unwrap()
 }
 
 #[test]

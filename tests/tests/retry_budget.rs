@@ -17,8 +17,6 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use harness::config::wasm_filter_yaml;
@@ -75,19 +73,8 @@ fn wait_stat(envoy: &Envoy, key: &str, name: &str, n: u64) -> u64 {
 }
 
 fn assert_no_vm_failure(envoy: &Envoy) {
-    let log = envoy.log();
-    for bad in [
-        "panicked",
-        "wasm trap",
-        "Function: proxy_on",
-        "RuntimeError",
-        "panic:",
-    ] {
-        assert!(
-            !log.contains(bad),
-            "Envoy log shows a VM failure ({bad}):\n{}",
-            envoy.log_tail(60)
-        );
+    if let Some(failure) = envoy.vm_failure() {
+        panic!("{failure}");
     }
 }
 
@@ -638,12 +625,7 @@ fn dry_run_never_changes_behaviour_but_counts_and_explains_what_it_would_deny() 
 }
 
 fn raw_request(port: u16, head: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+    harness::client::raw_request(port, head).unwrap()
 }
 
 #[test]

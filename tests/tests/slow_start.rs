@@ -77,18 +77,8 @@ impl Rig {
     }
 
     fn assert_no_vm_failure(&self) {
-        let log = self.envoy.log();
-        for bad in [
-            "panicked",
-            "wasm trap",
-            "Function: proxy_on",
-            "RuntimeError",
-        ] {
-            assert!(
-                !log.contains(bad),
-                "Envoy log shows a VM failure ({bad}):\n{}",
-                self.envoy.log_tail(60)
-            );
+        if let Some(failure) = self.envoy.vm_failure() {
+            panic!("{failure}");
         }
     }
 }
@@ -1187,13 +1177,7 @@ fn invalid_config_makes_envoy_refuse_the_filter_with_the_field_named() {
 }
 
 fn raw_request(port: u16, head: &[u8]) -> Vec<u8> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(head).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
+    harness::client::raw_request(port, head).unwrap()
 }
 
 #[test]

@@ -8,10 +8,13 @@
 //! Top-level fields that are not filter-wide (see [`GLOBAL_FIELDS`]) are the defaults; each
 //! `routes` entry overrides them field by field for the requests its `match` selects.
 
-use resilience_core::config::{ConfigError, DurationMs, Percent};
+use resilience_core::config::{
+    check_header_name, check_max_keys, check_stat_prefix, check_sync_interval, field_path as field,
+    ConfigError, DurationMs, Percent,
+};
 use resilience_core::outcome::{Classifier, GrpcCodeSet, LocalFailureSet, StatusSet};
 use resilience_core::padding::Policy;
-use resilience_core::routes::{parse_filter_config, Route, RouteMatch, RouteTable};
+use resilience_core::routes::{parse_filter_config, RouteMatch, RouteTable};
 use serde::Deserialize;
 
 /// Fields that apply to the whole filter instance and cannot be overridden per route.
@@ -155,69 +158,16 @@ impl FilterConfig {
 pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
     let (raw_global, raw_table): (RawGlobal, RouteTable<RawSettings>) =
         parse_filter_config(json, GLOBAL_FIELDS)?;
-    let global = check_global(raw_global)?;
-    let defaults = check_settings(raw_table.defaults, "")?;
-    let mut routes: Vec<Route<Settings>> = Vec::with_capacity(raw_table.routes.len());
-    for (i, r) in raw_table.routes.into_iter().enumerate() {
-        if routes.iter().any(|earlier| earlier.name == r.name) {
-            return Err(ConfigError::new(
-                format!("routes[{i}].name"),
-                format!(
-                    "{:?} is already the name of an earlier route; names key the learned latency and must be unique",
-                    r.name
-                ),
-            ));
-        }
-        let settings = check_settings(r.settings, &format!("routes[{i}]"))?;
-        routes.push(Route {
-            name: r.name,
-            matcher: r.matcher,
-            settings,
-        });
-    }
     Ok(FilterConfig {
-        global,
-        routes: RouteTable { defaults, routes },
+        global: check_global(raw_global)?,
+        routes: raw_table.try_map(check_settings)?,
     })
 }
 
-fn field(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
 fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
-    if !(1..=10_000).contains(&raw.max_keys) {
-        return Err(ConfigError::new(
-            "max_keys",
-            format!("must be between 1 and 10000, got {}", raw.max_keys),
-        ));
-    }
-    let sync = raw.sync_interval.as_ms();
-    if !(10..=10_000).contains(&sync) {
-        return Err(ConfigError::new(
-            "sync_interval",
-            format!("must be between 10ms and 10s, got {}", raw.sync_interval),
-        ));
-    }
-    if raw.stat_prefix.is_empty()
-        || raw.stat_prefix.len() > 64
-        || !raw
-            .stat_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(ConfigError::new(
-            "stat_prefix",
-            format!(
-                "must be 1 to 64 characters of [A-Za-z0-9_], got {:?}",
-                raw.stat_prefix
-            ),
-        ));
-    }
+    let max_keys = check_max_keys(raw.max_keys)?;
+    let sync = check_sync_interval(raw.sync_interval)?;
+    check_stat_prefix(&raw.stat_prefix)?;
     if !(1..=100_000).contains(&raw.max_padded_in_flight) {
         return Err(ConfigError::new(
             "max_padded_in_flight",
@@ -228,15 +178,11 @@ fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
         ));
     }
     Ok(Global {
-        max_keys: raw.max_keys,
+        max_keys,
         sync_interval_ms: sync,
         stat_prefix: raw.stat_prefix,
         max_padded_in_flight: raw.max_padded_in_flight,
     })
-}
-
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Envoy's active health checker says `user-agent: Envoy/HC`.
@@ -337,12 +283,7 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
         ));
     }
     if let Some(h) = &raw.deadline_header {
-        if h.is_empty() || h.len() > 128 || !h.bytes().all(is_token_byte) {
-            return Err(err(
-                "deadline_header",
-                format!("must be an HTTP header name of 1 to 128 token characters, got {h:?}"),
-            ));
-        }
+        check_header_name(&field(prefix, "deadline_header"), h)?;
     }
     if raw.deadline_margin.as_ms() > 60_000 {
         return Err(err(

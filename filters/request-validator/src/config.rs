@@ -13,7 +13,10 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use resilience_core::config::{ConfigError, DurationMs, Percent};
+use resilience_core::config::{
+    check_header_name, check_stat_prefix, check_sync_interval, field_path as field, ConfigError,
+    DurationMs, Percent,
+};
 use resilience_core::routes::{parse_filter_config, Route, RouteTable};
 use resilience_host::metrics::sanitize_segment;
 use serde::Deserialize;
@@ -340,24 +343,6 @@ pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
     })
 }
 
-fn field(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-fn header_name(raw: &str, path: &str) -> Result<String, ConfigError> {
-    if raw.is_empty() || raw.len() > 128 || !raw.bytes().all(is_token_byte) {
-        return Err(ConfigError::new(
-            path,
-            format!("must be an HTTP header name of 1 to 128 token characters, got {raw:?}"),
-        ));
-    }
-    Ok(raw.to_ascii_lowercase())
-}
-
 fn header_value(raw: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
     if raw.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
         return Err(ConfigError::new(path, "must not contain CR, LF or NUL"));
@@ -366,28 +351,8 @@ fn header_value(raw: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
 }
 
 fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
-    if raw.stat_prefix.is_empty()
-        || raw.stat_prefix.len() > 64
-        || !raw
-            .stat_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(ConfigError::new(
-            "stat_prefix",
-            format!(
-                "must be 1 to 64 characters of [A-Za-z0-9_], got {:?}",
-                raw.stat_prefix
-            ),
-        ));
-    }
-    let sync = raw.sync_interval.as_ms();
-    if !(10..=10_000).contains(&sync) {
-        return Err(ConfigError::new(
-            "sync_interval",
-            format!("must be between 10ms and 10s, got {}", raw.sync_interval),
-        ));
-    }
+    check_stat_prefix(&raw.stat_prefix)?;
+    let sync = check_sync_interval(raw.sync_interval)?;
     let lease = raw.in_flight_lease.as_ms();
     let min_lease = sync.saturating_mul(4).max(1_000);
     if !(min_lease..=3_600_000).contains(&lease) {
@@ -421,7 +386,7 @@ fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
     }
     for (i, h) in raw.health_checks.headers.into_iter().enumerate() {
         let at = format!("health_checks.headers[{i}]");
-        let name = header_name(&h.name, &format!("{at}.name"))?;
+        let name = check_header_name(&format!("{at}.name"), &h.name)?;
         if h.value.is_some() && h.prefix.is_some() {
             return Err(ConfigError::new(
                 at,
@@ -489,7 +454,7 @@ fn check_settings(
     let mut required_headers = Vec::with_capacity(raw.required_headers.len());
     for (i, h) in raw.required_headers.iter().enumerate() {
         let hp = at(&format!("required_headers[{i}]"));
-        let name = header_name(&h.name, &format!("{hp}.name"))?;
+        let name = check_header_name(&format!("{hp}.name"), &h.name)?;
         let constraints = usize::from(h.value.is_some())
             + usize::from(h.one_of.is_some())
             + usize::from(h.pattern.is_some());
@@ -671,7 +636,7 @@ fn check_settings(
     };
 
     let deadline_header = match &raw.deadline_header {
-        Some(h) => Some(header_name(h, &at("deadline_header"))?),
+        Some(h) => Some(check_header_name(&at("deadline_header"), h)?),
         None => None,
     };
     if raw.deadline_percentile.value() <= 0.0 {
@@ -720,7 +685,7 @@ fn check_settings(
             let priority = match priority {
                 None => None,
                 Some(p) => {
-                    let header = header_name(&p.header, &at("priority.header"))?;
+                    let header = check_header_name(&at("priority.header"), &p.header)?;
                     let mut shares = Vec::with_capacity(p.shares.len());
                     for (k, v) in p.shares {
                         let value = header_value(&k, &at(&format!("priority.shares.{k}")))?;

@@ -12,7 +12,10 @@
 
 use std::net::SocketAddr;
 
-use resilience_core::config::{ConfigError, DurationMs, Percent};
+use resilience_core::config::{
+    check_header_name, check_stat_prefix, check_sync_interval, field_path as field, is_token_byte,
+    ConfigError, DurationMs, Percent,
+};
 use resilience_core::outcome::{Classifier, GrpcCodeSet, LocalFailureSet, StatusSet};
 use resilience_core::ramp::{ClosedLoop, Curve, Policy, Priming};
 use resilience_core::routes::{parse_filter_config, HeaderMatch, Route, RouteTable};
@@ -392,14 +395,6 @@ pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
     })
 }
 
-fn field(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
 fn check_settings(raw: RawSettings, prefix: &str, kind: Kind) -> Result<Settings, ConfigError> {
     let err = |name: &str, rule: String| ConfigError::new(field(prefix, name), rule);
     let mode = match (raw.mode, kind) {
@@ -457,20 +452,6 @@ fn check_settings(raw: RawSettings, prefix: &str, kind: Kind) -> Result<Settings
     })
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn check_header_name(path: &str, name: &str) -> Result<String, ConfigError> {
-    if name.is_empty() || name.len() > 128 || !name.bytes().all(is_token_byte) {
-        return Err(ConfigError::new(
-            path,
-            format!("must be an HTTP header name of 1 to 128 token characters, got {name:?}"),
-        ));
-    }
-    Ok(name.to_ascii_lowercase())
-}
-
 fn check_callout(
     raw_method: &str,
     raw_path: &str,
@@ -523,28 +504,8 @@ fn check_callout(
 }
 
 fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, ConfigError> {
-    if raw.stat_prefix.is_empty()
-        || raw.stat_prefix.len() > 64
-        || !raw
-            .stat_prefix
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(ConfigError::new(
-            "stat_prefix",
-            format!(
-                "must be 1 to 64 characters of [A-Za-z0-9_], got {:?}",
-                raw.stat_prefix
-            ),
-        ));
-    }
-    let sync = raw.sync_interval.as_ms();
-    if !(10..=10_000).contains(&sync) {
-        return Err(ConfigError::new(
-            "sync_interval",
-            format!("must be between 10ms and 10s, got {}", raw.sync_interval),
-        ));
-    }
+    check_stat_prefix(&raw.stat_prefix)?;
+    let sync = check_sync_interval(raw.sync_interval)?;
     if !(1..=1_024).contains(&raw.max_endpoints) {
         return Err(ConfigError::new(
             "max_endpoints",

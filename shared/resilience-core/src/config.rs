@@ -767,3 +767,101 @@ mod tests {
         }
     }
 }
+
+/// The JSON path of field `name` under `prefix` (`""` for the top level, `routes[1]` for a route).
+pub fn field_path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// Whether `b` may appear in an HTTP header name (an RFC 9110 token character).
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A configured header name: 1 to 128 token characters, returned lowercased (how the proxy
+/// compares header names).
+pub fn check_header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() || name.len() > 128 || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            path,
+            format!("must be an HTTP header name of 1 to 128 token characters, got {name:?}"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// The filter-wide `max_keys`: every key space in shared data is bounded (it cannot delete).
+pub fn check_max_keys(max_keys: u32) -> Result<u32, ConfigError> {
+    if !(1..=10_000).contains(&max_keys) {
+        return Err(ConfigError::new(
+            "max_keys",
+            format!("must be between 1 and 10000, got {max_keys}"),
+        ));
+    }
+    Ok(max_keys)
+}
+
+/// The filter-wide `sync_interval` (the tick that publishes per-worker state), in ms.
+pub fn check_sync_interval(sync_interval: DurationMs) -> Result<u64, ConfigError> {
+    let ms = sync_interval.as_ms();
+    if !(10..=10_000).contains(&ms) {
+        return Err(ConfigError::new(
+            "sync_interval",
+            format!("must be between 10ms and 10s, got {sync_interval}"),
+        ));
+    }
+    Ok(ms)
+}
+
+/// The filter-wide `stat_prefix`: the first segment of every stat name, so no dots (they would
+/// split it into tag segments).
+pub fn check_stat_prefix(stat_prefix: &str) -> Result<(), ConfigError> {
+    if stat_prefix.is_empty()
+        || stat_prefix.len() > 64
+        || !stat_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ConfigError::new(
+            "stat_prefix",
+            format!("must be 1 to 64 characters of [A-Za-z0-9_], got {stat_prefix:?}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod filter_wide_checks {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn filter_wide_fields_are_checked_with_the_field_named() {
+        assert_eq!(
+            check_max_keys(0).unwrap_err().to_string(),
+            "max_keys: must be between 1 and 10000, got 0"
+        );
+        assert_eq!(
+            check_sync_interval(DurationMs(1)).unwrap_err().to_string(),
+            "sync_interval: must be between 10ms and 10s, got 1ms"
+        );
+        assert_eq!(check_sync_interval(DurationMs(100)), Ok(100));
+        assert!(check_stat_prefix("a.b")
+            .unwrap_err()
+            .to_string()
+            .starts_with("stat_prefix: must be 1 to 64 characters"));
+        assert_eq!(
+            check_header_name("h", "X-Tenant"),
+            Ok("x-tenant".to_owned())
+        );
+        assert!(check_header_name("h", "bad header").is_err());
+        assert_eq!(field_path("", "window"), "window");
+        assert_eq!(field_path("routes[2]", "window"), "routes[2].window");
+    }
+}

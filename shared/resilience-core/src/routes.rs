@@ -214,6 +214,25 @@ impl<S> Clone for Selected<'_, S> {
 impl<S> Copy for Selected<'_, S> {}
 
 impl<S> RouteTable<S> {
+    /// Convert every entry's settings (the raw, parsed form into the checked one), with the JSON
+    /// path prefix of each: `""` for the defaults, `routes[i]` for the routes. The first error
+    /// stops the conversion.
+    pub fn try_map<T>(
+        self,
+        mut f: impl FnMut(S, &str) -> Result<T, ConfigError>,
+    ) -> Result<RouteTable<T>, ConfigError> {
+        let defaults = f(self.defaults, "")?;
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.into_iter().enumerate() {
+            routes.push(Route {
+                name: r.name,
+                matcher: r.matcher,
+                settings: f(r.settings, &format!("routes[{i}]"))?,
+            });
+        }
+        Ok(RouteTable { defaults, routes })
+    }
+
     /// A table with no routes: every request gets the defaults.
     pub fn new(defaults: S) -> Self {
         Self {
@@ -335,6 +354,14 @@ pub fn parse_filter_config<G: DeserializeOwned, S: DeserializeOwned>(
                 ))
             }
         };
+        if routes.iter().any(|earlier: &Route<S>| earlier.name == name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!(
+                    "{name:?} is already the name of an earlier route; route names key per-route state and stats and must be unique"
+                ),
+            ));
+        }
         let mut merged = defaults.clone();
         for (key, value) in object {
             if global_fields.contains(&key.as_str()) {
@@ -742,6 +769,56 @@ mod tests {
                 .routes
                 .len(),
             256
+        );
+    }
+
+    #[test]
+    fn two_routes_with_the_same_name_are_refused_because_names_key_state() {
+        let e = parse_filter_config::<Global, Settings>(
+            br#"{"routes": [{"name": "a", "match": {"prefix": "/a"}}, {"name": "a", "match": {"prefix": "/b"}}]}"#,
+            &[],
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("routes[1].name: \"a\" is already the name of an earlier route"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn try_map_converts_every_entry_with_its_path_prefix() {
+        let (_, table) = parse_filter_config::<Global, Settings>(
+            br#"{"routes": [{"match": {"prefix": "/a"}}, {"match": {"prefix": "/b"}}]}"#,
+            &[],
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        let mapped = table
+            .try_map(|_, prefix| {
+                seen.push(prefix.to_owned());
+                Ok::<_, ConfigError>(prefix.len())
+            })
+            .unwrap();
+        assert_eq!(seen, ["", "routes[0]", "routes[1]"]);
+        assert_eq!(mapped.routes.len(), 2);
+        let refused = parse_filter_config::<Global, Settings>(
+            br#"{"routes": [{"match": {"prefix": "/a"}}]}"#,
+            &[],
+        )
+        .unwrap()
+        .1
+        .try_map(|_, prefix| {
+            if prefix.is_empty() {
+                Ok(())
+            } else {
+                Err(ConfigError::new(format!("{prefix}.x"), "no"))
+            }
+        });
+        assert_eq!(
+            refused.map(|_| ()).unwrap_err().to_string(),
+            "routes[0].x: no"
         );
     }
 }

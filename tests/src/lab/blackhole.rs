@@ -227,22 +227,7 @@ struct Run {
 }
 
 fn assert_no_vm_failure(envoy: &Envoy) -> Result<(), String> {
-    let log = envoy.log();
-    for bad in [
-        "panicked",
-        "panic:",
-        "wasm trap",
-        "Function: proxy_on",
-        "RuntimeError",
-    ] {
-        if log.contains(bad) {
-            return Err(format!(
-                "Envoy log shows a VM failure ({bad}):\n{}",
-                envoy.log_tail(60)
-            ));
-        }
-    }
-    Ok(())
+    envoy.vm_failure().map_or(Ok(()), Err)
 }
 
 fn run_variant(setup: Setup, scale: Scale, progress: &mut Progress) -> Result<Run, String> {
