@@ -145,7 +145,8 @@ pub fn test(args: &[String]) -> Result<(), String> {
 
     if built {
         let mut tests = cargo();
-        tests.args(["test", "--workspace"]);
+        // --no-fail-fast: one failing test binary must not hide the results of the others.
+        tests.args(["test", "--workspace", "--no-fail-fast"]);
         // The end-to-end tests use the modules just built instead of building them again.
         tests.env("RESILIENCE_SKIP_WASM_BUILD", "1");
         ok &= step("tests (unit, property, real Envoy)", tests, &mut results);
