@@ -11,12 +11,16 @@
 //! with one `write_all` of a prebuilt buffer: a response split into two writes meets the peer's
 //! delayed ACK and gains ~40 ms, which would hide the latency effects under test. Each response
 //! carries `x-upstream-name` so tests can see which instance answered.
+//!
+//! Optionally the upstream has a fixed capacity (`Upstream::set_capacity`): at most N requests
+//! are served at once and the rest wait their turn in arrival order, so latency grows with
+//! concurrency as on a saturated server.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -223,6 +227,109 @@ struct Shared {
     cold: Mutex<ColdCache>,
     /// Held while a cache miss is being served: misses queue behind each other.
     miss_lock: Mutex<()>,
+    /// The optional serving capacity (see `Upstream::set_capacity`).
+    capacity: Mutex<Capacity>,
+}
+
+/// A counting semaphore over the requests being served, shared by every connection.
+///
+/// Waiters are served strictly in arrival order: a released slot is handed to the oldest waiter
+/// directly, so a request that has just arrived cannot overtake the queue (a plain
+/// `Mutex<usize>` + `Condvar` lets the newest thread win the race for a freed slot, which would
+/// make the queue partly last-in-first-out). Each waiter sleeps on its own condition variable,
+/// so a release wakes exactly one thread however long the queue is.
+#[derive(Debug, Default)]
+struct Capacity {
+    /// Most requests served at once; `None` is unlimited.
+    limit: Option<usize>,
+    /// Requests holding a slot (counted even when unlimited, so a limit set later is exact).
+    in_use: usize,
+    /// Requests waiting for a slot, oldest first.
+    waiting: VecDeque<Arc<Waiter>>,
+    /// Set while the upstream is stopped: waiters are turned away.
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Waiter {
+    /// `None` while waiting; `Some(true)` when handed a slot, `Some(false)` when turned away.
+    outcome: Mutex<Option<bool>>,
+    woken: Condvar,
+}
+
+impl Waiter {
+    fn settle(&self, granted: bool) {
+        *lock(&self.outcome) = Some(granted);
+        self.woken.notify_one();
+    }
+}
+
+impl Capacity {
+    fn has_room(&self) -> bool {
+        self.limit.is_none_or(|limit| self.in_use < limit)
+    }
+
+    /// Hands free slots to the oldest waiters.
+    fn grant_waiting(&mut self) {
+        while self.has_room() {
+            let Some(waiter) = self.waiting.pop_front() else {
+                return;
+            };
+            self.in_use += 1;
+            waiter.settle(true);
+        }
+    }
+
+    /// Turns every waiter away (the upstream stopped).
+    fn close(&mut self) {
+        self.closed = true;
+        for waiter in self.waiting.drain(..) {
+            waiter.settle(false);
+        }
+    }
+}
+
+/// A slot of `Capacity`, given back on drop.
+struct Slot<'a>(&'a Mutex<Capacity>);
+
+impl Slot<'_> {
+    /// Waits for a slot in arrival order; `None` when the upstream stops first.
+    fn acquire(capacity: &Mutex<Capacity>) -> Option<Slot<'_>> {
+        let waiter = {
+            let mut cap = lock(capacity);
+            if cap.closed {
+                return None;
+            }
+            if cap.waiting.is_empty() && cap.has_room() {
+                cap.in_use += 1;
+                return Some(Slot(capacity));
+            }
+            let waiter = Arc::new(Waiter::default());
+            cap.waiting.push_back(Arc::clone(&waiter));
+            waiter
+        };
+        let mut outcome = lock(&waiter.outcome);
+        loop {
+            match *outcome {
+                Some(true) => return Some(Slot(capacity)),
+                Some(false) => return None,
+                None => {
+                    outcome = waiter
+                        .woken
+                        .wait(outcome)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut cap = lock(self.0);
+        cap.in_use = cap.in_use.saturating_sub(1);
+        cap.grant_waiting();
+    }
 }
 
 /// A cache that starts empty: the first request for each distinct target is a miss.
@@ -383,6 +490,7 @@ impl Upstream {
                             next_conn: AtomicU64::new(0),
                             cold: Mutex::new(ColdCache::default()),
                             miss_lock: Mutex::new(()),
+                            capacity: Mutex::new(Capacity::default()),
                         }),
                         running: Mutex::new(None),
                     };
@@ -410,6 +518,7 @@ impl Upstream {
                 next_conn: AtomicU64::new(0),
                 cold: Mutex::new(ColdCache::default()),
                 miss_lock: Mutex::new(()),
+                capacity: Mutex::new(Capacity::default()),
             }),
             running: Mutex::new(None),
         };
@@ -446,6 +555,19 @@ impl Upstream {
         let mut cold = lock(&self.shared.cold);
         cold.miss_latency = miss;
         cold.seen.clear();
+    }
+
+    /// Models a server with a fixed number of workers: with `Some(n)`, at most `n` requests are
+    /// served at once (each holds a slot from before its behaviour's latency until its response
+    /// is written) and the others wait for a slot in arrival order, so latency grows with
+    /// concurrency as on a saturated server. Every connection shares the slots. A waiting
+    /// request is still served when its client has gone meanwhile, as many servers do: that work
+    /// is wasted. `None` (the default) serves every request at once. Takes effect for requests
+    /// that have not got a slot yet; waiters are handed slots at once if the new limit allows.
+    pub fn set_capacity(&self, capacity: Option<usize>) {
+        let mut cap = lock(&self.shared.capacity);
+        cap.limit = capacity;
+        cap.grant_waiting();
     }
 
     /// Removes the override for exactly `prefix`.
@@ -526,6 +648,8 @@ impl Upstream {
             );
             let _ = running.thread.join();
         }
+        // Requests waiting for a slot are dropped with their connections.
+        lock(&self.shared.capacity).close();
         let conns: Vec<TcpStream> = lock(&self.shared.conns).drain().map(|(_, s)| s).collect();
         for conn in conns {
             let _ = conn.shutdown(Shutdown::Both);
@@ -562,6 +686,7 @@ impl Upstream {
     }
 
     fn serve(&self, listener: TcpListener) -> Result<(), String> {
+        lock(&self.shared.capacity).closed = false;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::clone(&self.shared);
         let flag = Arc::clone(&stop);
@@ -646,6 +771,10 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
         let close = connection.contains("close")
             || (version == "HTTP/1.0" && !connection.contains("keep-alive"));
         let plan = shared.plan(&method, &target, &head.headers, body, close);
+        // Held until this request is done with (response written, or the connection ends).
+        let Some(_slot) = Slot::acquire(&shared.capacity) else {
+            return;
+        };
         if !plan.latency.is_zero() {
             std::thread::sleep(plan.latency);
         }

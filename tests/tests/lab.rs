@@ -30,3 +30,8 @@ fn cascading_dependency_outage_is_contained_by_the_circuit_breaker() {
 fn black_hole_under_least_request_is_fixed_by_failure_padding() {
     run("blackhole");
 }
+
+#[test]
+fn a_retry_storm_is_contained_by_the_retry_budget() {
+    run("retrystorm");
+}

@@ -152,16 +152,26 @@ fn a_50ms_upstream_answers_in_about_50ms_without_delayed_ack_stalls() {
             .with_latency(Duration::from_millis(50))
             .with_body(vec![b'x'; 20_000]),
     );
-    for _ in 0..5 {
-        let response = client::get(upstream.port(), "/").unwrap();
-        assert_eq!(response.body.len(), 20_000);
-        assert!(response.elapsed >= Duration::from_millis(50));
-        assert!(
-            response.elapsed < Duration::from_millis(58),
-            "{:?}",
+    // A delayed-ACK stall adds ~40 ms (90 ms in all); a loaded 2-core machine adds a few ms.
+    let mut elapsed: Vec<Duration> = (0..5)
+        .map(|_| {
+            let response = client::get(upstream.port(), "/").unwrap();
+            assert_eq!(response.body.len(), 20_000);
+            assert!(response.elapsed >= Duration::from_millis(50));
             response.elapsed
-        );
-    }
+        })
+        .collect();
+    elapsed.sort();
+    assert!(
+        elapsed[2] < Duration::from_millis(62),
+        "median {:?}",
+        elapsed[2]
+    );
+    assert!(
+        elapsed[4] < Duration::from_millis(85),
+        "slowest {:?}",
+        elapsed[4]
+    );
 }
 
 #[test]
@@ -211,4 +221,71 @@ fn the_client_reads_chunked_and_close_delimited_responses() {
         (404, "until close")
     );
     server.join().unwrap();
+}
+
+#[test]
+fn a_capacity_limited_upstream_queues_requests_beyond_its_capacity() {
+    let upstream = Upstream::start().unwrap();
+    upstream.set_default(Behavior::default().with_latency(Duration::from_millis(100)));
+    upstream.set_capacity(Some(2));
+    let started = Instant::now();
+    let mut finished: Vec<Duration> = parallel(6, 6, |i| {
+        let response = client::get(upstream.port(), &format!("/q/{i}")).unwrap();
+        assert_eq!(response.status, 200);
+        started.elapsed()
+    });
+    finished.sort_unstable();
+    // Two at a time, 100 ms each: pairs finish at about 100, 200 and 300 ms.
+    assert!(
+        finished[1] < Duration::from_millis(190),
+        "the first two are served at once: {finished:?}"
+    );
+    assert!(
+        finished[2] >= Duration::from_millis(200),
+        "the third waits for a slot: {finished:?}"
+    );
+    assert!(
+        finished[5] >= Duration::from_millis(300),
+        "the last waits for two rounds: {finished:?}"
+    );
+    assert_eq!(upstream.requests_for("/q/"), 6);
+
+    // Without a limit every request is served at once again.
+    upstream.set_capacity(None);
+    let started = Instant::now();
+    parallel(6, 6, |i| {
+        client::get(upstream.port(), &format!("/u/{i}")).unwrap()
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn stopping_turns_away_requests_waiting_for_capacity() {
+    let upstream = Upstream::start().unwrap();
+    let port = upstream.port();
+    upstream.set_default(Behavior::hang());
+    upstream.set_capacity(Some(1));
+    // The first request holds the only slot forever; the second waits for it.
+    let waiters: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || client::get(port, "/held")))
+        .collect();
+    upstream
+        .wait_for_requests(2, Duration::from_secs(5))
+        .unwrap();
+    let started = Instant::now();
+    upstream.stop();
+    for waiter in waiters {
+        let released = waiter.join().unwrap();
+        assert!(released.is_err(), "{released:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // After a restart the slots are free again.
+    upstream.set_default(Behavior::default());
+    upstream.restart().unwrap();
+    assert_eq!(client::get(port, "/back").unwrap().status, 200);
 }

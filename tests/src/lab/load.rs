@@ -85,6 +85,9 @@ pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
                 if now < next {
                     std::thread::sleep(next - now);
                 }
+                if started.elapsed() >= spec.duration {
+                    break; // the wait crossed the end: send nothing past `duration`
+                }
                 next += interval;
                 if next < Instant::now() {
                     // Fell behind (slow responses): do not burst to catch up.

@@ -11,6 +11,7 @@ pub mod blackhole;
 pub mod cascade;
 pub mod load;
 pub mod report;
+pub mod retrystorm;
 pub mod series;
 pub mod svg;
 
@@ -79,7 +80,7 @@ impl Progress {
 }
 
 /// The scenarios, by name, in the order they run.
-pub const SCENARIOS: &[&str] = &["cascade", "blackhole"];
+pub const SCENARIOS: &[&str] = &["cascade", "blackhole", "retrystorm"];
 
 /// Run one scenario by name.
 pub fn run_scenario(
@@ -90,6 +91,7 @@ pub fn run_scenario(
     match name {
         "cascade" => cascade::run(scale, progress),
         "blackhole" => blackhole::run(scale, progress),
+        "retrystorm" => retrystorm::run(scale, progress),
         other => Err(format!("unknown scenario {other:?}; known: {SCENARIOS:?}")),
     }
 }
