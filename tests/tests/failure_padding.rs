@@ -193,6 +193,7 @@ internal_address_config:
 
 #[test]
 fn a_fast_failure_is_held_until_it_took_as_long_as_the_learned_median() {
+    let _serial = timing();
     let rig = rig(&format!(r#"{{ {FAST}, "min_samples": 20 }}"#));
     rig.upstream
         .set_default(Behavior::status(200).with_latency(Duration::from_millis(SUCCESS_MS)));
@@ -255,6 +256,8 @@ fn a_fast_failure_is_held_until_it_took_as_long_as_the_learned_median() {
 /// would measure each other's CPU contention rather than the filter.
 static TIMING: Mutex<()> = Mutex::new(());
 
+/// Every test in this file takes this lock: padding is about timing, and two tests sharing the
+/// machine's two cores (one of them driving 5 Envoy listeners) measure each other's load.
 fn timing() -> std::sync::MutexGuard<'static, ()> {
     TIMING.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -381,6 +384,7 @@ fn max_padding_and_the_callers_remaining_deadline_cap_the_hold() {
 
 #[test]
 fn health_checks_and_client_errors_are_never_padded() {
+    let _serial = timing();
     let rig = rig(&format!(
         r#"{{ {FAST}, "fallback_target": "200ms", "min_samples": 1000000,
              "health_checks": [{{ "exact": "/healthz" }}, {{ "headers": [{{ "name": "user-agent", "value": "Envoy/HC" }}] }}] }}"#
@@ -715,6 +719,7 @@ fn a_client_that_goes_away_while_its_response_is_held_gives_the_slot_back() {
 
 #[test]
 fn dry_run_counts_and_explains_the_padding_it_would_add_but_never_holds() {
+    let _serial = timing();
     let rig = rig(&format!(
         r#"{{ {FAST}, "mode": "dry_run", "fallback_target": "300ms", "min_samples": 1000000 }}"#
     ));
@@ -800,6 +805,7 @@ fn routes_learn_and_pad_separately_and_keys_are_bounded() {
 
 #[test]
 fn grpc_failures_and_envoys_own_local_failures_are_padded_too() {
+    let _serial = timing();
     let rig = rig(&format!(
         r#"{{ {FAST}, "fallback_target": "120ms", "min_samples": 1000000 }}"#
     ));
@@ -845,6 +851,7 @@ fn raw_request(port: u16, head: &[u8]) -> Vec<u8> {
 
 #[test]
 fn hostile_input_never_traps_the_vm() {
+    let _serial = timing();
     let rig = rig(&format!(
         r#"{{ {FAST}, "fallback_target": "30ms", "min_samples": 1000000, "deadline_header": "x-deadline-ms" }}"#
     ));
@@ -887,6 +894,7 @@ fn hostile_input_never_traps_the_vm() {
 
 #[test]
 fn invalid_config_makes_envoy_refuse_the_filter_with_the_field_named() {
+    let _serial = timing();
     let upstream = Upstream::start().unwrap();
     for (json, expected) in [
         (
@@ -925,6 +933,7 @@ fn invalid_config_makes_envoy_refuse_the_filter_with_the_field_named() {
 
 #[test]
 fn the_shipped_envoy_config_validates_runs_and_reads_well_in_prometheus() {
+    let _serial = timing();
     let wasm = filter_wasm("failure-padding").unwrap();
     let dir = wasm.parent().unwrap().display().to_string();
     let shipped = std::fs::read_to_string(
