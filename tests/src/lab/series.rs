@@ -92,16 +92,20 @@ pub fn bucketed(
     }
 }
 
-/// p-th percentile latency of a bucket.
+/// p-th percentile latency of a bucket; NaN (a gap in the chart, not a zero) when no request
+/// started in it, as happens while callers are stuck on a hang.
 pub fn latency_p(bucket: &[&Sample], p: f64) -> f64 {
+    if bucket.is_empty() {
+        return f64::NAN;
+    }
     let v: Vec<f64> = bucket.iter().map(|s| s.latency_ms).collect();
     percentile(&v, p)
 }
 
-/// Share (0–100) of a bucket's requests that succeeded.
+/// Share (0–100) of a bucket's requests that succeeded; NaN when no request started in it.
 pub fn success_percent(bucket: &[&Sample]) -> f64 {
     if bucket.is_empty() {
-        return 0.0;
+        return f64::NAN;
     }
     100.0
         * bucket
