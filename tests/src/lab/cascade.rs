@@ -281,11 +281,13 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
         Criterion {
             // The callers already waiting when the hang starts cannot be saved by anyone; after
             // that only probes should reach the dependency.
+            // Not compared with outlier_detection: how many requests it lets into the hang depends
+            // on whether its growing ejection happens to outlast the outage (then it also never
+            // lets traffic back in time); both figures are reported side by side instead.
             description: format!(
-                "the breaker sends at most 60% as many requests into the hang as no protection, and at most 1.5× + 2 of outlier_detection ({breaker_wasted} vs {none_wasted} and {outlier_wasted})"
+                "the breaker sends at most 60% as many requests into the hang as no protection ({breaker_wasted} vs {none_wasted}; outlier_detection: {outlier_wasted})"
             ),
-            passed: (breaker_wasted as f64) <= 0.6 * none_wasted as f64
-                && (breaker_wasted as f64) <= 1.5 * outlier_wasted as f64 + 2.0,
+            passed: (breaker_wasted as f64) <= 0.6 * none_wasted as f64,
         },
         Criterion {
             description: format!("callers wait under 50 ms at p50 during the outage with the breaker ({breaker_p50:.1} ms)"),
