@@ -20,6 +20,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod envoy;
+pub mod fleet;
 pub mod lab;
 pub mod paths;
 pub mod stats;

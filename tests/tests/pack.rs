@@ -1,0 +1,264 @@
+//! The whole pack (`envoy-configs/pack.yaml`, what `cargo pack run` starts) in front of the
+//! simulated fleet: every filter loads in one Envoy and does its job on the same traffic.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use harness::fleet::{Action, Fleet, FleetSpec};
+use harness::{filter_wasm, free_port, get, request, Envoy, EnvoyOptions};
+
+/// Replaces every whole number in `text` that `ports` maps (a digit run, so 10001 never matches
+/// inside 110001).
+fn remap_ports(text: &str, ports: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut digits = String::new();
+    for ch in text.chars().chain(std::iter::once('\0')) {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        if !digits.is_empty() {
+            out.push_str(ports.get(&digits).unwrap_or(&digits));
+            digits.clear();
+        }
+        if ch != '\0' {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+struct Pack {
+    fleet: Fleet,
+    envoy: Envoy,
+    listener: u16,
+    /// Each sidecar's stat prefix in slow start (`slow_start.<address with _>`).
+    endpoints: Vec<String>,
+}
+
+fn start_pack(spec: FleetSpec) -> Pack {
+    let fleet = Fleet::start(&spec).unwrap();
+    let wasm_dir = filter_wasm("slow-start")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let shipped =
+        std::fs::read_to_string(harness::paths::workspace_root().join("envoy-configs/pack.yaml"))
+            .unwrap()
+            .replace("target/wasm32-wasip1/release", &wasm_dir);
+    harness::envoy::validate(&shipped).expect("envoy --mode validate accepts pack.yaml");
+
+    let listener = free_port();
+    let mut ports = HashMap::new();
+    ports.insert("10000".to_owned(), listener.to_string());
+    ports.insert("9901".to_owned(), free_port().to_string());
+    let mut endpoints = Vec::new();
+    for i in 0..4u16 {
+        let sidecar = free_port();
+        ports.insert((10001 + i).to_string(), sidecar.to_string());
+        ports.insert(
+            (18081 + i).to_string(),
+            fleet.port(usize::from(i)).unwrap().to_string(),
+        );
+        endpoints.push(format!("slow_start.127_0_0_1_{sidecar}"));
+    }
+    let yaml = remap_ports(&shipped, &ports);
+    let envoy = Envoy::start(&yaml, &EnvoyOptions::default()).unwrap();
+    envoy.wait_listener(listener).unwrap();
+    assert_eq!(envoy.vm_failure(), None, "every filter's VM is healthy");
+    Pack {
+        fleet,
+        envoy,
+        listener,
+        endpoints,
+    }
+}
+
+fn fleet_spec() -> FleetSpec {
+    FleetSpec {
+        instances: 4,
+        latency: Duration::from_millis(10),
+        ..FleetSpec::default()
+    }
+}
+
+#[test]
+fn the_whole_pack_spreads_traffic_rejects_garbage_pads_a_black_hole_and_opens_a_breaker() {
+    let p = start_pack(fleet_spec());
+    let l = p.listener;
+
+    // Healthy traffic reaches every instance through slow start and the sidecars.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while (0..4).any(|i| p.fleet.upstream(i).unwrap().requests_for("/api/hello") < 30) {
+        assert!(
+            Instant::now() < deadline,
+            "traffic never spread: {}",
+            p.fleet.status()
+        );
+        assert_eq!(get(l, "/api/hello").unwrap().status, 200);
+        sent += 1;
+    }
+    println!("figure: {sent} healthy requests until every instance served 30");
+
+    // Garbage stops at the edge with a problem+json answer and costs the fleet nothing.
+    let r = request(
+        l,
+        "POST",
+        "/api/orders",
+        &[("content-type", "application/json")],
+        Some(br#"{"items":[]}"#),
+    )
+    .unwrap();
+    assert_eq!(r.status, 422);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    assert!(r
+        .header("x-resilience-request-validator")
+        .unwrap()
+        .starts_with("rejected"));
+    let ok = request(
+        l,
+        "POST",
+        "/api/orders",
+        &[("content-type", "application/json")],
+        Some(br#"{"customer":{"id":"c1"},"items":[{"sku":"a","qty":1}]}"#),
+    )
+    .unwrap();
+    assert_eq!(ok.status, 200);
+    let orders: u64 = (0..4)
+        .map(|i| p.fleet.upstream(i).unwrap().requests_for("/api/orders"))
+        .sum();
+    assert_eq!(orders, 1, "only the valid order reached the fleet");
+
+    // A black hole: instance 3 fails instantly; its sidecar holds each failure to the
+    // instance's learned success latency.
+    p.fleet.apply(3, &Action::InstantFail).unwrap();
+    let mut padded = None;
+    for _ in 0..200 {
+        let r = get(l, "/api/hello").unwrap();
+        if let Some(h) = r.header("x-resilience-failure-padding") {
+            if h.starts_with("padded") {
+                padded = Some((h.to_owned(), r.elapsed));
+                break;
+            }
+        }
+    }
+    let (header, elapsed) = padded.expect("a failure from instance 3 was padded");
+    println!("figure: padded failure: {header}, client saw {elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(8), "{elapsed:?}");
+    p.fleet.apply(3, &Action::Healthy).unwrap();
+
+    // Every instance fails: the orders route's tuned breaker (10 requests, 30%) opens.
+    for i in 0..4 {
+        p.fleet.apply(i, &Action::Errors(1.0)).unwrap();
+    }
+    let mut open = None;
+    for _ in 0..60 {
+        let r = get(l, "/api/orders").unwrap();
+        if r.header("x-resilience-circuit-breaker")
+            .is_some_and(|h| h.starts_with("open"))
+        {
+            open = Some(r);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let open = open.expect("the orders breaker opened");
+    assert_eq!(open.status, 503);
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/problem+json")
+    );
+
+    // The retry budget governed the retries made meanwhile, and every filter reads well in
+    // Prometheus.
+    std::thread::sleep(Duration::from_millis(300));
+    let prom = p.envoy.prometheus();
+    for family in [
+        "request_validator_",
+        "circuit_breaker_",
+        "retry_budget_",
+        "slow_start_",
+        "failure_padding_",
+    ] {
+        assert!(
+            prom.lines().any(|l| l.starts_with(family)),
+            "Prometheus output has {family}* series"
+        );
+    }
+    assert!(p.envoy.stat("wasmcustom.failure_padding.instance_3.padded") >= 1);
+    assert!(p.envoy.stat("wasmcustom.circuit_breaker.orders.rejected") >= 1);
+    assert_eq!(p.envoy.vm_failure(), None);
+}
+
+#[test]
+fn the_whole_pack_primes_and_ramps_a_restarted_instance() {
+    let p = start_pack(FleetSpec {
+        cold: Some(Duration::from_millis(100)),
+        ..fleet_spec()
+    });
+    let l = p.listener;
+    let ep = &p.endpoints[1];
+    // Warm the fleet, then restart instance 1 (down 5 s, back with an empty cache).
+    for _ in 0..40 {
+        get(l, "/api/hello").unwrap();
+    }
+    // Envoy's start was every instance's first ramp: count from here.
+    let primed = format!("wasmcustom.{ep}.priming_succeeded");
+    let ramps = format!("wasmcustom.{ep}.ramps_started");
+    let (primed_before, ramps_before) = (p.envoy.stat(&primed), p.envoy.stat(&ramps));
+    p.fleet
+        .apply(1, &Action::Restart(Duration::from_secs(5)))
+        .unwrap();
+    let became_unhealthy = format!("wasmcustom.{ep}.became_unhealthy");
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let (mut sent, mut failed) = (0, 0);
+    while p.envoy.stat(&became_unhealthy) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "slow start never saw instance 1 down"
+        );
+        // Until `unhealthy_after` failures in a row, requests picked for instance 1 fail (the
+        // router's retries return to the instance slow start picked).
+        sent += 1;
+        if get(l, "/api/hello").unwrap().status != 200 {
+            failed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("figure: {failed} of {sent} requests failed until slow start took instance 1 out");
+    assert!(failed <= 10, "{failed} of {sent} failed");
+    for _ in 0..20 {
+        assert_eq!(
+            get(l, "/api/hello").unwrap().status,
+            200,
+            "instance 1 is out"
+        );
+    }
+    p.envoy
+        .wait_stat(&primed, primed_before + 1, Duration::from_secs(20))
+        .expect("instance 1 was primed once it was back");
+    let requests_before = p.fleet.upstream(1).unwrap().requests_for("/api/hello");
+    p.envoy
+        .wait_stat(&ramps, ramps_before + 1, Duration::from_secs(10))
+        .expect("instance 1 started its ramp");
+    for _ in 0..100 {
+        assert_eq!(get(l, "/api/hello").unwrap().status, 200);
+    }
+    let share = p.fleet.upstream(1).unwrap().requests_for("/api/hello") - requests_before;
+    println!("figure: restarted instance took {share} of the next 100 requests (fair: 25)");
+    assert!(
+        share < 25,
+        "the ramp keeps the restarted instance below its fair share"
+    );
+    assert_eq!(p.envoy.vm_failure(), None);
+}
