@@ -180,8 +180,25 @@ pub struct Measured {
     pub cpu_us_per_request: f64,
     pub rounds_us: Vec<f64>,
     pub errors: u64,
-    /// Envoy's resident memory after the rounds.
+    /// Envoy's resident memory after the rounds (includes the wasm VMs' V8 heaps).
     pub rss_bytes: Option<u64>,
+    /// `allocated` from Envoy's admin `/memory` after the rounds: what Envoy's own allocator
+    /// (tcmalloc) has handed out. V8 reserves wasm memory outside it, so RSS is the fuller view.
+    pub allocated_bytes: Option<u64>,
+}
+
+/// `allocated` from Envoy's admin `/memory` (a JSON object whose numbers are strings).
+pub fn admin_allocated(envoy: &Envoy) -> Option<u64> {
+    let (status, body) = envoy.admin_get("/memory").ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    match v.get("allocated")? {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
 }
 
 /// Runs every subject for `rounds` interleaved rounds of `requests` requests each.
@@ -245,6 +262,7 @@ pub fn measure(
             rounds_us,
             errors,
             rss_bytes: process_rss(envoy.pid()),
+            allocated_bytes: admin_allocated(envoy),
         })
         .collect())
 }
