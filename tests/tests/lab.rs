@@ -35,3 +35,8 @@ fn black_hole_under_least_request_is_fixed_by_failure_padding() {
 fn a_retry_storm_is_contained_by_the_retry_budget() {
     run("retrystorm");
 }
+
+#[test]
+fn a_garbage_flood_is_stopped_at_the_edge_by_the_validator() {
+    run("garbage");
+}

@@ -5,8 +5,12 @@
 //! thread pool would, so "requests wasted on a dead dependency" and "goodput" mean what they mean
 //! in production. Every request is recorded with its start time, latency, status and which
 //! upstream instance answered (`x-upstream-name`), so scenarios can cut any time series.
+//!
+//! A spec sends `GET path` with fixed headers, or, with a mix (`LoadSpec::with_mix`), a fixed
+//! sequence of requests each with its own method, path, headers and body: the mix is built by
+//! the scenario (seeded), so every variant of a scenario sends exactly the same requests.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,22 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Client-side timeout of one request.
     pub timeout: Duration,
+    /// When not empty, the requests sent instead of `GET path` with `headers`: taken in order,
+    /// cycling, starting at `mix_offset`, one sequence shared by the spec's threads (so with one
+    /// thread the order is exact). Each sample records which one it was (`Sample::mix_index`).
+    pub mix: Arc<[MixRequest]>,
+    pub mix_offset: usize,
+}
+
+/// One request of a mix (see `LoadSpec::mix`).
+#[derive(Clone, Debug)]
+pub struct MixRequest {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// Sent with `content-length` unless `headers` sets it (or `transfer-encoding`).
+    pub body: Option<Vec<u8>>,
 }
 
 impl LoadSpec {
@@ -43,7 +63,16 @@ impl LoadSpec {
             rps_per_thread,
             duration,
             timeout: Duration::from_secs(10),
+            mix: Arc::from(Vec::new()),
+            mix_offset: 0,
         }
+    }
+
+    /// Sends the requests of `mix` (in order, cycling, from `offset`) instead of `GET path`.
+    pub fn with_mix(mut self, mix: Arc<[MixRequest]>, offset: usize) -> Self {
+        self.mix = mix;
+        self.mix_offset = offset;
+        self
     }
 }
 
@@ -59,6 +88,8 @@ pub struct Sample {
     pub upstream: Option<String>,
     /// The filter decision header of the pack, when present (`x-resilience-*`).
     pub decided_by: Option<String>,
+    /// Which request of the spec's mix this was (`None` without a mix).
+    pub mix_index: Option<usize>,
 }
 
 /// Runs `spec`, calling `tick(elapsed)` about every 100 ms (for progress and for scripting the
@@ -66,12 +97,14 @@ pub struct Sample {
 pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
     let samples = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
+    let next_in_mix = Arc::new(AtomicUsize::new(spec.mix_offset));
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..spec.threads.max(1) {
         let spec = spec.clone();
         let samples = Arc::clone(&samples);
         let stop = Arc::clone(&stop);
+        let next_in_mix = Arc::clone(&next_in_mix);
         handles.push(std::thread::spawn(move || {
             let interval = if spec.rps_per_thread > 0.0 {
                 Duration::from_secs_f64(1.0 / spec.rps_per_thread)
@@ -94,20 +127,20 @@ pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
                     next = Instant::now();
                 }
                 let at_ms = started.elapsed().as_millis() as u64;
-                let headers: Vec<(&str, &str)> = spec
-                    .headers
+                let mix_index = (!spec.mix.is_empty())
+                    .then(|| next_in_mix.fetch_add(1, Ordering::Relaxed) % spec.mix.len());
+                let chosen = mix_index.and_then(|i| spec.mix.get(i));
+                let (method, path, fixed, body) = match chosen {
+                    Some(m) => (m.method.as_str(), &m.path, &m.headers, m.body.as_deref()),
+                    None => ("GET", &spec.path, &spec.headers, None),
+                };
+                let headers: Vec<(&str, &str)> = fixed
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 let t0 = Instant::now();
-                let result = request_with_timeout(
-                    spec.port,
-                    "GET",
-                    &spec.path,
-                    &headers,
-                    None,
-                    spec.timeout,
-                );
+                let result =
+                    request_with_timeout(spec.port, method, path, &headers, body, spec.timeout);
                 let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
                 local.push(match result {
                     Ok(r) => Sample {
@@ -120,6 +153,7 @@ pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
                             .iter()
                             .find(|(k, _)| k.starts_with("x-resilience-"))
                             .map(|(k, v)| format!("{k}: {v}")),
+                        mix_index,
                     },
                     Err(_) => Sample {
                         at_ms,
@@ -127,6 +161,7 @@ pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
                         status: 0,
                         upstream: None,
                         decided_by: None,
+                        mix_index,
                     },
                 });
             }

@@ -9,6 +9,7 @@
 
 pub mod blackhole;
 pub mod cascade;
+pub mod garbage;
 pub mod load;
 pub mod report;
 pub mod retrystorm;
@@ -80,7 +81,7 @@ impl Progress {
 }
 
 /// The scenarios, by name, in the order they run.
-pub const SCENARIOS: &[&str] = &["cascade", "blackhole", "retrystorm"];
+pub const SCENARIOS: &[&str] = &["cascade", "retrystorm", "garbage", "blackhole"];
 
 /// Run one scenario by name.
 pub fn run_scenario(
@@ -92,6 +93,7 @@ pub fn run_scenario(
         "cascade" => cascade::run(scale, progress),
         "blackhole" => blackhole::run(scale, progress),
         "retrystorm" => retrystorm::run(scale, progress),
+        "garbage" => garbage::run(scale, progress),
         other => Err(format!("unknown scenario {other:?}; known: {SCENARIOS:?}")),
     }
 }
