@@ -87,35 +87,32 @@ pub fn define_entry(m: &mut Metrics, base: &str) {
 
 pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
     let p = std::mem::take(&mut e.pending);
-    let b = &e.stat_base;
-    for (name, n) in [
-        ("requests", p.requests),
-        ("failures", p.failures),
-        ("slow_calls", p.slow_calls),
-        ("rejected", p.rejected),
-        ("dry_run_would_reject", p.would_reject),
-        ("probes_admitted", p.probes_admitted),
-        ("probes_succeeded", p.probes_succeeded),
-        ("probes_failed", p.probes_failed),
-    ] {
-        if n > 0 {
-            m.count(&format!("{b}.{name}"), n);
-        }
-    }
+    m.count_all(
+        &e.stat_base,
+        &[
+            ("requests", p.requests),
+            ("failures", p.failures),
+            ("slow_calls", p.slow_calls),
+            ("rejected", p.rejected),
+            ("dry_run_would_reject", p.would_reject),
+            ("probes_admitted", p.probes_admitted),
+            ("probes_succeeded", p.probes_succeeded),
+            ("probes_failed", p.probes_failed),
+        ],
+    );
 }
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
-    for (name, n) in [
-        ("keys_overflow", p.keys_overflow),
-        ("shared_data_errors", p.shared_data_errors),
-        ("cas_contended", p.cas_contended),
-        ("state_resets", p.state_resets),
-    ] {
-        if n > 0 {
-            m.count(&format!("{prefix}.{name}"), n);
-        }
-    }
+    m.count_all(
+        prefix,
+        &[
+            ("keys_overflow", p.keys_overflow),
+            ("shared_data_errors", p.shared_data_errors),
+            ("cas_contended", p.cas_contended),
+            ("state_resets", p.state_resets),
+        ],
+    );
 }
 
 fn trip_counter(r: TripReason) -> &'static str {

@@ -103,21 +103,20 @@ pub fn define_entry(m: &mut Metrics, base: &str) {
 }
 
 pub fn flush_entry(m: &mut Metrics, base: &str, p: Pending) {
-    for (name, n) in [
-        ("failures", p.failures),
-        ("padded", p.padded),
-        ("padding_ms", p.padding_ms),
-        ("capped_max_padding", p.capped_max_padding),
-        ("capped_deadline", p.capped_deadline),
-        ("abandoned", p.abandoned),
-        ("dry_run_would_pad", p.would_pad),
-        ("dry_run_would_pad_ms", p.would_pad_ms),
-        ("samples", p.samples),
-    ] {
-        if n > 0 {
-            m.count(&format!("{base}.{name}"), n);
-        }
-    }
+    m.count_all(
+        base,
+        &[
+            ("failures", p.failures),
+            ("padded", p.padded),
+            ("padding_ms", p.padding_ms),
+            ("capped_max_padding", p.capped_max_padding),
+            ("capped_deadline", p.capped_deadline),
+            ("abandoned", p.abandoned),
+            ("dry_run_would_pad", p.would_pad),
+            ("dry_run_would_pad_ms", p.would_pad_ms),
+            ("samples", p.samples),
+        ],
+    );
     for (s, n) in Skip::ALL.iter().zip(p.skipped) {
         if n > 0 {
             m.count(&format!("{base}.skipped_{}", s.as_str()), n);
@@ -127,15 +126,14 @@ pub fn flush_entry(m: &mut Metrics, base: &str, p: Pending) {
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
-    for (name, n) in [
-        ("keys_overflow", p.keys_overflow),
-        ("shared_data_errors", p.shared_data_errors),
-        ("cas_contended", p.cas_contended),
-        ("state_resets", p.state_resets),
-        ("resume_errors", p.resume_errors),
-    ] {
-        if n > 0 {
-            m.count(&format!("{prefix}.{name}"), n);
-        }
-    }
+    m.count_all(
+        prefix,
+        &[
+            ("keys_overflow", p.keys_overflow),
+            ("shared_data_errors", p.shared_data_errors),
+            ("cas_contended", p.cas_contended),
+            ("state_resets", p.state_resets),
+            ("resume_errors", p.resume_errors),
+        ],
+    );
 }

@@ -97,16 +97,15 @@ pub fn define_entry(m: &mut Metrics, base: &str) {
 
 pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending) {
     let p = std::mem::take(pending);
-    for (name, n) in [
-        ("requests", p.requests),
-        ("rejected", p.rejected),
-        ("dry_run_would_reject", p.would_reject),
-        ("bodies_checked", p.bodies_checked),
-    ] {
-        if n > 0 {
-            m.count(&format!("{base}.{name}"), n);
-        }
-    }
+    m.count_all(
+        base,
+        &[
+            ("requests", p.requests),
+            ("rejected", p.rejected),
+            ("dry_run_would_reject", p.would_reject),
+            ("bodies_checked", p.bodies_checked),
+        ],
+    );
     for (rule, n) in Rule::ALL.iter().zip(p.violations) {
         if n > 0 {
             m.count(&format!("{base}.{}", violation_counter(*rule)), n);
@@ -119,16 +118,15 @@ pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending) {
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
-    for (name, n) in [
-        ("health_checks", p.health_checks),
-        ("shared_data_errors", p.shared_data_errors),
-        ("cas_contended", p.cas_contended),
-        ("state_resets", p.state_resets),
-        ("slots_full", p.slots_full),
-        ("hold_fallbacks", p.hold_fallbacks),
-    ] {
-        if n > 0 {
-            m.count(&format!("{prefix}.{name}"), n);
-        }
-    }
+    m.count_all(
+        prefix,
+        &[
+            ("health_checks", p.health_checks),
+            ("shared_data_errors", p.shared_data_errors),
+            ("cas_contended", p.cas_contended),
+            ("state_resets", p.state_resets),
+            ("slots_full", p.slots_full),
+            ("hold_fallbacks", p.hold_fallbacks),
+        ],
+    );
 }

@@ -86,34 +86,32 @@ pub fn define_entry(m: &mut Metrics, base: &str) {
 
 pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending) {
     let p = std::mem::take(pending);
-    for (name, n) in [
-        ("requests", p.requests),
-        ("retries_allowed", p.retries_allowed),
-        ("retries_capped", p.retries_capped),
-        ("retries_denied_budget", p.denied_budget),
-        ("retries_denied_deadline", p.denied_deadline),
-        ("retries_denied_hop_guard", p.denied_hop_guard),
-        ("retries_shed", p.retries_shed),
-        ("dry_run_would_deny", p.would_deny),
-        ("retry_after_added", p.retry_after_added),
-    ] {
-        if n > 0 {
-            m.count(&format!("{base}.{name}"), n);
-        }
-    }
+    m.count_all(
+        base,
+        &[
+            ("requests", p.requests),
+            ("retries_allowed", p.retries_allowed),
+            ("retries_capped", p.retries_capped),
+            ("retries_denied_budget", p.denied_budget),
+            ("retries_denied_deadline", p.denied_deadline),
+            ("retries_denied_hop_guard", p.denied_hop_guard),
+            ("retries_shed", p.retries_shed),
+            ("dry_run_would_deny", p.would_deny),
+            ("retry_after_added", p.retry_after_added),
+        ],
+    );
 }
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
-    for (name, n) in [
-        ("keys_overflow", p.keys_overflow),
-        ("shared_data_errors", p.shared_data_errors),
-        ("cas_contended", p.cas_contended),
-        ("state_resets", p.state_resets),
-        ("attempt_headers_invalid", p.attempt_headers_invalid),
-    ] {
-        if n > 0 {
-            m.count(&format!("{prefix}.{name}"), n);
-        }
-    }
+    m.count_all(
+        prefix,
+        &[
+            ("keys_overflow", p.keys_overflow),
+            ("shared_data_errors", p.shared_data_errors),
+            ("cas_contended", p.cas_contended),
+            ("state_resets", p.state_resets),
+            ("attempt_headers_invalid", p.attempt_headers_invalid),
+        ],
+    );
 }

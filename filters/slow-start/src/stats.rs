@@ -119,51 +119,49 @@ pub fn define_endpoint(m: &mut Metrics, base: &str) {
 
 pub fn flush_endpoint(m: &mut Metrics, base: &str, p: &mut Pending) {
     let p = std::mem::take(p);
-    for (name, n) in [
-        ("requests", p.requests),
-        ("admitted", p.admitted),
-        ("shed", p.shed),
-        ("health_checks", p.health_checks),
-        ("rate_capped", p.rate_capped),
-        ("dry_run_would_shed", p.dry_run_would_shed),
-        ("dry_run_would_pick", p.dry_run_would_pick),
-        ("successes", p.successes),
-        ("failures", p.failures),
-        ("priming_sent", p.priming_sent),
-        ("priming_succeeded", p.priming_succeeded),
-        ("priming_failed", p.priming_failed),
-        ("health_checks_sent", p.health_checks_sent),
-        ("health_checks_failed", p.health_checks_failed),
-    ] {
-        if n > 0 {
-            m.count(&format!("{base}.{name}"), n);
-        }
-    }
+    m.count_all(
+        base,
+        &[
+            ("requests", p.requests),
+            ("admitted", p.admitted),
+            ("shed", p.shed),
+            ("health_checks", p.health_checks),
+            ("rate_capped", p.rate_capped),
+            ("dry_run_would_shed", p.dry_run_would_shed),
+            ("dry_run_would_pick", p.dry_run_would_pick),
+            ("successes", p.successes),
+            ("failures", p.failures),
+            ("priming_sent", p.priming_sent),
+            ("priming_succeeded", p.priming_succeeded),
+            ("priming_failed", p.priming_failed),
+            ("health_checks_sent", p.health_checks_sent),
+            ("health_checks_failed", p.health_checks_failed),
+        ],
+    );
 }
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
-    for (name, n) in [
-        (
-            "destination_header_overridden",
-            p.destination_header_overridden,
-        ),
-        ("no_ready_endpoint", p.no_ready_endpoint),
-        ("panic_routed", p.panic_routed),
-        ("callout_errors", p.callout_errors),
-        ("discovery_fetches", p.discovery_fetches),
-        ("discovery_failures", p.discovery_failures),
-        ("discovery_rejected", p.discovery_rejected),
-        ("discovery_updates", p.discovery_updates),
-        ("endpoints_overflow", p.endpoints_overflow),
-        ("shared_data_errors", p.shared_data_errors),
-        ("cas_contended", p.cas_contended),
-        ("state_resets", p.state_resets),
-    ] {
-        if n > 0 {
-            m.count(&format!("{prefix}.{name}"), n);
-        }
-    }
+    m.count_all(
+        prefix,
+        &[
+            (
+                "destination_header_overridden",
+                p.destination_header_overridden,
+            ),
+            ("no_ready_endpoint", p.no_ready_endpoint),
+            ("panic_routed", p.panic_routed),
+            ("callout_errors", p.callout_errors),
+            ("discovery_fetches", p.discovery_fetches),
+            ("discovery_failures", p.discovery_failures),
+            ("discovery_rejected", p.discovery_rejected),
+            ("discovery_updates", p.discovery_updates),
+            ("endpoints_overflow", p.endpoints_overflow),
+            ("shared_data_errors", p.shared_data_errors),
+            ("cas_contended", p.cas_contended),
+            ("state_resets", p.state_resets),
+        ],
+    );
 }
 
 /// Count a transition this worker made.

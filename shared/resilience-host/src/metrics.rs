@@ -19,6 +19,8 @@ use proxy_wasm::types::MetricType;
 pub struct Metrics {
     counters: HashMap<String, u32>,
     gauges: HashMap<String, u32>,
+    /// Scratch space for the names [`Metrics::count_all`] builds, kept between flushes.
+    name_buf: String,
 }
 
 impl Metrics {
@@ -57,6 +59,28 @@ impl Metrics {
         if let Some(id) = self.id(MetricType::Counter, name) {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Add each `(name, n)` of `pairs` to the counter `<base>.<name>`, skipping the zeros.
+    ///
+    /// Why: every filter adds its per-request events up per worker and flushes them on the tick
+    /// as such a list (an increment is a host call, so the request path makes none). On a quiet
+    /// tick most counts are zero and cost nothing here, not even a name. The names are built in
+    /// one buffer the cache keeps, so a flush allocates nothing once the buffer has grown to the
+    /// longest name (a name seen for the first time is still copied into the id cache).
+    pub fn count_all(&mut self, base: &str, pairs: &[(&str, u64)]) {
+        let mut name = std::mem::take(&mut self.name_buf);
+        for &(suffix, n) in pairs {
+            if n == 0 {
+                continue;
+            }
+            name.clear();
+            name.push_str(base);
+            name.push('.');
+            name.push_str(suffix);
+            self.count(&name, n);
+        }
+        self.name_buf = name;
     }
 
     /// Move a gauge by `delta` (either sign).
