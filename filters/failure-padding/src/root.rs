@@ -1,67 +1,47 @@
-//! The root context: one per worker per filter instance. It parses the configuration (refusing
-//! bad config with the field named), owns the worker's state, and runs the tick that releases
-//! held responses and syncs the learned latencies.
+//! The filter's part of the shared root context ([`FilterRoot`], one per worker per filter
+//! instance): it parses the configuration (refusing bad config with the field named), owns the
+//! worker's state, and runs the tick that releases held responses and syncs the learned
+//! latencies. The worker re-arms the timer itself when a held response is due before the next
+//! tick.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
-use resilience_host::{clock, props};
+use proxy_wasm::traits::HttpContext;
+use resilience_core::config::ConfigError;
+use resilience_host::root::{Filter, FilterRoot};
 
 use crate::config;
 use crate::http::PaddingHttp;
 use crate::worker::Worker;
 
+/// The failure-padding filter's part of the shared root context.
+pub struct PaddingFilter;
+
 /// The root context of the failure-padding filter.
-#[derive(Default)]
-pub struct PaddingRoot {
-    worker: Option<Rc<RefCell<Worker>>>,
-}
+pub type PaddingRoot = FilterRoot<PaddingFilter>;
 
-impl PaddingRoot {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+impl Filter for PaddingFilter {
+    const NAME: &'static str = "failure_padding";
+    type Worker = Worker;
 
-impl Context for PaddingRoot {}
-
-impl RootContext for PaddingRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match config::parse(&bytes) {
-            Ok(cfg) => {
-                let plugin = props::plugin_name().unwrap_or_else(|| "default".to_owned());
-                let mut worker = Worker::new(Rc::new(cfg), &plugin, clock::now_ms());
-                if !worker.start_timer() {
-                    log::error!("failure_padding: the proxy refused to start the tick timer");
-                    return false;
-                }
-                self.worker = Some(Rc::new(RefCell::new(worker)));
-                true
-            }
-            Err(e) => {
-                log::error!("failure_padding: invalid configuration: {e}");
-                false
-            }
-        }
+    fn configure(config: &[u8], plugin: &str, now_ms: u64) -> Result<Worker, ConfigError> {
+        let cfg = config::parse(config)?;
+        Ok(Worker::new(Rc::new(cfg), plugin, now_ms))
     }
 
-    fn on_tick(&mut self) {
-        if let Some(w) = &self.worker {
-            if let Ok(mut w) = w.try_borrow_mut() {
-                w.tick(clock::now_ms());
-            }
-        }
+    fn tick_period_ms(worker: &Worker) -> u64 {
+        worker.period_ms()
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.as_ref().map(Rc::clone);
-        Some(Box::new(PaddingHttp::new(worker, context_id)))
+    fn on_tick(worker: &mut Worker, now_ms: u64) {
+        worker.tick(now_ms);
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create_http_context(
+        worker: Option<Rc<RefCell<Worker>>>,
+        context_id: u32,
+    ) -> Box<dyn HttpContext> {
+        Box::new(PaddingHttp::new(worker, context_id))
     }
 }

@@ -117,9 +117,10 @@ impl Worker {
         }
     }
 
-    /// Start the timer at the sync interval; false if the host refused.
-    pub fn start_timer(&mut self) -> bool {
-        resume::set_tick_period_ms(self.period_ms)
+    /// The tick period last set (the sync interval for a new worker, which the root starts the
+    /// timer with; shorter while a held response is due sooner).
+    pub fn period_ms(&self) -> u64 {
+        self.period_ms
     }
 
     /// A key from a route or cluster name, bounded and safe for stats and shared-data keys.

@@ -1,64 +1,45 @@
-//! The root context: one per worker per filter instance. It parses and compiles the
-//! configuration (refusing bad config with the field named), owns the worker's state, and ticks.
+//! The filter's part of the shared root context ([`FilterRoot`], one per worker per filter
+//! instance): it parses and compiles the configuration (refusing bad config with the field
+//! named), owns the worker's state, and ticks.
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
-use resilience_host::{clock, props};
+use proxy_wasm::traits::HttpContext;
+use resilience_core::config::ConfigError;
+use resilience_host::root::{Filter, FilterRoot};
 
 use crate::config;
 use crate::http::ValidatorHttp;
 use crate::worker::Worker;
 
+/// The request-validator filter's part of the shared root context.
+pub struct ValidatorFilter;
+
 /// The root context of the request-validator filter.
-#[derive(Default)]
-pub struct ValidatorRoot {
-    worker: Option<Rc<RefCell<Worker>>>,
-}
+pub type ValidatorRoot = FilterRoot<ValidatorFilter>;
 
-impl ValidatorRoot {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+impl Filter for ValidatorFilter {
+    const NAME: &'static str = "request_validator";
+    type Worker = Worker;
 
-impl Context for ValidatorRoot {}
-
-impl RootContext for ValidatorRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match config::parse(&bytes) {
-            Ok(cfg) => {
-                let plugin = props::plugin_name().unwrap_or_else(|| "default".to_owned());
-                let sync = cfg.global.sync_interval_ms;
-                self.worker = Some(Rc::new(RefCell::new(Worker::new(Rc::new(cfg), &plugin))));
-                self.set_tick_period(Duration::from_millis(sync));
-                true
-            }
-            Err(e) => {
-                log::error!("request_validator: invalid configuration: {e}");
-                false
-            }
-        }
+    fn configure(config: &[u8], plugin: &str, _now_ms: u64) -> Result<Worker, ConfigError> {
+        let cfg = config::parse(config)?;
+        Ok(Worker::new(Rc::new(cfg), plugin))
     }
 
-    fn on_tick(&mut self) {
-        if let Some(w) = &self.worker {
-            if let Ok(mut w) = w.try_borrow_mut() {
-                w.tick(clock::now_ms());
-            }
-        }
+    fn tick_period_ms(worker: &Worker) -> u64 {
+        worker.config.global.sync_interval_ms
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.as_ref().map(Rc::clone);
-        Some(Box::new(ValidatorHttp::new(worker, context_id)))
+    fn on_tick(worker: &mut Worker, now_ms: u64) {
+        worker.tick(now_ms);
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create_http_context(
+        worker: Option<Rc<RefCell<Worker>>>,
+        context_id: u32,
+    ) -> Box<dyn HttpContext> {
+        Box::new(ValidatorHttp::new(worker, context_id))
     }
 }

@@ -1,64 +1,45 @@
-//! The root context: one per worker per filter instance. It parses the configuration (refusing
-//! bad config with the field named), owns the worker's budgets, and publishes them on the tick.
+//! The filter's part of the shared root context ([`FilterRoot`], one per worker per filter
+//! instance): it parses the configuration (refusing bad config with the field named), owns the
+//! worker's budgets, and publishes them on the tick.
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
-use resilience_host::{clock, props};
+use proxy_wasm::traits::HttpContext;
+use resilience_core::config::ConfigError;
+use resilience_host::root::{Filter, FilterRoot};
 
 use crate::config;
 use crate::http::RetryBudgetHttp;
 use crate::worker::Worker;
 
+/// The retry-budget filter's part of the shared root context.
+pub struct RetryBudgetFilter;
+
 /// The root context of the retry-budget filter.
-#[derive(Default)]
-pub struct RetryBudgetRoot {
-    worker: Option<Rc<RefCell<Worker>>>,
-}
+pub type RetryBudgetRoot = FilterRoot<RetryBudgetFilter>;
 
-impl RetryBudgetRoot {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
+impl Filter for RetryBudgetFilter {
+    const NAME: &'static str = "retry_budget";
+    type Worker = Worker;
 
-impl Context for RetryBudgetRoot {}
-
-impl RootContext for RetryBudgetRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match config::parse(&bytes) {
-            Ok(cfg) => {
-                let plugin = props::plugin_name().unwrap_or_else(|| "default".to_owned());
-                let sync = cfg.global.sync_interval_ms;
-                self.worker = Some(Rc::new(RefCell::new(Worker::new(Rc::new(cfg), &plugin))));
-                self.set_tick_period(Duration::from_millis(sync));
-                true
-            }
-            Err(e) => {
-                log::error!("retry_budget: invalid configuration: {e}");
-                false
-            }
-        }
+    fn configure(config: &[u8], plugin: &str, _now_ms: u64) -> Result<Worker, ConfigError> {
+        let cfg = config::parse(config)?;
+        Ok(Worker::new(Rc::new(cfg), plugin))
     }
 
-    fn on_tick(&mut self) {
-        if let Some(w) = &self.worker {
-            if let Ok(mut w) = w.try_borrow_mut() {
-                w.tick(clock::now_ms());
-            }
-        }
+    fn tick_period_ms(worker: &Worker) -> u64 {
+        worker.config.global.sync_interval_ms
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let worker = self.worker.as_ref().map(Rc::clone);
-        Some(Box::new(RetryBudgetHttp::new(worker)))
+    fn on_tick(worker: &mut Worker, now_ms: u64) {
+        worker.tick(now_ms);
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+    fn create_http_context(
+        worker: Option<Rc<RefCell<Worker>>>,
+        _context_id: u32,
+    ) -> Box<dyn HttpContext> {
+        Box::new(RetryBudgetHttp::new(worker))
     }
 }

@@ -15,6 +15,7 @@
 //! - [`props`]: typed reads of Envoy properties.
 //! - [`request`]: a lazy, cached view of the request for route matching.
 //! - [`reply`]: `application/problem+json` local replies.
+//! - [`root`]: the root context all filters share (configuration, tick, HTTP contexts).
 //! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log level and a panic hook that logs before the VM traps.
@@ -28,5 +29,6 @@ pub mod registry;
 pub mod reply;
 pub mod request;
 pub mod resume;
+pub mod root;
 pub mod shared;
 pub mod stream;

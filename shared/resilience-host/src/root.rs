@@ -1,0 +1,134 @@
+//! The root context every filter uses: configuration, the tick, and handing the worker's state
+//! to each new HTTP stream.
+//!
+//! Why one root: Envoy creates a root context per worker per filter instance, and for every
+//! filter in the pack it does the same four things: parse the plugin configuration (refusing a
+//! bad one with the field named, so the listener does not start with a filter that cannot work),
+//! build the worker's state, start the tick timer, and give that state to each HTTP context. Those
+//! are written once here; a filter says only what is its own through [`Filter`].
+//!
+//! The timer is started with [`resume::set_tick_period_ms`], which reports a refusal instead of
+//! trapping the VM as the SDK's `set_tick_period` would; a refused timer refuses the
+//! configuration, since a filter whose state is never synced or released must not take traffic.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use resilience_core::config::ConfigError;
+
+use crate::{clock, props, resume};
+
+/// What a filter adds to the shared root context. Implemented by a unit type per filter; the
+/// filter's root context is then `FilterRoot<ThatType>`.
+pub trait Filter: 'static {
+    /// The filter's name as it appears in log lines (`circuit_breaker`).
+    const NAME: &'static str;
+
+    /// One worker's state, shared by the root context and the worker's HTTP contexts.
+    type Worker: 'static;
+
+    /// Parse the plugin configuration and build the worker's state: `plugin` is the plugin's name
+    /// (`"default"` when it has none), `now_ms` the host's time. The error names the bad field.
+    fn configure(config: &[u8], plugin: &str, now_ms: u64) -> Result<Self::Worker, ConfigError>;
+
+    /// The tick period to start with, in milliseconds.
+    fn tick_period_ms(worker: &Self::Worker) -> u64;
+
+    /// The timer fired.
+    fn on_tick(worker: &mut Self::Worker, now_ms: u64);
+
+    /// The HTTP context for a new stream. `worker` is `None` only if the configuration was
+    /// refused (Envoy does not normally create streams then); the context must pass the request
+    /// through.
+    fn create_http_context(
+        worker: Option<Rc<RefCell<Self::Worker>>>,
+        context_id: u32,
+    ) -> Box<dyn HttpContext>;
+
+    /// The answer to a callout this root sent (`dispatch_http_call` belongs to the context that
+    /// sent it, so the answer arrives here). `body_size` is as the host reported it; the status
+    /// and body are read through [`crate::callout`]. The default ignores it.
+    fn on_http_call_response(worker: &mut Self::Worker, token_id: u32, body_size: usize) {
+        let _ = (worker, token_id, body_size);
+    }
+}
+
+/// The root context of filter `F`.
+pub struct FilterRoot<F: Filter> {
+    worker: Option<Rc<RefCell<F::Worker>>>,
+    filter: PhantomData<F>,
+}
+
+impl<F: Filter> FilterRoot<F> {
+    pub fn new() -> Self {
+        Self {
+            worker: None,
+            filter: PhantomData,
+        }
+    }
+
+    /// Run `f` on the worker's state, if there is one and nothing else holds it.
+    fn with_worker(&self, f: impl FnOnce(&mut F::Worker)) {
+        if let Some(w) = &self.worker {
+            if let Ok(mut w) = w.try_borrow_mut() {
+                f(&mut w);
+            }
+        }
+    }
+}
+
+impl<F: Filter> Default for FilterRoot<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Filter> Context for FilterRoot<F> {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        self.with_worker(|w| F::on_http_call_response(w, token_id, body_size));
+    }
+}
+
+impl<F: Filter> RootContext for FilterRoot<F> {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let plugin = props::plugin_name().unwrap_or_else(|| "default".to_owned());
+        let worker = match F::configure(&bytes, &plugin, clock::now_ms()) {
+            Ok(worker) => worker,
+            Err(e) => {
+                log::error!("{}: invalid configuration: {e}", F::NAME);
+                return false;
+            }
+        };
+        if !resume::set_tick_period_ms(F::tick_period_ms(&worker)) {
+            log::error!("{}: the proxy refused to start the tick timer", F::NAME);
+            return false;
+        }
+        self.worker = Some(Rc::new(RefCell::new(worker)));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.with_worker(|w| F::on_tick(w, clock::now_ms()));
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(F::create_http_context(
+            self.worker.as_ref().map(Rc::clone),
+            context_id,
+        ))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
