@@ -23,6 +23,7 @@ pub mod envoy;
 pub mod fleet;
 pub mod lab;
 pub mod paths;
+pub mod shipped;
 pub mod stats;
 pub mod upstream;
 pub mod wasm;

@@ -934,26 +934,9 @@ fn invalid_config_makes_envoy_refuse_the_filter_with_the_field_named() {
 #[test]
 fn the_shipped_envoy_config_validates_runs_and_reads_well_in_prometheus() {
     let _serial = timing();
-    let wasm = filter_wasm("failure-padding").unwrap();
-    let dir = wasm.parent().unwrap().display().to_string();
-    let shipped = std::fs::read_to_string(
-        harness::paths::workspace_root().join("envoy-configs/failure-padding.yaml"),
-    )
-    .unwrap()
-    .replace("target/wasm32-wasip1/release", &dir);
-    harness::envoy::validate(&shipped).expect("envoy --mode validate accepts it");
-
     let upstream = Upstream::start().unwrap();
-    let (listener, admin) = (free_port(), free_port());
-    let yaml = shipped
-        .replace("port_value: 10000", &format!("port_value: {listener}"))
-        .replace("port_value: 9901", &format!("port_value: {admin}"))
-        .replace(
-            "port_value: 18080",
-            &format!("port_value: {}", upstream.port()),
-        );
-    let envoy = Envoy::start(&yaml, &EnvoyOptions::default()).unwrap();
-    envoy.wait_listener(listener).unwrap();
+    let (envoy, listener) =
+        harness::shipped::start("failure-padding.yaml", upstream.port()).unwrap();
     upstream.set_behavior("/flaky", Behavior::status(503));
     upstream.set_behavior("/healthz", Behavior::status(503));
     // The flaky route has no successes yet: its fallback (100 ms, ±10% jitter) applies.

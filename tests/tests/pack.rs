@@ -8,32 +8,10 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use harness::fleet::{Action, Fleet, FleetSpec};
-use harness::{filter_wasm, free_port, get, request, Envoy, EnvoyOptions};
-
-/// Replaces every whole number in `text` that `ports` maps (a digit run, so 10001 never matches
-/// inside 110001).
-fn remap_ports(text: &str, ports: &HashMap<String, String>) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut digits = String::new();
-    for ch in text.chars().chain(std::iter::once('\0')) {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        if !digits.is_empty() {
-            out.push_str(ports.get(&digits).unwrap_or(&digits));
-            digits.clear();
-        }
-        if ch != '\0' {
-            out.push(ch);
-        }
-    }
-    out
-}
+use harness::{free_port, get, request, Envoy, EnvoyOptions};
 
 struct Pack {
     fleet: Fleet,
@@ -45,34 +23,17 @@ struct Pack {
 
 fn start_pack(spec: FleetSpec) -> Pack {
     let fleet = Fleet::start(&spec).unwrap();
-    let wasm_dir = filter_wasm("slow-start")
-        .unwrap()
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let shipped =
-        std::fs::read_to_string(harness::paths::workspace_root().join("envoy-configs/pack.yaml"))
-            .unwrap()
-            .replace("target/wasm32-wasip1/release", &wasm_dir);
-    harness::envoy::validate(&shipped).expect("envoy --mode validate accepts pack.yaml");
-
-    let listener = free_port();
-    let mut ports = HashMap::new();
-    ports.insert("10000".to_owned(), listener.to_string());
-    ports.insert("9901".to_owned(), free_port().to_string());
+    let mut ports = Vec::new();
     let mut endpoints = Vec::new();
     for i in 0..4u16 {
         let sidecar = free_port();
-        ports.insert((10001 + i).to_string(), sidecar.to_string());
-        ports.insert(
-            (18081 + i).to_string(),
-            fleet.port(usize::from(i)).unwrap().to_string(),
-        );
+        ports.push((10001 + i, sidecar));
+        ports.push((18081 + i, fleet.port(usize::from(i)).unwrap()));
         endpoints.push(format!("slow_start.127_0_0_1_{sidecar}"));
     }
-    let yaml = remap_ports(&shipped, &ports);
-    let envoy = Envoy::start(&yaml, &EnvoyOptions::default()).unwrap();
+    let shipped = harness::shipped::prepare("pack.yaml", &ports).unwrap();
+    let listener = shipped.listener;
+    let envoy = Envoy::start(&shipped.yaml, &EnvoyOptions::default()).unwrap();
     envoy.wait_listener(listener).unwrap();
     assert_eq!(envoy.vm_failure(), None, "every filter's VM is healthy");
     Pack {

@@ -1506,32 +1506,9 @@ fn hostile_input_never_traps_the_vm() {
     rig.assert_no_vm_failure();
 }
 
-fn shipped(name: &str) -> String {
-    let wasm = filter_wasm("request-validator").unwrap();
-    let dir = wasm.parent().unwrap().display().to_string();
-    std::fs::read_to_string(
-        harness::paths::workspace_root()
-            .join("envoy-configs")
-            .join(name),
-    )
-    .unwrap()
-    .replace("target/wasm32-wasip1/release", &dir)
-}
-
 fn run_shipped(name: &str) -> (Envoy, Upstream, u16) {
-    let text = shipped(name);
-    harness::envoy::validate(&text).expect("envoy --mode validate accepts it");
     let upstream = Upstream::start().unwrap();
-    let (listener, admin) = (free_port(), free_port());
-    let yaml = text
-        .replace("port_value: 10000", &format!("port_value: {listener}"))
-        .replace("port_value: 9901", &format!("port_value: {admin}"))
-        .replace(
-            "port_value: 18080",
-            &format!("port_value: {}", upstream.port()),
-        );
-    let envoy = Envoy::start(&yaml, &EnvoyOptions::default()).unwrap();
-    envoy.wait_listener(listener).unwrap();
+    let (envoy, listener) = harness::shipped::start(name, upstream.port()).unwrap();
     (envoy, upstream, listener)
 }
 

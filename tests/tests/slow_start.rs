@@ -1222,20 +1222,8 @@ fn hostile_input_never_traps_the_vm() {
 
 /// A shipped config with the wasm path, listener, admin and upstream port filled in.
 fn shipped(name: &str, upstream_port: u16) -> (String, u16) {
-    let wasm = filter_wasm("slow-start").unwrap();
-    let dir = wasm.parent().unwrap().display().to_string();
-    let text = std::fs::read_to_string(
-        harness::paths::workspace_root().join(format!("envoy-configs/{name}")),
-    )
-    .unwrap()
-    .replace("target/wasm32-wasip1/release", &dir);
-    harness::envoy::validate(&text).expect("envoy --mode validate accepts it");
-    let listener = free_port();
-    let yaml = text
-        .replace("port_value: 10000", &format!("port_value: {listener}"))
-        .replace("port_value: 9901", &format!("port_value: {}", free_port()))
-        .replace("18080", &upstream_port.to_string());
-    (yaml, listener)
+    let s = harness::shipped::prepare(name, &[(18080, upstream_port)]).unwrap();
+    (s.yaml, s.listener)
 }
 
 #[test]
