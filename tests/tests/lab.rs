@@ -40,3 +40,8 @@ fn a_retry_storm_is_contained_by_the_retry_budget() {
 fn a_garbage_flood_is_stopped_at_the_edge_by_the_validator() {
     run("garbage");
 }
+
+#[test]
+fn a_cold_replica_is_warmed_up_by_slow_start() {
+    run("coldreplica");
+}

@@ -9,6 +9,7 @@
 
 pub mod blackhole;
 pub mod cascade;
+pub mod coldreplica;
 pub mod garbage;
 pub mod load;
 pub mod report;
@@ -81,7 +82,13 @@ impl Progress {
 }
 
 /// The scenarios, by name, in the order they run.
-pub const SCENARIOS: &[&str] = &["cascade", "retrystorm", "garbage", "blackhole"];
+pub const SCENARIOS: &[&str] = &[
+    "cascade",
+    "retrystorm",
+    "garbage",
+    "blackhole",
+    "coldreplica",
+];
 
 /// Run one scenario by name.
 pub fn run_scenario(
@@ -94,6 +101,7 @@ pub fn run_scenario(
         "blackhole" => blackhole::run(scale, progress),
         "retrystorm" => retrystorm::run(scale, progress),
         "garbage" => garbage::run(scale, progress),
+        "coldreplica" => coldreplica::run(scale, progress),
         other => Err(format!("unknown scenario {other:?}; known: {SCENARIOS:?}")),
     }
 }
