@@ -930,6 +930,63 @@ fn admit_mode_primes_its_own_service_before_admitting_traffic() {
     rig.assert_no_vm_failure();
 }
 
+#[test]
+fn a_gate_that_can_never_open_fails_open_to_the_floor_after_the_gate_timeout() {
+    // Priming goes through a cluster that reaches nothing (as in Istio when the inbound cluster
+    // has no endpoint): the gate never opens. Without a timeout the replica would shed every user
+    // request forever; with `gate_timeout` it takes the floor, and user successes start the ramp.
+    let up = Upstream::start_named("app").unwrap();
+    let port = free_port();
+    let config = ProxyConfig::new(port, free_port())
+        .with_http_filters(&filter_yaml(
+            r#"{ "sync_interval": "50ms", "slow_start_window": "1s", "dispatch_cluster": "nowhere",
+                 "warmup_requests": [{"path": "/warm"}], "recheck_interval": "200ms",
+                 "gate_timeout": "1500ms" }"#,
+        ))
+        .cluster(ClusterSpec::new("app", &[up.port()]))
+        .cluster(ClusterSpec::new("nowhere", &[free_port()]))
+        .route(RouteSpec::new("app", "/", "app").with_timeout(Duration::from_secs(5)));
+    let envoy = Envoy::start(&config.render(), &EnvoyOptions::default()).unwrap();
+    envoy.wait_listener(port).unwrap();
+    let rig = Rig {
+        envoy,
+        ups: vec![up],
+        port,
+    };
+    let started = Instant::now();
+    let mut shed_early = 0;
+    while started.elapsed() < Duration::from_millis(1_000) {
+        let r = rig.get("/work");
+        assert_eq!(r.status, 503, "gated: shed");
+        shed_early += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(rig.ups[0].requests_for("/work"), 0);
+    // Keep user traffic coming: only it can show the replica is back.
+    let until_warm = Instant::now();
+    while rig.stat("self", "phase") != 3 {
+        assert!(
+            until_warm.elapsed() < Duration::from_secs(10),
+            "never warmed: phase {}",
+            rig.stat("self", "phase")
+        );
+        let _ = rig.get("/work");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waited = until_warm.elapsed();
+    println!(
+        "figure: {shed_early} requests shed in the first second; warm {:?} later, priming failed {} times",
+        waited,
+        rig.stat("self", "priming_failed") + rig.global("callout_errors")
+    );
+    assert!(
+        rig.ups[0].requests_for("/work") > 0,
+        "user requests got through"
+    );
+    assert_eq!(rig.get("/work").status, 200);
+    rig.assert_no_vm_failure();
+}
+
 /// Fills every upstream's cache with the `k` item paths (directly, not through Envoy).
 fn prewarm(ups: &[Upstream], k: u64) {
     for u in ups {

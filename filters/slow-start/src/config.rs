@@ -43,6 +43,7 @@ pub const GLOBAL_FIELDS: &[&str] = &[
     "warmup_timeout",
     "warmup_authority",
     "prime_before_traffic",
+    "gate_timeout",
     "health_checks",
     "max_warmup_rps",
 ];
@@ -202,9 +203,25 @@ struct RawGlobal {
     warmup_authority: Option<String>,
     #[serde(default = "d_true")]
     prime_before_traffic: bool,
+    /// Missing: the kind's default; `null`: never; a duration: that.
+    #[serde(default, deserialize_with = "present")]
+    gate_timeout: Option<Option<DurationMs>>,
     health_checks: Option<RawHealthChecks>,
     max_warmup_rps: Option<f64>,
 }
+
+/// Tells a field given as `null` (`Some(None)`) from a missing one (`None`, via `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Admit mode's default `gate_timeout`: a replica's own proxy takes traffic only when callers
+/// send it, so after this long an unopened gate should let the floor through.
+pub const DEFAULT_ADMIT_GATE_TIMEOUT_MS: u64 = 30_000;
 
 fn d_stat_prefix() -> String {
     "slow_start".to_owned()
@@ -800,6 +817,17 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
             deadline_ms: raw.warmup_deadline.as_ms(),
         })
     };
+    let gate_timeout_ms = match raw.gate_timeout {
+        None if kind == Kind::Admit => Some(DEFAULT_ADMIT_GATE_TIMEOUT_MS),
+        None | Some(None) => None,
+        Some(Some(d)) if d.as_ms() == 0 => {
+            return Err(ConfigError::new(
+                "gate_timeout",
+                "must be at least 1ms (or null to wait for the gate forever), got 0ms",
+            ))
+        }
+        Some(Some(d)) => Some(d.as_ms()),
+    };
     let silence_ms = raw.silence_timeout.map(|d| d.as_ms());
     if silence_ms == Some(0) {
         return Err(ConfigError::new(
@@ -836,6 +864,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
             health_check_interval_ms: health_check_interval,
             recheck_interval_ms: raw.recheck_interval.as_ms(),
             prime_before_traffic: raw.prime_before_traffic,
+            gate_timeout_ms,
         },
         health_check,
         health_check_timeout_ms,
@@ -850,6 +879,33 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_timeout_defaults_to_30s_in_admit_mode_and_off_in_balance_mode() {
+        let admit =
+            parse(br#"{"active_health_check": {"path": "/healthz"}, "dispatch_cluster": "app"}"#)
+                .unwrap();
+        assert_eq!(admit.global.policy.gate_timeout_ms, Some(30_000));
+        let off = parse(br#"{"gate_timeout": null}"#).unwrap();
+        assert_eq!(off.global.policy.gate_timeout_ms, None);
+        let set = parse(br#"{"gate_timeout": "5s"}"#).unwrap();
+        assert_eq!(set.global.policy.gate_timeout_ms, Some(5_000));
+        let balance = parse(br#"{"endpoints": [{"address": "10.0.0.1:80"}]}"#).unwrap();
+        assert_eq!(balance.global.policy.gate_timeout_ms, None);
+        let err = parse(br#"{"gate_timeout": "0ms"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("gate_timeout: must be at least 1ms"),
+            "{err}"
+        );
+        let err = parse(
+            br#"{"routes": [{"name": "r", "match": {"prefix": "/"}, "gate_timeout": "1s"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gate_timeout"), "{err}");
+    }
 
     fn err(json: &str) -> String {
         match parse(json.as_bytes()) {

@@ -34,7 +34,10 @@
 //!
 //! How much traffic each phase takes is [`EndpointRamp::fraction`]: New and Unhealthy take the
 //! floor, or nothing when a *gate* exists (priming or an active health check can find out
-//! whether the endpoint is back without risking user requests); Priming takes nothing (or the
+//! whether the endpoint is back without risking user requests) until the gate has been shut for
+//! `gate_timeout` (then the floor: a gate that can never open, such as priming requests that
+//! cannot reach the application, must not shed an instance's traffic forever); Priming takes
+//! nothing (or the
 //! floor, when `prime_before_traffic` is off); Ramping follows the curve; Warm takes all.
 //!
 //! # Who decides, and when
@@ -255,6 +258,9 @@ pub struct Policy {
     pub recheck_interval_ms: u64,
     /// While priming, the endpoint takes no traffic (else the floor).
     pub prime_before_traffic: bool,
+    /// A gated new or unhealthy endpoint takes the floor after this long in that phase
+    /// (`None`: it waits for its gate forever). Failing automation must fail open.
+    pub gate_timeout_ms: Option<u64>,
 }
 
 impl Policy {
@@ -276,6 +282,7 @@ impl Policy {
             health_check_interval_ms: None,
             recheck_interval_ms: 1_000,
             prime_before_traffic: true,
+            gate_timeout_ms: None,
         }
     }
 }
@@ -647,13 +654,24 @@ impl EndpointRamp {
                 }
             }
             Phase::New | Phase::Unhealthy => {
-                if policy.gated() {
+                if policy.gated() && !self.gate_timed_out(now_ms, policy) {
                     0.0
                 } else {
                     floor
                 }
             }
         }
+    }
+
+    /// Whether a new or unhealthy endpoint has been gated for `gate_timeout_ms`: it then takes
+    /// the floor as if ungated, so user requests can show it is back. A new endpoint's clock
+    /// starts at the first [`EndpointRamp::maintain`] that sees it.
+    pub fn gate_timed_out(&self, now_ms: u64, policy: &Policy) -> bool {
+        matches!(self.phase, Phase::New | Phase::Unhealthy)
+            && self.phase_since_ms > 0
+            && policy
+                .gate_timeout_ms
+                .is_some_and(|t| now_ms.saturating_sub(self.phase_since_ms) >= t)
     }
 
     /// Whether the endpoint is somewhere in its warm-up (a per-endpoint rate cap applies).
@@ -754,9 +772,14 @@ impl EndpointRamp {
                 .consecutive_failures
                 .saturating_add(batch.trailing_failures);
         }
+        // An unhealthy endpoint whose gate timed out is entered again when the user requests
+        // let through fail: the gate shuts for another `gate_timeout` (a backoff) instead of
+        // letting the floor fail on. Failed gate probes alone do not shut it: they are what
+        // timed out.
         if policy.unhealthy_after > 0
             && self.consecutive_failures >= policy.unhealthy_after
-            && self.phase != Phase::Unhealthy
+            && (self.phase != Phase::Unhealthy
+                || (batch.failures > 0 && self.gate_timed_out(now_ms, policy)))
         {
             let from = self.phase;
             self.enter(Phase::Unhealthy, now_ms);
@@ -775,6 +798,10 @@ impl EndpointRamp {
         peers: Option<&RecentTotals>,
     ) -> Vec<Event> {
         let mut events = Vec::new();
+        if self.phase == Phase::New && self.phase_since_ms == 0 {
+            // A new endpoint's state is created without a clock; its gate timeout counts from here.
+            self.phase_since_ms = now_ms.max(1);
+        }
         if self.phase == Phase::Priming {
             let answered = self.priming_ok.saturating_add(self.priming_failed);
             let all = policy.priming.map_or(0, |p| p.requests);
@@ -1160,6 +1187,76 @@ mod tests {
         assert_eq!(e.phase, Phase::Ramping);
         assert_eq!(e.ramp_start_ms, 1_510);
         assert_eq!(e.fraction(1_600, &CURVE, &p), 0.1);
+    }
+
+    #[test]
+    fn a_gate_that_never_opens_lets_the_floor_through_after_the_gate_timeout() {
+        let mut p = policy();
+        p.health_check_interval_ms = Some(500);
+        p.gate_timeout_ms = Some(30_000);
+        let mut e = EndpointRamp::new(1, &p);
+        e.maintain(1_000, &p, None);
+        assert_eq!(e.fraction(30_999, &CURVE, &p), 0.0, "gated");
+        assert!(!e.gate_timed_out(30_999, &p));
+        assert_eq!(
+            e.fraction(31_000, &CURVE, &p),
+            0.1,
+            "the floor, as if ungated"
+        );
+        // A user request that succeeds opens the ramp as a health check would.
+        let mut b = Batch::default();
+        b.record(true, 3, 31_100);
+        e.publish(&b, 31_200, &p);
+        assert_eq!(e.phase, Phase::Ramping);
+    }
+
+    #[test]
+    fn an_unhealthy_endpoint_whose_floor_keeps_failing_shuts_its_gate_again() {
+        let mut p = policy();
+        p.health_check_interval_ms = Some(500);
+        p.gate_timeout_ms = Some(10_000);
+        p.unhealthy_after = 2;
+        let mut e = EndpointRamp::new(1, &p);
+        e.maintain(1_000, &p, None);
+        let mut b = Batch::default();
+        b.health(true, 1_100);
+        e.publish(&b, 1_200, &p);
+        let mut fail = Batch::default();
+        fail.record(false, 0, 2_000);
+        fail.record(false, 0, 2_001);
+        e.publish(&fail, 2_100, &p);
+        assert_eq!(e.phase, Phase::Unhealthy);
+        assert_eq!(e.fraction(12_099, &CURVE, &p), 0.0);
+        assert_eq!(e.fraction(12_100, &CURVE, &p), 0.1, "timed out: the floor");
+        let mut one = Batch::default();
+        one.record(false, 0, 12_200);
+        let events = e.publish(&one, 12_300, &p);
+        assert!(events.contains(&Event::BecameUnhealthy {
+            from: Phase::Unhealthy
+        }));
+        assert_eq!(
+            e.fraction(12_400, &CURVE, &p),
+            0.0,
+            "shut for another timeout"
+        );
+        assert_eq!(e.fraction(22_300, &CURVE, &p), 0.1);
+        let mut probe = Batch::default();
+        probe.health(false, 22_400);
+        e.publish(&probe, 22_500, &p);
+        assert_eq!(
+            e.fraction(22_600, &CURVE, &p),
+            0.1,
+            "a failed gate probe does not shut the gate again"
+        );
+    }
+
+    #[test]
+    fn without_a_gate_timeout_a_gated_endpoint_waits_for_its_gate_forever() {
+        let mut p = policy();
+        p.health_check_interval_ms = Some(500);
+        let mut e = EndpointRamp::new(1, &p);
+        e.maintain(1_000, &p, None);
+        assert_eq!(e.fraction(100_000_000, &CURVE, &p), 0.0);
     }
 
     fn priming_policy(requests: u32) -> Policy {
