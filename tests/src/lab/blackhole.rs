@@ -15,6 +15,7 @@ use super::load::{self, LoadSpec, Sample};
 use super::report::{Criterion, Figure, ScenarioReport, Variant};
 use super::series::{self, between, percentile, Summary};
 use super::svg::Chart;
+use super::topology::{self, Listener};
 use super::{Progress, Scale};
 use crate::config::{indent_yaml, wasm_filter_yaml};
 use crate::envoy::{free_port, Envoy, EnvoyOptions};
@@ -109,76 +110,29 @@ struct Ports<'a> {
     apps: &'a [u16],
 }
 
+/// A listener whose callers on loopback are internal (their deadline headers are kept).
+fn listener<'a>(name: &'a str, port: u16, cluster: &'a str, filters: &'a str) -> Listener<'a> {
+    Listener {
+        name,
+        port,
+        cluster,
+        route_extra: "",
+        filters,
+        loopback_is_internal: true,
+    }
+}
+
 /// One Envoy process playing two roles: an edge listener that balances by least request over
 /// four hosts, and the four hosts' sidecar listeners, each (optionally) carrying the filter in
 /// front of its own application instance.
 fn topology_yaml(ports: &Ports<'_>, setup: Setup) -> Result<String, String> {
-    let hcm = |name: &str, port: u16, cluster: &str, filters: &str| {
-        format!(
-            "  - name: {name}
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          use_remote_address: true
-          internal_address_config:
-            cidr_ranges: [{{ address_prefix: 127.0.0.0, prefix_len: 8 }}]
-          route_config:
-            name: {name}
-            virtual_hosts:
-            - name: {name}
-              domains: [\"*\"]
-              routes:
-              - name: app
-                match: {{ prefix: \"/\" }}
-                route: {{ cluster: {cluster}, timeout: 5s }}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"
-        )
-    };
-    let cluster = |name: &str, ports: &[u16], extra: &str| {
-        let mut c = format!(
-            "  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-{extra}    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-"
-        );
-        for p in ports {
-            c.push_str(&format!(
-                "        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {p} }}
-"
-            ));
-        }
-        c
-    };
     let wasm = if setup.padding {
         Some(crate::wasm::filter_wasm("failure-padding")?)
     } else {
         None
     };
-    let mut y = format!(
-        "admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {} }}
-static_resources:
-  listeners:
-",
-        ports.admin
-    );
-    y.push_str(&hcm("edge", ports.edge, "hosts", ""));
+    let mut y = topology::header(ports.admin);
+    y.push_str(&listener("edge", ports.edge, "hosts", "").yaml());
     for (i, port) in ports.sidecars.iter().enumerate() {
         let filters = match &wasm {
             // Distinct plugin names and stat prefixes: one VM, four independent filters.
@@ -191,12 +145,8 @@ static_resources:
             }
             None => String::new(),
         };
-        y.push_str(&hcm(
-            &format!("sidecar_{i}"),
-            *port,
-            &format!("app_{i}"),
-            &filters,
-        ));
+        let (name, cluster) = (format!("sidecar_{i}"), format!("app_{i}"));
+        y.push_str(&listener(&name, *port, &cluster, &filters).yaml());
     }
     y.push_str("  clusters:\n");
     let mut extra = "    lb_policy: LEAST_REQUEST\n".to_string();
@@ -207,9 +157,9 @@ static_resources:
             "    outlier_detection: { consecutive_5xx: 5, base_ejection_time: 30s, max_ejection_percent: 50 }\n",
         ),
     }
-    y.push_str(&cluster("hosts", ports.sidecars, &extra));
+    y.push_str(&topology::static_cluster("hosts", ports.sidecars, &extra));
     for (i, port) in ports.apps.iter().enumerate() {
-        y.push_str(&cluster(&format!("app_{i}"), &[*port], ""));
+        y.push_str(&topology::static_cluster(&format!("app_{i}"), &[*port], ""));
     }
     Ok(y)
 }

@@ -26,6 +26,7 @@ use super::load::{self, LoadSpec, MixRequest, Sample};
 use super::report::{Criterion, Figure, ScenarioReport, Variant};
 use super::series::{self, between, Series, Summary};
 use super::svg::Chart;
+use super::topology::{self, Listener};
 use super::{Progress, Scale};
 use crate::client::request_with_timeout;
 use crate::config::{indent_yaml, wasm_filter_yaml};
@@ -206,69 +207,11 @@ fn primed_stat(p: Protection, ports: &Ports<'_>, i: usize) -> Option<String> {
 /// One Envoy process playing two roles: the edge listener, which balances over the replicas,
 /// and each replica's sidecar listener in front of its own application instance.
 fn topology_yaml(p: Protection, ports: &Ports<'_>, t: &Timeline) -> Result<String, String> {
-    let hcm = |name: &str, port: u16, cluster: &str, action: &str, filters: &str| {
-        format!(
-            "  - name: {name}
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
-          route_config:
-            name: {name}
-            virtual_hosts:
-            - name: {name}
-              domains: [\"*\"]
-              routes:
-              - name: app
-                match: {{ prefix: \"/\" }}
-                route:
-                  cluster: {cluster}
-                  timeout: 5s
-{action}          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"
-        )
-    };
-    let static_cluster = |name: &str, ports: &[u16], extra: &str| {
-        let mut c = format!(
-            "  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-{extra}    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-"
-        );
-        for p in ports {
-            c.push_str(&format!(
-                "        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {p} }}
-"
-            ));
-        }
-        c
-    };
     let wasm = match p {
         Protection::Balance | Protection::Admit => Some(crate::wasm::filter_wasm("slow-start")?),
         Protection::None | Protection::Native => None,
     };
-    let mut y = format!(
-        "admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {} }}
-static_resources:
-  listeners:
-",
-        ports.admin
-    );
+    let mut y = topology::header(ports.admin);
     let edge_filters = match (&wasm, p) {
         (Some(wasm), Protection::Balance) => {
             let endpoints: Vec<String> = ports
@@ -294,13 +237,18 @@ static_resources:
     } else {
         "replicas"
     };
-    y.push_str(&hcm(
-        "edge",
-        ports.edge,
-        edge_cluster,
-        &indent_yaml(EDGE_RETRY, 18),
-        &edge_filters,
-    ));
+    let retry = indent_yaml(EDGE_RETRY, 18);
+    y.push_str(
+        &Listener {
+            name: "edge",
+            port: ports.edge,
+            cluster: edge_cluster,
+            route_extra: &retry,
+            filters: &edge_filters,
+            loopback_is_internal: false,
+        }
+        .yaml(),
+    );
     for (i, port) in ports.sidecars.iter().enumerate() {
         let filters = match (&wasm, p) {
             // Distinct plugin names and stat prefixes: one VM, an independent filter per sidecar.
@@ -316,13 +264,18 @@ static_resources:
             }
             _ => String::new(),
         };
-        y.push_str(&hcm(
-            &format!("sidecar_{i}"),
-            *port,
-            &format!("app_{i}"),
-            "",
-            &filters,
-        ));
+        let (name, cluster) = (format!("sidecar_{i}"), format!("app_{i}"));
+        y.push_str(
+            &Listener {
+                name: &name,
+                port: *port,
+                cluster: &cluster,
+                route_extra: "",
+                filters: &filters,
+                loopback_is_internal: false,
+            }
+            .yaml(),
+        );
     }
     y.push_str("  clusters:\n");
     if p == Protection::Balance {
@@ -363,10 +316,14 @@ health_checks:
                 4,
             ));
         }
-        y.push_str(&static_cluster("replicas", ports.sidecars, &extra));
+        y.push_str(&topology::static_cluster(
+            "replicas",
+            ports.sidecars,
+            &extra,
+        ));
     }
     for (i, port) in ports.apps.iter().enumerate() {
-        y.push_str(&static_cluster(&format!("app_{i}"), &[*port], ""));
+        y.push_str(&topology::static_cluster(&format!("app_{i}"), &[*port], ""));
     }
     Ok(y)
 }

@@ -16,6 +16,7 @@ pub mod report;
 pub mod retrystorm;
 pub mod series;
 pub mod svg;
+pub mod topology;
 
 use std::io::Write as _;
 use std::time::Instant;
