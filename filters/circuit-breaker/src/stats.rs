@@ -13,7 +13,7 @@
 
 use resilience_core::breaker::{Transition, TripReason};
 use resilience_host::metrics::Metrics;
-use resilience_host::shared::SharedError;
+use resilience_host::shared::SharedDataTrouble;
 
 use crate::worker::Entry;
 
@@ -34,12 +34,7 @@ pub const ENTRY_COUNTERS: &[&str] = &[
 ];
 
 /// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &[
-    "keys_overflow",
-    "shared_data_errors",
-    "cas_contended",
-    "state_resets",
-];
+pub const GLOBAL_COUNTERS: &[&str] = &["keys_overflow"];
 
 /// Per-key events since the last flush.
 #[derive(Default, Debug)]
@@ -58,22 +53,12 @@ pub struct Pending {
 #[derive(Default, Debug)]
 pub struct GlobalPending {
     pub keys_overflow: u64,
-    pub shared_data_errors: u64,
-    pub cas_contended: u64,
-    pub state_resets: u64,
-}
-
-impl GlobalPending {
-    pub fn count_shared_error(&mut self, e: SharedError) {
-        match e {
-            SharedError::Contended => self.cas_contended += 1,
-            SharedError::Host(_) => self.shared_data_errors += 1,
-        }
-    }
+    /// Shared-data trouble, counted the same way by every filter.
+    pub shared: SharedDataTrouble,
 }
 
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS {
+    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
         m.define_counter(&format!("{prefix}.{c}"));
     }
 }
@@ -104,15 +89,8 @@ pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
-    m.count_all(
-        prefix,
-        &[
-            ("keys_overflow", p.keys_overflow),
-            ("shared_data_errors", p.shared_data_errors),
-            ("cas_contended", p.cas_contended),
-            ("state_resets", p.state_resets),
-        ],
-    );
+    m.count_all(prefix, &[("keys_overflow", p.keys_overflow)]);
+    m.count_all(prefix, &p.shared.pairs());
 }
 
 fn trip_counter(r: TripReason) -> &'static str {

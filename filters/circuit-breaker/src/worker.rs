@@ -123,7 +123,7 @@ impl Worker {
         match self.registry.admit(key) {
             Ok(admitted) => admitted,
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 false
             }
         }
@@ -194,7 +194,7 @@ impl Worker {
             return ProbeGrant::Closed;
         };
         let policy = &route_settings(&config, entry.route_index).policy;
-        let resets = &mut self.global_pending.state_resets;
+        let resets = &mut self.global_pending.shared.state_resets;
         let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let (mut b, reset) = decode(cur, policy);
             let (grant, transition) = b.try_acquire_probe(now_ms, policy);
@@ -220,7 +220,7 @@ impl Worker {
                 grant
             }
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 ProbeGrant::Closed
             }
         }
@@ -269,7 +269,7 @@ impl Worker {
                     }
                 }
             }
-            Err(e) => self.global_pending.count_shared_error(e),
+            Err(e) => self.global_pending.shared.count(e),
         }
     }
 }
@@ -302,11 +302,11 @@ fn refresh(
         Ok(v) => {
             let (b, reset) = decode(v.value.as_deref(), policy);
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             adopt_view(entry, b.view(), policy);
         }
-        Err(e) => g.count_shared_error(e),
+        Err(e) => g.shared.count(e),
     }
 }
 
@@ -342,7 +342,7 @@ fn publish(
     match result {
         Ok((t, view, reset)) => {
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             if let Some(t) = t {
                 stats::transition(metrics, &entry.stat_base, &t);
@@ -354,7 +354,7 @@ fn publish(
         Err(e) => {
             // Keep the outcomes for the next tick; a persistent error drops them with the
             // generation check once the view moves on.
-            g.count_shared_error(e);
+            g.shared.count(e);
         }
     }
 }

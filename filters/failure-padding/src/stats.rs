@@ -13,7 +13,7 @@
 
 use resilience_core::padding::Skip;
 use resilience_host::metrics::Metrics;
-use resilience_host::shared::SharedError;
+use resilience_host::shared::SharedDataTrouble;
 
 /// Per-key counters; every one of them is defined when the key is first seen.
 pub const ENTRY_COUNTERS: &[&str] = &[
@@ -35,13 +35,7 @@ pub const ENTRY_COUNTERS: &[&str] = &[
 ];
 
 /// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &[
-    "keys_overflow",
-    "shared_data_errors",
-    "cas_contended",
-    "state_resets",
-    "resume_errors",
-];
+pub const GLOBAL_COUNTERS: &[&str] = &["keys_overflow", "resume_errors"];
 
 /// Per-key events since the last flush.
 #[derive(Default, Debug)]
@@ -73,23 +67,13 @@ impl Pending {
 #[derive(Default, Debug)]
 pub struct GlobalPending {
     pub keys_overflow: u64,
-    pub shared_data_errors: u64,
-    pub cas_contended: u64,
-    pub state_resets: u64,
+    /// Shared-data trouble, counted the same way by every filter.
+    pub shared: SharedDataTrouble,
     pub resume_errors: u64,
 }
 
-impl GlobalPending {
-    pub fn count_shared_error(&mut self, e: SharedError) {
-        match e {
-            SharedError::Contended => self.cas_contended += 1,
-            SharedError::Host(_) => self.shared_data_errors += 1,
-        }
-    }
-}
-
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS {
+    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
         m.define_counter(&format!("{prefix}.{c}"));
     }
     m.define_gauge(&format!("{prefix}.in_flight"));
@@ -130,10 +114,8 @@ pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
         prefix,
         &[
             ("keys_overflow", p.keys_overflow),
-            ("shared_data_errors", p.shared_data_errors),
-            ("cas_contended", p.cas_contended),
-            ("state_resets", p.state_resets),
             ("resume_errors", p.resume_errors),
         ],
     );
+    m.count_all(prefix, &p.shared.pairs());
 }

@@ -158,7 +158,7 @@ impl Worker {
         match self.registry.admit(key) {
             Ok(admitted) => admitted,
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 false
             }
         }
@@ -186,7 +186,7 @@ impl Worker {
             Ok(true) => {}
             Ok(false) => return Err(Skip::InFlightCap),
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 return Err(Skip::Error);
             }
         }
@@ -292,7 +292,7 @@ impl Worker {
         match self.update_table(|t| t.report(worker, local, now_ms, stale)) {
             Ok(_) => self.published_held = local,
             // The slot keeps saying more than we hold: conservative, fixed by the next heartbeat.
-            Err(e) => self.global_pending.count_shared_error(e),
+            Err(e) => self.global_pending.shared.count(e),
         }
     }
 
@@ -316,7 +316,7 @@ impl Worker {
             }
         })?;
         if reset {
-            self.global_pending.state_resets += 1;
+            self.global_pending.shared.state_resets += 1;
         }
         Ok(ok)
     }
@@ -379,11 +379,11 @@ fn refresh(entry: &mut Entry, settings: &Settings, g: &mut stats::GlobalPending)
         Ok(v) => {
             let (h, reset) = decode(v.value.as_deref(), settings.half_life_samples);
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             entry.target_ms = target_of(&h, settings);
         }
-        Err(e) => g.count_shared_error(e),
+        Err(e) => g.shared.count(e),
     }
 }
 
@@ -406,7 +406,7 @@ fn publish(
     match result {
         Ok((before, after, target, reset)) => {
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             entry.samples.clear();
             entry.target_ms = target;
@@ -414,7 +414,7 @@ fn publish(
             metrics.gauge_add(&format!("{}.target_ms", entry.stat_base), delta);
         }
         // Keep the batch for the next tick (its counts saturate, so it stays bounded).
-        Err(e) => g.count_shared_error(e),
+        Err(e) => g.shared.count(e),
     }
 }
 

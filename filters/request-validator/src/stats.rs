@@ -10,7 +10,7 @@
 //! the workers' moves add up to the route's true count.
 
 use resilience_host::metrics::Metrics;
-use resilience_host::shared::SharedError;
+use resilience_host::shared::SharedDataTrouble;
 
 use crate::rules::Rule;
 
@@ -23,14 +23,7 @@ pub const ENTRY_COUNTERS: &[&str] = &[
 ];
 
 /// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &[
-    "health_checks",
-    "shared_data_errors",
-    "cas_contended",
-    "state_resets",
-    "slots_full",
-    "hold_fallbacks",
-];
+pub const GLOBAL_COUNTERS: &[&str] = &["health_checks", "slots_full", "hold_fallbacks"];
 
 /// The per-rule counter's name: requests that broke `rule` (rejected in `enforce`, marked in
 /// `dry_run`).
@@ -63,24 +56,14 @@ impl Pending {
 #[derive(Default, Debug)]
 pub struct GlobalPending {
     pub health_checks: u64,
-    pub shared_data_errors: u64,
-    pub cas_contended: u64,
-    pub state_resets: u64,
+    /// Shared-data trouble, counted the same way by every filter.
+    pub shared: SharedDataTrouble,
     pub slots_full: u64,
     pub hold_fallbacks: u64,
 }
 
-impl GlobalPending {
-    pub fn count_shared_error(&mut self, e: SharedError) {
-        match e {
-            SharedError::Contended => self.cas_contended += 1,
-            SharedError::Host(_) => self.shared_data_errors += 1,
-        }
-    }
-}
-
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS {
+    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
         m.define_counter(&format!("{prefix}.{c}"));
     }
 }
@@ -122,11 +105,9 @@ pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
         prefix,
         &[
             ("health_checks", p.health_checks),
-            ("shared_data_errors", p.shared_data_errors),
-            ("cas_contended", p.cas_contended),
-            ("state_resets", p.state_resets),
             ("slots_full", p.slots_full),
             ("hold_fallbacks", p.hold_fallbacks),
         ],
     );
+    m.count_all(prefix, &p.shared.pairs());
 }

@@ -167,7 +167,7 @@ impl Worker {
         match result {
             Ok((answer, reset)) => {
                 if reset {
-                    g.state_resets += 1;
+                    g.shared.state_resets += 1;
                 }
                 match answer {
                     Ok(Admission::Admitted { .. }) => {
@@ -187,7 +187,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                g.count_shared_error(e);
+                g.shared.count(e);
                 admitted(entry, false);
                 Admit::Admitted
             }
@@ -302,7 +302,7 @@ fn write_own(entry: &mut Entry, owner: u64, now_ms: u64, g: &mut stats::GlobalPe
     match result {
         Ok(Ok(reset)) => {
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             entry.in_flight_dirty = false;
             entry.last_write_ms = now_ms;
@@ -312,7 +312,7 @@ fn write_own(entry: &mut Entry, owner: u64, now_ms: u64, g: &mut stats::GlobalPe
             entry.in_flight_dirty = true;
         }
         Err(e) => {
-            g.count_shared_error(e);
+            g.shared.count(e);
             entry.in_flight_dirty = true;
         }
     }
@@ -351,7 +351,7 @@ fn publish_latency(
     match result {
         Ok((h, reset)) => {
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             entry.samples.clear();
             entry.observed_ms = if h.total_seen() >= u64::from(observed.min_samples) {
@@ -360,6 +360,6 @@ fn publish_latency(
                 None
             };
         }
-        Err(e) => g.count_shared_error(e),
+        Err(e) => g.shared.count(e),
     }
 }

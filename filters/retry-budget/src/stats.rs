@@ -11,7 +11,7 @@
 //! workers add up to the level of the last write.
 
 use resilience_host::metrics::Metrics;
-use resilience_host::shared::SharedError;
+use resilience_host::shared::SharedDataTrouble;
 
 /// Per-key counters; every one of them is defined when the key is first seen.
 pub const ENTRY_COUNTERS: &[&str] = &[
@@ -30,13 +30,7 @@ pub const ENTRY_COUNTERS: &[&str] = &[
 pub const BUDGET_GAUGE: &str = "budget_remaining";
 
 /// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &[
-    "keys_overflow",
-    "shared_data_errors",
-    "cas_contended",
-    "state_resets",
-    "attempt_headers_invalid",
-];
+pub const GLOBAL_COUNTERS: &[&str] = &["keys_overflow", "attempt_headers_invalid"];
 
 /// Per-key events since the last flush.
 #[derive(Default, Debug)]
@@ -56,23 +50,13 @@ pub struct Pending {
 #[derive(Default, Debug)]
 pub struct GlobalPending {
     pub keys_overflow: u64,
-    pub shared_data_errors: u64,
-    pub cas_contended: u64,
-    pub state_resets: u64,
+    /// Shared-data trouble, counted the same way by every filter.
+    pub shared: SharedDataTrouble,
     pub attempt_headers_invalid: u64,
 }
 
-impl GlobalPending {
-    pub fn count_shared_error(&mut self, e: SharedError) {
-        match e {
-            SharedError::Contended => self.cas_contended += 1,
-            SharedError::Host(_) => self.shared_data_errors += 1,
-        }
-    }
-}
-
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS {
+    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
         m.define_counter(&format!("{prefix}.{c}"));
     }
 }
@@ -108,10 +92,8 @@ pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
         prefix,
         &[
             ("keys_overflow", p.keys_overflow),
-            ("shared_data_errors", p.shared_data_errors),
-            ("cas_contended", p.cas_contended),
-            ("state_resets", p.state_resets),
             ("attempt_headers_invalid", p.attempt_headers_invalid),
         ],
     );
+    m.count_all(prefix, &p.shared.pairs());
 }

@@ -143,7 +143,7 @@ impl Worker {
         match self.registry.admit(key) {
             Ok(admitted) => admitted,
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 false
             }
         }
@@ -241,7 +241,7 @@ fn publish_budget(
     match result {
         Ok((applied, reset)) => {
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             entry.local.published(&applied, min, now_ms);
             metrics.gauge_add(
@@ -251,7 +251,7 @@ fn publish_budget(
             true
         }
         Err(e) => {
-            g.count_shared_error(e);
+            g.shared.count(e);
             false
         }
     }
@@ -285,12 +285,12 @@ fn sync_latency(entry: &mut Entry, g: &mut stats::GlobalPending) {
     match result {
         Ok((median, seen, reset)) => {
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             entry.samples.clear();
             entry.median_ms = median;
             entry.latency_seen = seen;
         }
-        Err(e) => g.count_shared_error(e),
+        Err(e) => g.shared.count(e),
     }
 }

@@ -11,7 +11,7 @@
 
 use resilience_core::ramp::{Event, GaugeDeltas};
 use resilience_host::metrics::Metrics;
-use resilience_host::shared::SharedError;
+use resilience_host::shared::SharedDataTrouble;
 
 /// Per-endpoint counters; all defined when the endpoint is set up.
 pub const ENDPOINT_COUNTERS: &[&str] = &[
@@ -52,9 +52,6 @@ pub const GLOBAL_COUNTERS: &[&str] = &[
     "discovery_rejected",
     "discovery_updates",
     "endpoints_overflow",
-    "shared_data_errors",
-    "cas_contended",
-    "state_resets",
 ];
 
 /// One endpoint's events since the last flush.
@@ -88,22 +85,12 @@ pub struct GlobalPending {
     pub discovery_rejected: u64,
     pub discovery_updates: u64,
     pub endpoints_overflow: u64,
-    pub shared_data_errors: u64,
-    pub cas_contended: u64,
-    pub state_resets: u64,
-}
-
-impl GlobalPending {
-    pub fn count_shared_error(&mut self, e: SharedError) {
-        match e {
-            SharedError::Contended => self.cas_contended += 1,
-            SharedError::Host(_) => self.shared_data_errors += 1,
-        }
-    }
+    /// Shared-data trouble, counted the same way by every filter.
+    pub shared: SharedDataTrouble,
 }
 
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS {
+    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
         m.define_counter(&format!("{prefix}.{c}"));
     }
 }
@@ -157,11 +144,9 @@ pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
             ("discovery_rejected", p.discovery_rejected),
             ("discovery_updates", p.discovery_updates),
             ("endpoints_overflow", p.endpoints_overflow),
-            ("shared_data_errors", p.shared_data_errors),
-            ("cas_contended", p.cas_contended),
-            ("state_resets", p.state_resets),
         ],
     );
+    m.count_all(prefix, &p.shared.pairs());
 }
 
 /// Count a transition this worker made.

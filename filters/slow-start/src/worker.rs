@@ -169,13 +169,13 @@ impl Worker {
                 Some(bytes) => match Directory::decode(bytes) {
                     Ok(d) => Some(d),
                     Err(_) => {
-                        self.global_pending.state_resets += 1;
+                        self.global_pending.shared.state_resets += 1;
                         None
                     }
                 },
             },
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 None
             }
         }
@@ -271,7 +271,7 @@ impl Worker {
                 );
             }
             Ok(None) => {}
-            Err(e) => self.global_pending.count_shared_error(e),
+            Err(e) => self.global_pending.shared.count(e),
         }
     }
 
@@ -314,7 +314,7 @@ impl Worker {
             }),
             Ok(false) => None,
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 None
             }
         }
@@ -380,7 +380,7 @@ impl Worker {
                     self.adopt(next);
                 }
             }
-            Err(e) => self.global_pending.count_shared_error(e),
+            Err(e) => self.global_pending.shared.count(e),
         }
     }
 
@@ -452,7 +452,7 @@ impl Worker {
             match result {
                 Ok((st, events, dispatches, gauges, reset)) => {
                     if reset {
-                        self.global_pending.state_resets += 1;
+                        self.global_pending.shared.state_resets += 1;
                     }
                     ep.batch = Batch::default();
                     ep.view = st;
@@ -470,7 +470,7 @@ impl Worker {
                     }));
                 }
                 // The batch stays and is published with the next tick's.
-                Err(e) => self.global_pending.count_shared_error(e),
+                Err(e) => self.global_pending.shared.count(e),
             }
             stats::flush_endpoint(&mut self.metrics, &ep.stat_base, &mut ep.pending);
         }
@@ -570,7 +570,7 @@ impl Worker {
         match result {
             Ok(over) => over,
             Err(e) => {
-                self.global_pending.count_shared_error(e);
+                self.global_pending.shared.count(e);
                 false
             }
         }
@@ -725,11 +725,11 @@ fn refresh(ep: &mut Endpoint, policy: &Policy, g: &mut GlobalPending) {
         Ok(v) => {
             let (st, reset) = decode(v.value.as_deref(), ep.identity, policy);
             if reset {
-                g.state_resets += 1;
+                g.shared.state_resets += 1;
             }
             ep.view = st;
         }
-        Err(e) => g.count_shared_error(e),
+        Err(e) => g.shared.count(e),
     }
 }
 
