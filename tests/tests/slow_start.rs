@@ -330,6 +330,105 @@ fn balance_mode_spreads_traffic_over_its_endpoints_and_exports_their_weights() {
     rig.assert_no_vm_failure();
 }
 
+/// Envoy with the filter in front of a STATIC cluster `backends` over `ups` whose
+/// `override_host` load-balancing policy reads the endpoints the filter names in `x-pick`: the
+/// first attempt goes to the first, each retry to the next (`alternates`).
+fn override_host_rig(ups: Vec<Upstream>, filter_json: &str, retries: u32) -> Rig {
+    let port = free_port();
+    let ports: Vec<u16> = ups.iter().map(|u| u.port()).collect();
+    let mut cluster = ClusterSpec::new("backends", &ports);
+    // Envoy's default allows 3 retries in flight per cluster: enough for this test's load.
+    cluster.extra_yaml = "circuit_breakers: { thresholds: [{ max_retries: 1000 }] }
+load_balancing_policy:
+  policies:
+    - typed_extension_config:
+        name: envoy.load_balancing_policies.override_host
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost
+          override_host_sources: [{ header: x-pick }]
+          fallback_policy:
+            policies:
+              - typed_extension_config:
+                  name: envoy.load_balancing_policies.round_robin
+                  typed_config:
+                    \"@type\": type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin
+"
+    .to_owned();
+    let config = ProxyConfig::new(port, free_port())
+        .with_http_filters(&filter_yaml(filter_json))
+        .cluster(cluster)
+        .route(
+            RouteSpec::new("balanced", "/", "backends")
+                .with_timeout(Duration::from_secs(5))
+                .with_action_yaml(&format!(
+                    "retry_policy: {{ retry_on: 5xx, num_retries: {retries} }}"
+                )),
+        );
+    let envoy = Envoy::start(
+        &config.render(),
+        &EnvoyOptions {
+            concurrency: 2,
+            ..EnvoyOptions::default()
+        },
+    )
+    .expect("envoy starts with the filter and the override_host cluster");
+    envoy.wait_listener(port).expect("listener");
+    Rig { envoy, ups, port }
+}
+
+#[test]
+fn with_alternates_a_retry_goes_to_another_endpoint_and_the_failed_attempt_counts_against_the_one_that_failed(
+) {
+    let ups = upstreams(&["a", "b", "c"]);
+    let json = format!(
+        r#"{{ {}, "sync_interval": "50ms", "slow_start_window": "1s", "unhealthy_after": 1000,
+             "destination_header": "x-pick", "alternates": 2 }}"#,
+        endpoints_json(&ups)
+    );
+    let rig = override_host_rig(ups, &json, 2);
+    for _ in 0..30 {
+        assert_eq!(rig.get("/warm").status, 200);
+    }
+    for i in 0..3 {
+        rig.wait_gauge(&rig.key(i), "phase", 3, Duration::from_secs(5));
+    }
+    // Endpoint a fails every request; `unhealthy_after` is high, so it keeps its full share.
+    rig.ups[0].set_default(Behavior::status(503));
+    let results: Vec<Response> = harness::parallel(4, 300, |_| rig.get("/y"));
+    let failed = results.iter().filter(|r| r.status != 200).count();
+    let from_a = results
+        .iter()
+        .filter(|r| r.header("x-upstream-name") == Some("a"))
+        .count();
+    let reached_a = rig.ups[0].requests_for("/y");
+    std::thread::sleep(Duration::from_millis(300));
+    let (a, b, c) = (rig.key(0), rig.key(1), rig.key(2));
+    let served = rig.stat(&b, "retries_served") + rig.stat(&c, "retries_served");
+    println!(
+        "figure: endpoint a failed {reached_a} of 300 first attempts; {failed} clients saw a failure; {served} retries served by b and c"
+    );
+    assert!(
+        reached_a >= 50,
+        "a kept its share of first attempts: {reached_a}"
+    );
+    assert_eq!(
+        failed, 0,
+        "every failed attempt was retried on another endpoint"
+    );
+    assert_eq!(from_a, 0);
+    assert_eq!(
+        served, reached_a,
+        "each retry was counted where it was served"
+    );
+    assert_eq!(
+        rig.stat(&a, "failures"),
+        reached_a,
+        "a's failures counted against a"
+    );
+    assert_eq!(rig.stat(&b, "failures") + rig.stat(&c, "failures"), 0);
+    rig.assert_no_vm_failure();
+}
+
 #[test]
 fn a_client_supplied_destination_header_is_always_overridden() {
     let ups = upstreams(&["a", "b"]);

@@ -29,6 +29,7 @@ pub const GLOBAL_FIELDS: &[&str] = &[
     "discovery",
     "max_endpoints",
     "destination_header",
+    "alternates",
     "balancer",
     "dispatch_cluster",
     "unhealthy_after",
@@ -56,6 +57,9 @@ pub const MAX_WARMUP_REQUESTS: usize = 1_000;
 
 /// Envoy's header for picking an `ORIGINAL_DST` endpoint.
 pub const DEFAULT_DESTINATION_HEADER: &str = "x-envoy-original-dst-host";
+
+/// Most endpoints a request may name after its pick, for retries (`alternates`).
+pub const MAX_ALTERNATES: usize = 4;
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -181,6 +185,8 @@ struct RawGlobal {
     max_endpoints: u32,
     #[serde(default = "d_destination_header")]
     destination_header: String,
+    #[serde(default)]
+    alternates: u32,
     #[serde(default)]
     balancer: RawBalancer,
     dispatch_cluster: Option<String>,
@@ -364,6 +370,8 @@ pub struct Global {
     /// Slots of shared state for endpoints (configured plus discovered).
     pub max_endpoints: u16,
     pub destination_header: String,
+    /// How many endpoints each request names after its pick, for the router's retries.
+    pub alternates: usize,
     pub balancer: resilience_core::balance::Strategy,
     pub dispatch_cluster: Option<String>,
     pub classifier: Classifier,
@@ -530,6 +538,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
         ));
     }
     let destination_header = check_header_name("destination_header", &raw.destination_header)?;
+    let alternates = check_alternates(raw.alternates, kind, &destination_header)?;
     let mut endpoints: Vec<EndpointSpec> = Vec::new();
     if let Some(list) = &raw.endpoints {
         if list.is_empty() {
@@ -843,6 +852,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
         discovery,
         max_endpoints: u16::try_from(raw.max_endpoints).unwrap_or(1_024),
         destination_header,
+        alternates,
         balancer: match raw.balancer {
             RawBalancer::WeightedRandom => resilience_core::balance::Strategy::WeightedRandom,
             RawBalancer::LeastRequest => resilience_core::balance::Strategy::LeastRequest,
@@ -874,6 +884,38 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
         health_checks,
         max_warmup_rps,
     })
+}
+
+/// `alternates` names further endpoints in the destination header, comma-separated, so that
+/// Envoy's `override_host` load-balancing policy sends each retry to the next one. An
+/// `ORIGINAL_DST` cluster reads a single address, so the default header cannot carry them.
+fn check_alternates(n: u32, kind: Kind, header: &str) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Ok(0);
+    }
+    if kind == Kind::Admit {
+        return Err(ConfigError::new(
+            "alternates",
+            "applies to balance mode only (a filter with endpoints or discovery)",
+        ));
+    }
+    if n as usize > MAX_ALTERNATES {
+        return Err(ConfigError::new(
+            "alternates",
+            format!("must be between 0 and {MAX_ALTERNATES}, got {n}"),
+        ));
+    }
+    if header == DEFAULT_DESTINATION_HEADER {
+        return Err(ConfigError::new(
+            "alternates",
+            format!(
+                "needs a destination_header read by a cluster with Envoy's override_host \
+                 load-balancing policy; an ORIGINAL_DST cluster reads one address from \
+                 {DEFAULT_DESTINATION_HEADER}"
+            ),
+        ));
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]
@@ -944,6 +986,27 @@ mod tests {
         assert_eq!(c.routes.defaults.mode, Mode::Balance);
         assert_eq!(c.global.endpoints[1].weight, 3);
         assert_eq!(c.global.destination_header, "x-envoy-original-dst-host");
+    }
+
+    #[test]
+    fn alternates_need_balance_mode_a_small_count_and_an_override_host_header() {
+        let c = parse(
+            format!(r#"{{ {TWO}, "alternates": 1, "destination_header": "x-pick" }}"#).as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(c.global.alternates, 1);
+        assert_eq!(parse(b"{}").unwrap().global.alternates, 0);
+        assert!(err(r#"{"alternates": 1}"#).starts_with("alternates: applies to balance mode"));
+        assert!(err(&format!(
+            r#"{{ {TWO}, "alternates": 5, "destination_header": "x-pick" }}"#
+        ))
+        .starts_with("alternates: must be between 0 and 4, got 5"));
+        assert!(err(&format!(r#"{{ {TWO}, "alternates": 2 }}"#))
+            .contains("an ORIGINAL_DST cluster reads one address"));
+        assert!(
+            err(r#"{"routes": [{"match": {"prefix": "/"}, "alternates": 1}]}"#)
+                .starts_with("routes[0].alternates: is a filter-wide setting")
+        );
     }
 
     #[test]

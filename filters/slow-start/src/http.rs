@@ -8,6 +8,11 @@
 //! address from its own list. When no endpoint can take the request (every one at its warm-up
 //! rate cap) the request gets a fast 503.
 //!
+//! With `alternates`, the header names further endpoints after the pick (`a,b,c`), drawn the
+//! same way among the others; Envoy's `override_host` load-balancing policy sends each retry to
+//! the next one, so a retry never returns to the endpoint that just failed. When the response
+//! comes, `upstream.address` tells which of them served it: the ones named before it failed.
+//!
 //! **Admit mode.** The request is admitted when a per-request random number falls below the
 //! replica's shared ramp fraction, so the admitted share is the same on every worker. The excess
 //! gets a fast, retriable `503` with `retry-after` and `x-resilience-slow-start: shed; ...`, so
@@ -28,7 +33,7 @@ use resilience_core::routes::{HeaderMatch, RequestView};
 use resilience_host::request::{self, HostRequest};
 use resilience_host::{clock, props, reply};
 
-use crate::config::{Global, Kind, Mode, Settings, DECISION_HEADER};
+use crate::config::{Global, Kind, Mode, Settings, DECISION_HEADER, MAX_ALTERNATES};
 use crate::worker::{Choice, Worker};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,9 +45,24 @@ enum Role {
         endpoint: usize,
         identity: u64,
         in_flight: bool,
+        alternates: Alternates,
     },
     /// Answered locally with a 503.
     Shed,
+}
+
+/// The endpoints named after the pick, in the order the host tries them on retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct Alternates {
+    /// (index, identity) of each named endpoint.
+    named: [(usize, u64); MAX_ALTERNATES],
+    len: usize,
+}
+
+impl Alternates {
+    fn as_slice(&self) -> &[(usize, u64)] {
+        self.named.get(..self.len).unwrap_or(&[])
+    }
 }
 
 /// The HTTP context of the slow-start filter.
@@ -86,6 +106,7 @@ impl SlowStartHttp {
                     endpoint: 0,
                     identity: ep.identity,
                     in_flight: false,
+                    alternates: Alternates::default(),
                 };
             }
             return Action::Continue;
@@ -134,17 +155,46 @@ impl SlowStartHttp {
     }
 
     fn route(&mut self, w: &mut Worker, index: usize, g: &Global) -> Action {
-        let Some(ep) = w.endpoints.get_mut(index) else {
+        let mut alternates = Alternates::default();
+        if g.alternates > 0 {
+            let mut picked = [0usize; MAX_ALTERNATES];
+            let n = w.alternates(index, picked.get_mut(..g.alternates).unwrap_or(&mut []));
+            for &i in picked.get(..n).unwrap_or(&[]) {
+                if let (Some(e), Some(slot)) =
+                    (w.endpoints.get(i), alternates.named.get_mut(alternates.len))
+                {
+                    *slot = (i, e.identity);
+                    alternates.len += 1;
+                }
+            }
+        }
+        let Some(ep) = w.endpoints.get(index) else {
             request::remove_request_header(&g.destination_header);
             return Action::Continue;
         };
-        request::set_request_header(&g.destination_header, &ep.address);
-        ep.pending.requests += 1;
-        ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_add(1);
+        if alternates.len == 0 {
+            request::set_request_header(&g.destination_header, &ep.address);
+        } else {
+            let mut value = String::with_capacity(24 * (alternates.len + 1));
+            value.push_str(&ep.address);
+            for &(i, _) in alternates.as_slice() {
+                if let Some(e) = w.endpoints.get(i) {
+                    value.push(',');
+                    value.push_str(&e.address);
+                }
+            }
+            request::set_request_header(&g.destination_header, &value);
+        }
+        let identity = ep.identity;
+        if let Some(ep) = w.endpoints.get_mut(index) {
+            ep.pending.requests += 1;
+            ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_add(1);
+        }
         self.role = Role::Routed {
             endpoint: index,
-            identity: ep.identity,
+            identity,
             in_flight: true,
+            alternates,
         };
         Action::Continue
     }
@@ -181,6 +231,7 @@ impl SlowStartHttp {
                 endpoint: 0,
                 identity: ep.identity,
                 in_flight: false,
+                alternates: Alternates::default(),
             };
             return Action::Continue;
         }
@@ -281,6 +332,29 @@ impl SlowStartHttp {
     }
 }
 
+/// Which of the named endpoints served the request, when it was not the first: its position
+/// in the destination header (1 is the first alternate). Asks the host for `upstream.address`
+/// only when alternates were named.
+fn served_by_alternate(w: &Worker, first: usize, alternates: &Alternates) -> Option<usize> {
+    if alternates.len == 0 {
+        return None;
+    }
+    let upstream = props::bytes(&["upstream", "address"])?;
+    let is = |i: usize| {
+        w.endpoints
+            .get(i)
+            .is_some_and(|e| e.address.as_bytes() == upstream.as_slice())
+    };
+    if is(first) {
+        return None;
+    }
+    alternates
+        .as_slice()
+        .iter()
+        .position(|&(i, _)| is(i))
+        .map(|p| p + 1)
+}
+
 fn header_matches(m: &HeaderMatch, req: &mut HostRequest) -> bool {
     let found = req.header(&m.name);
     match (&m.value, m.present.unwrap_or(true)) {
@@ -332,6 +406,7 @@ impl HttpContext for SlowStartHttp {
             endpoint,
             identity,
             in_flight,
+            alternates,
         } = self.role
         else {
             return;
@@ -356,6 +431,42 @@ impl HttpContext for SlowStartHttp {
         if in_flight {
             ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_sub(1);
         }
+        if let Some(k) = served_by_alternate(&w, endpoint, &alternates) {
+            // Every endpoint named before the one that served failed its attempt; the one that
+            // served gets the outcome, but not the latency (it includes the failed attempts).
+            for j in 0..k {
+                let named = match j.checked_sub(1) {
+                    None => Some((endpoint, identity)),
+                    Some(a) => alternates.as_slice().get(a).copied(),
+                };
+                if let Some(e) = named.and_then(|(i, id)| w.endpoint_mut(i, id)) {
+                    e.pending.failures += 1;
+                    e.batch.record(false, 0, now);
+                }
+            }
+            let Some(&(i, id)) = alternates.as_slice().get(k.saturating_sub(1)) else {
+                return;
+            };
+            let Some(e) = w.endpoint_mut(i, id) else {
+                return;
+            };
+            e.pending.retries_served += 1;
+            match outcome {
+                Some(true) => {
+                    e.pending.successes += 1;
+                    e.batch.health(true, now);
+                }
+                Some(false) => {
+                    e.pending.failures += 1;
+                    e.batch.record(false, 0, now);
+                }
+                None => {}
+            }
+            return;
+        }
+        let Some(ep) = w.endpoint_mut(endpoint, identity) else {
+            return;
+        };
         match outcome {
             Some(true) => {
                 ep.pending.successes += 1;

@@ -24,6 +24,7 @@ pub const ENDPOINT_COUNTERS: &[&str] = &[
     "dry_run_would_pick",
     "successes",
     "failures",
+    "retries_served",
     "ramps_started",
     "priming_started",
     "warm",
@@ -66,6 +67,9 @@ pub struct Pending {
     pub dry_run_would_pick: u64,
     pub successes: u64,
     pub failures: u64,
+    /// Requests this endpoint answered as an alternate, after the endpoints named before it
+    /// failed (balance mode with `alternates`).
+    pub retries_served: u64,
     pub priming_sent: u64,
     pub priming_succeeded: u64,
     pub priming_failed: u64,
@@ -118,6 +122,7 @@ pub fn flush_endpoint(m: &mut Metrics, base: &str, p: &mut Pending) {
             ("dry_run_would_pick", p.dry_run_would_pick),
             ("successes", p.successes),
             ("failures", p.failures),
+            ("retries_served", p.retries_served),
             ("priming_sent", p.priming_sent),
             ("priming_succeeded", p.priming_succeeded),
             ("priming_failed", p.priming_failed),

@@ -28,7 +28,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 use resilience_core::backoff::random_u64;
-use resilience_core::balance::{pick, total_weight, Candidate};
+use resilience_core::balance::{alternates, pick, total_weight, Candidate};
 use resilience_core::directory::{parse_document, Directory, FetchLease};
 use resilience_core::ramp::{
     identity_of, Batch, Curve, Dispatch, EndpointRamp, Event, GaugeDeltas, Phase, Policy,
@@ -534,6 +534,17 @@ impl Worker {
             return Choice::Endpoint { index, panic };
         }
         Choice::None { capped }
+    }
+
+    /// The endpoints a request names after `first` for its retries (`alternates`), drawn from
+    /// the candidates of the choice just made: an endpoint that had no weight there (unhealthy,
+    /// gated, at its warm-up cap) is never named. Returns how many of `out` it filled.
+    pub fn alternates(&mut self, first: usize, out: &mut [usize]) -> usize {
+        let strategy = self.config.global.balancer;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let n = alternates(&mut scratch, strategy, first, out, || self.next_random());
+        self.scratch = scratch;
+        n
     }
 
     /// Dry run: the endpoint the configured weights give (where the request goes), and the one

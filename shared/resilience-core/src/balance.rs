@@ -97,6 +97,36 @@ pub fn pick(candidates: &[Candidate], strategy: Strategy, randoms: [u64; 2]) -> 
     }
 }
 
+/// The endpoints to try after `first`, in order, for a host that sends each retry to the next
+/// one named (Envoy's `override_host` load-balancing policy): each is drawn like [`pick`] among
+/// the candidates not named yet, so a retry avoids the endpoint that just failed and still
+/// follows the ramp. Fills `out` from the front and returns how many it named; an endpoint
+/// with no weight (unhealthy, gated, at its cap) is never named. `candidates` is scratch:
+/// the named ones lose their weight.
+pub fn alternates(
+    candidates: &mut [Candidate],
+    strategy: Strategy,
+    first: usize,
+    out: &mut [usize],
+    mut random: impl FnMut() -> u64,
+) -> usize {
+    if let Some(c) = candidates.get_mut(first) {
+        c.weight = 0.0;
+    }
+    let mut named = 0;
+    for slot in out.iter_mut() {
+        let Some(i) = pick(candidates, strategy, [random(), random()]) else {
+            break;
+        };
+        *slot = i;
+        named += 1;
+        if let Some(c) = candidates.get_mut(i) {
+            c.weight = 0.0;
+        }
+    }
+    named
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -155,6 +185,42 @@ mod tests {
         // Load is per unit of weight: 10 in flight on weight 10 beats 2 on weight 1.
         let cands = [c(10.0, 10), c(1.0, 2)];
         assert_eq!(pick(&cands, Strategy::LeastRequest, [0, u64::MAX]), Some(0));
+    }
+
+    #[test]
+    fn alternates_name_each_other_endpoint_once_and_never_the_first() {
+        let mut cands = [c(1.0, 0), c(1.0, 0), c(1.0, 0), c(1.0, 0)];
+        let mut out = [usize::MAX; 4];
+        let n = alternates(&mut cands, Strategy::WeightedRandom, 2, &mut out, seq(7));
+        assert_eq!(n, 3);
+        let mut named = out[..n].to_vec();
+        named.sort_unstable();
+        assert_eq!(named, vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn alternates_skip_endpoints_without_weight_and_stop_when_none_is_left() {
+        // Endpoint 1 is unhealthy (weight 0): a retry must never be sent there.
+        let mut cands = [c(5.0, 0), c(0.0, 0), c(5.0, 0)];
+        let mut out = [usize::MAX; 3];
+        let n = alternates(&mut cands, Strategy::LeastRequest, 0, &mut out, seq(3));
+        assert_eq!((n, out[0]), (1, 2));
+    }
+
+    #[test]
+    fn alternates_follow_the_ramp_a_warming_endpoint_is_rarely_the_first_fallback() {
+        let mut r = seq(11);
+        let mut warming_second = 0;
+        for _ in 0..10_000 {
+            let mut cands = [c(100.0, 0), c(100.0, 0), c(5.0, 0)];
+            let mut out = [0; 1];
+            alternates(&mut cands, Strategy::WeightedRandom, 0, &mut out, &mut r);
+            if out[0] == 2 {
+                warming_second += 1;
+            }
+        }
+        // Expected 5 / 105 of the time: about 476.
+        assert!((380..580).contains(&warming_second), "{warming_second}");
     }
 
     #[cfg(not(target_arch = "wasm32"))]
