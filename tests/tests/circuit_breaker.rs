@@ -100,7 +100,7 @@ fn rig_for(
 }
 
 fn rig(filter_json: &str) -> Rig {
-    rig_with(filter_json, &[("default", "/")], 2)
+    rig_with(filter_json, &[("api", "/")], 2)
 }
 
 fn is_rejection(r: &Response) -> bool {
@@ -127,13 +127,10 @@ fn stays_closed_under_healthy_traffic() {
     let results = parallel(8, 300, |_| rig.get("/ok").status);
     assert!(results.iter().all(|s| *s == 200));
     assert_eq!(rig.upstream.requests(), 300);
-    rig.wait_stat("default", "requests", 300);
-    assert_eq!(rig.stat("default", "rejected"), 0);
-    assert_eq!(rig.stat("default", "failures"), 0);
-    assert_eq!(
-        rig.envoy.stat("wasmcustom.circuit_breaker.default.state"),
-        0
-    );
+    rig.wait_stat("api", "requests", 300);
+    assert_eq!(rig.stat("api", "rejected"), 0);
+    assert_eq!(rig.stat("api", "failures"), 0);
+    assert_eq!(rig.envoy.stat("wasmcustom.circuit_breaker.api.state"), 0);
     rig.assert_no_vm_failure();
 }
 
@@ -220,12 +217,9 @@ fn trips_at_the_configured_failure_rate_and_then_rejects_fast_with_retry_after()
     );
     println!("figure: slowest of 200 rejections while open: {worst:?}");
     assert!(worst < Duration::from_millis(100));
-    rig.wait_stat("default", "rejected", 201);
-    assert_eq!(rig.stat("default", "trips_failure_rate"), 1);
-    assert_eq!(
-        rig.envoy.stat("wasmcustom.circuit_breaker.default.state"),
-        1
-    );
+    rig.wait_stat("api", "rejected", 201);
+    assert_eq!(rig.stat("api", "trips_failure_rate"), 1);
+    assert_eq!(rig.envoy.stat("wasmcustom.circuit_breaker.api.state"), 1);
     rig.assert_no_vm_failure();
 }
 
@@ -241,7 +235,7 @@ fn half_open_admits_exactly_the_configured_probes_across_all_workers() {
         &format!(
             r#"{{ {FAST}, "minimum_requests": 10, "open_duration": "1s", "half_open_probes": 3 }}"#
         ),
-        &[("default", "/")],
+        &[("api", "/")],
         4,
     );
     trip(&rig, "/x");
@@ -266,12 +260,9 @@ fn half_open_admits_exactly_the_configured_probes_across_all_workers() {
     std::thread::sleep(Duration::from_millis(200));
     let after = parallel(8, 40, |_| rig.get("/x").status);
     assert!(after.iter().all(|s| *s == 200), "{after:?}");
-    rig.wait_stat("default", "probes_succeeded", 3);
-    assert_eq!(rig.stat("default", "probes_admitted"), 3);
-    assert_eq!(
-        rig.envoy.stat("wasmcustom.circuit_breaker.default.state"),
-        0
-    );
+    rig.wait_stat("api", "probes_succeeded", 3);
+    assert_eq!(rig.stat("api", "probes_admitted"), 3);
+    assert_eq!(rig.envoy.stat("wasmcustom.circuit_breaker.api.state"), 0);
 }
 
 #[test]
@@ -299,7 +290,7 @@ fn a_failed_probe_reopens_the_breaker_for_longer() {
     }
     assert_eq!(rig.get("/x").status, 200);
     assert_eq!(rig.get("/x").status, 200);
-    rig.wait_stat("default", "trips_probe_failed", 1);
+    rig.wait_stat("api", "trips_probe_failed", 1);
 }
 
 #[test]
@@ -312,7 +303,7 @@ fn two_routes_with_different_thresholds_trip_independently() {
                    {{ "name": "lenient", "match": {{ "prefix": "/lenient" }}, "failure_rate_threshold": 90 }}
                  ] }}"#
         ),
-        &[("strict", "/strict"), ("default", "/")],
+        &[("strict", "/strict"), ("api", "/")],
         2,
     );
     // Both routes see one failure in three (33%).
@@ -339,6 +330,59 @@ fn two_routes_with_different_thresholds_trip_independently() {
 }
 
 #[test]
+fn routes_with_istios_generic_name_get_one_breaker_per_cluster_so_one_failing_service_spares_the_others(
+) {
+    // Istio names the route to every destination without a VirtualService `default`: keyed by
+    // that name, `inventory` failing would open the breaker for `catalog` too.
+    let (inventory, catalog) = (Upstream::start().unwrap(), Upstream::start().unwrap());
+    let wasm = filter_wasm("circuit-breaker").expect("circuit_breaker.wasm");
+    let port = free_port();
+    let filter = wasm_filter_yaml(
+        "circuit_breaker",
+        "circuit_breaker",
+        "cb",
+        &wasm,
+        &format!(r#"{{ {FAST}, "minimum_requests": 10, "failure_rate_threshold": 50 }}"#),
+    );
+    let config = ProxyConfig::new(port, free_port())
+        .with_http_filters(&filter)
+        .cluster(ClusterSpec::new("inventory", &[inventory.port()]))
+        .cluster(ClusterSpec::new("catalog", &[catalog.port()]))
+        .route(RouteSpec::new("default", "/inventory", "inventory"))
+        .route(RouteSpec::new("default", "/catalog", "catalog"));
+    let envoy = Envoy::start(
+        &config.render(),
+        &EnvoyOptions {
+            concurrency: 2,
+            ..EnvoyOptions::default()
+        },
+    )
+    .expect("envoy starts with the filter");
+    envoy.wait_listener(port).expect("listener");
+    inventory.set_default(Behavior::status(503));
+    let opened = (0..60).find(|_| {
+        let r = get(port, "/inventory/x").unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        is_rejection(&r)
+    });
+    assert!(opened.is_some(), "the inventory breaker opened");
+    let catalog_ok = (0..20)
+        .filter(|_| get(port, "/catalog/x").unwrap().status == 200)
+        .count();
+    println!("figure: inventory's breaker opened; catalog answered {catalog_ok} of 20");
+    assert_eq!(catalog_ok, 20, "catalog keeps its own, closed breaker");
+    envoy
+        .wait_stat(
+            "wasmcustom.circuit_breaker.inventory.trips_failure_rate",
+            1,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(envoy.stat("wasmcustom.circuit_breaker.catalog.rejected"), 0);
+    assert_eq!(envoy.stat("wasmcustom.circuit_breaker.default.requests"), 0);
+}
+
+#[test]
 fn dry_run_never_rejects_but_counts_and_explains_what_it_would_reject() {
     let rig = rig(&format!(
         r#"{{ {FAST}, "mode": "dry_run", "minimum_requests": 10 }}"#
@@ -356,9 +400,9 @@ fn dry_run_never_rejects_but_counts_and_explains_what_it_would_reject() {
         r.header(HEADER),
         Some("dry_run; would_reject=open; reason=failure_rate")
     );
-    let would = rig.wait_stat("default", "dry_run_would_reject", 50);
+    let would = rig.wait_stat("api", "dry_run_would_reject", 50);
     println!("figure: dry run counted {would} would-be rejections, rejected none");
-    assert_eq!(rig.stat("default", "rejected"), 0);
+    assert_eq!(rig.stat("api", "rejected"), 0);
 }
 
 #[test]
@@ -378,8 +422,8 @@ fn slow_calls_trip_the_breaker_even_when_they_succeed() {
     let r = rig.get("/x");
     assert!(is_rejection(&r), "status {}", r.status);
     assert!(r.header(HEADER).unwrap().contains("reason=slow_call_rate"));
-    rig.wait_stat("default", "slow_calls", 10);
-    assert_eq!(rig.stat("default", "trips_slow_call_rate"), 1);
+    rig.wait_stat("api", "slow_calls", 10);
+    assert_eq!(rig.stat("api", "trips_slow_call_rate"), 1);
 }
 
 #[test]
@@ -399,7 +443,7 @@ fn grpc_status_in_the_response_counts_as_failure_though_http_says_200() {
     // gRPC OK and non-failure codes (NOT_FOUND = 5) are successes.
     let ok = rig_with(
         &format!(r#"{{ {FAST}, "minimum_requests": 10 }}"#),
-        &[("default", "/")],
+        &[("api", "/")],
         2,
     );
     ok.upstream.set_default(
@@ -422,7 +466,7 @@ fn an_unreachable_upstream_counts_as_a_connect_failure_from_envoys_response_flag
     let rig = rig_for(
         upstream,
         &format!(r#"{{ {FAST}, "minimum_requests": 5, "failure_statuses": [] }}"#),
-        &[("default", "/")],
+        &[("api", "/")],
         2,
     );
     for _ in 0..5 {
@@ -436,7 +480,7 @@ fn an_unreachable_upstream_counts_as_a_connect_failure_from_envoys_response_flag
     std::thread::sleep(Duration::from_millis(200));
     let r = rig.get("/x");
     assert!(is_rejection(&r), "{:?}", r.headers);
-    rig.wait_stat("default", "failures", 5);
+    rig.wait_stat("api", "failures", 5);
 }
 
 #[test]
@@ -543,7 +587,7 @@ fn header_keyed_breakers_are_bounded_by_max_keys_and_overflow_is_counted() {
             Duration::from_secs(5),
         )
         .unwrap();
-    assert_eq!(rig.stat("default__a", "trips_failure_rate"), 1);
+    assert_eq!(rig.stat("api__a", "trips_failure_rate"), 1);
 }
 
 /// Raw request bytes, for header values no well-behaved client sends.

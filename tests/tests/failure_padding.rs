@@ -95,7 +95,7 @@ struct RigOptions<'a> {
 impl Default for RigOptions<'_> {
     fn default() -> Self {
         RigOptions {
-            routes: &[("default", "/")],
+            routes: &[("api", "/")],
             concurrency: 2,
             log_level: "info",
             extra_args: Vec::new(),
@@ -199,8 +199,8 @@ fn a_fast_failure_is_held_until_it_took_as_long_as_the_learned_median() {
         .set_default(Behavior::status(200).with_latency(Duration::from_millis(SUCCESS_MS)));
     let successes = learn(&rig, "/x", 40);
     let learned_median = median(successes.clone());
-    rig.wait_stat("default", "samples", 40);
-    let target = rig.stat("default", "target_ms");
+    rig.wait_stat("api", "samples", 40);
+    let target = rig.stat("api", "target_ms");
     println!(
         "figure: learned from 40 successes of ~{SUCCESS_MS} ms: client median {learned_median:.1} ms, filter target {target} ms"
     );
@@ -246,8 +246,8 @@ fn a_fast_failure_is_held_until_it_took_as_long_as_the_learned_median() {
         "p90 release {p90:.1} ms after the target"
     );
     assert!(worst <= 50.0, "released {worst:.1} ms after the target");
-    rig.wait_stat("default", "padded", 60);
-    assert!(rig.stat("default", "padding_ms") >= 60 * 40);
+    rig.wait_stat("api", "padded", 60);
+    assert!(rig.stat("api", "padding_ms") >= 60 * 40);
     assert_eq!(rig.global("in_flight"), 0);
     rig.assert_no_vm_failure();
 }
@@ -311,7 +311,7 @@ fn max_padding_and_the_callers_remaining_deadline_cap_the_hold() {
                  "routes": [{{ "name": "short", "match": {{ "prefix": "/short" }}, "max_padding": "30ms" }}] }}"#
         ),
         RigOptions {
-            routes: &[("short", "/short"), ("default", "/")],
+            routes: &[("short", "/short"), ("api", "/")],
             hcm_yaml: INTERNAL_CALLERS,
             ..RigOptions::default()
         },
@@ -377,8 +377,8 @@ fn max_padding_and_the_callers_remaining_deadline_cap_the_hold() {
     assert_eq!(param(h, "target"), Some(300));
     assert!(ms(r.elapsed) >= 295.0, "{:?}", r.elapsed);
     rig.wait_stat("short", "capped_max_padding", 1);
-    rig.wait_stat("default", "capped_deadline", 4);
-    rig.wait_stat("default", "skipped_deadline", 1);
+    rig.wait_stat("api", "capped_deadline", 4);
+    rig.wait_stat("api", "skipped_deadline", 1);
     rig.assert_no_vm_failure();
 }
 
@@ -409,9 +409,9 @@ fn health_checks_and_client_errors_are_never_padded() {
     let r = rig.get("/x");
     assert!(r.header(HEADER).unwrap().starts_with("padded"));
     assert!(ms(r.elapsed) >= 195.0);
-    rig.wait_stat("default", "skipped_health_check", 2);
-    rig.wait_stat("default", "failures", 3);
-    assert_eq!(rig.stat("default", "padded"), 1);
+    rig.wait_stat("api", "skipped_health_check", 2);
+    rig.wait_stat("api", "failures", 3);
+    assert_eq!(rig.stat("api", "padded"), 1);
     rig.assert_no_vm_failure();
 }
 
@@ -424,7 +424,7 @@ fn before_min_samples_it_pads_to_the_fallback_or_not_at_all_then_to_what_it_lear
                  "routes": [{{ "name": "fb", "match": {{ "prefix": "/fb" }}, "fallback_target": "150ms" }}] }}"#
         ),
         RigOptions {
-            routes: &[("fb", "/fb"), ("default", "/")],
+            routes: &[("fb", "/fb"), ("api", "/")],
             ..RigOptions::default()
         },
     );
@@ -469,7 +469,7 @@ fn before_min_samples_it_pads_to_the_fallback_or_not_at_all_then_to_what_it_lear
         assert!((45..=60).contains(&target), "{path}: {h}");
         assert!(ms(r.elapsed) >= 0.9 * median(learned.clone()));
     }
-    assert!(rig.wait_stat("default", "skipped_cold", 10) >= 10);
+    assert!(rig.wait_stat("api", "skipped_cold", 10) >= 10);
     rig.assert_no_vm_failure();
 }
 
@@ -482,8 +482,8 @@ fn a_host_that_keeps_failing_keeps_padding_because_the_target_decays_only_with_n
     rig.upstream
         .set_default(Behavior::status(200).with_latency(Duration::from_millis(SUCCESS_MS)));
     learn(&rig, "/x", 40);
-    rig.wait_stat("default", "samples", 40);
-    let target_before = rig.stat("default", "target_ms");
+    rig.wait_stat("api", "samples", 40);
+    let target_before = rig.stat("api", "target_ms");
     rig.upstream.set_default(Behavior::status(503));
     let started = Instant::now();
     let mut last = Vec::new();
@@ -493,7 +493,7 @@ fn a_host_that_keeps_failing_keeps_padding_because_the_target_decays_only_with_n
         last = parallel(4, 8, |_| get(rig.port, "/x").unwrap());
         n += 8;
     }
-    let target_after = rig.stat("default", "target_ms");
+    let target_after = rig.stat("api", "target_ms");
     println!(
         "figure: after {n} consecutive failures over 3 s (half_life_samples 50): target {target_before} ms -> {target_after} ms; last failures took {:?} ms",
         last.iter().map(|r| ms(r.elapsed).round() as u64).collect::<Vec<_>>()
@@ -508,7 +508,7 @@ fn a_host_that_keeps_failing_keeps_padding_because_the_target_decays_only_with_n
         .set_default(Behavior::status(200).with_latency(Duration::from_millis(120)));
     parallel(8, 200, |_| get(rig.port, "/x").unwrap());
     std::thread::sleep(Duration::from_millis(200));
-    let moved = rig.stat("default", "target_ms");
+    let moved = rig.stat("api", "target_ms");
     println!("figure: after 200 successes of 120 ms the target is {moved} ms");
     assert!(moved >= 110, "{moved}");
     rig.assert_no_vm_failure();
@@ -712,7 +712,7 @@ fn a_client_that_goes_away_while_its_response_is_held_gives_the_slot_back() {
     // The slot is free again long before the abandoned hold would have ended.
     let r = rig.get("/x");
     assert!(r.header(HEADER).unwrap().starts_with("padded"));
-    rig.wait_stat("default", "abandoned", 1);
+    rig.wait_stat("api", "abandoned", 1);
     assert_eq!(rig.global("in_flight"), 0);
     rig.assert_no_vm_failure();
 }
@@ -731,9 +731,9 @@ fn dry_run_counts_and_explains_the_padding_it_would_add_but_never_holds() {
         assert!(h.starts_with("dry_run; would_pad_ms="), "{h}");
         assert!(param(h, "would_pad_ms").unwrap() >= 290);
     }
-    rig.wait_stat("default", "dry_run_would_pad", 10);
-    assert!(rig.stat("default", "dry_run_would_pad_ms") >= 2_900);
-    assert_eq!(rig.stat("default", "padded"), 0);
+    rig.wait_stat("api", "dry_run_would_pad", 10);
+    assert!(rig.stat("api", "dry_run_would_pad_ms") >= 2_900);
+    assert_eq!(rig.stat("api", "padded"), 0);
     assert_eq!(rig.global("in_flight"), 0);
     rig.assert_no_vm_failure();
 }

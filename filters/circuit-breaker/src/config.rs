@@ -11,15 +11,22 @@
 
 use resilience_core::breaker::{Policy, WindowSpec};
 use resilience_core::config::{
-    check_header_name, check_max_keys, check_stat_prefix, check_sync_interval, field_path as field,
-    is_token_byte, ConfigError, DurationMs, Percent,
+    check_generic_route_names, check_header_name, check_max_keys, check_stat_prefix,
+    check_sync_interval, default_generic_route_names, field_path as field, is_token_byte,
+    ConfigError, DurationMs, Percent,
 };
 use resilience_core::outcome::{Classifier, GrpcCodeSet, LocalFailure, LocalFailureSet, StatusSet};
 use resilience_core::routes::{parse_filter_config, RouteTable};
 use serde::Deserialize;
 
 /// Fields that apply to the whole filter instance and cannot be overridden per route.
-pub const GLOBAL_FIELDS: &[&str] = &["key_header", "max_keys", "sync_interval", "stat_prefix"];
+pub const GLOBAL_FIELDS: &[&str] = &[
+    "key_header",
+    "max_keys",
+    "sync_interval",
+    "stat_prefix",
+    "generic_route_names",
+];
 
 /// Headers every rejection carries and configuration must not duplicate.
 const RESERVED_HEADERS: &[&str] = &["retry-after", "content-type", DECISION_HEADER];
@@ -38,6 +45,8 @@ struct RawGlobal {
     sync_interval: DurationMs,
     #[serde(default = "default_stat_prefix")]
     stat_prefix: String,
+    #[serde(default = "default_generic_route_names")]
+    generic_route_names: Vec<String>,
 }
 
 fn default_max_keys() -> u32 {
@@ -184,6 +193,9 @@ pub struct Global {
     pub max_keys: u32,
     pub sync_interval_ms: u64,
     pub stat_prefix: String,
+    /// Envoy route names that do not identify a destination: a request no `routes` entry
+    /// matched is keyed by its cluster instead (Istio's `default`).
+    pub generic_route_names: Vec<String>,
 }
 
 /// The checked configuration.
@@ -205,6 +217,7 @@ pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
 
 fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
     Ok(Global {
+        generic_route_names: check_generic_route_names(raw.generic_route_names)?,
         max_keys: check_max_keys(raw.max_keys)?,
         sync_interval_ms: check_sync_interval(raw.sync_interval)?,
         key_header: match &raw.key_header {
@@ -448,6 +461,23 @@ mod tests {
         assert_eq!(s.rejection.status, 503);
         assert_eq!(c.global.max_keys, 100);
         assert_eq!(c.global.sync_interval_ms, 100);
+        assert_eq!(c.global.generic_route_names, vec!["default".to_owned()]);
+    }
+
+    #[test]
+    fn generic_route_names_are_filter_wide_and_checked() {
+        let c = parse(br#"{"generic_route_names": []}"#).unwrap();
+        assert!(c.global.generic_route_names.is_empty());
+        assert_eq!(
+            err(r#"{"generic_route_names": ["default", ""]}"#),
+            "generic_route_names[1]: must be 1 to 256 bytes long, got 0"
+        );
+        assert!(
+            err(r#"{"routes": [{"match": {"prefix": "/"}, "generic_route_names": []}]}"#)
+                .starts_with("routes[0].generic_route_names: is a filter-wide setting")
+        );
+        // A typo at the top level is told the filter-wide fields too.
+        assert!(err(r#"{"generic_route_name": []}"#).contains("or a filter-wide field: "));
     }
 
     #[test]

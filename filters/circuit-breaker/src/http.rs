@@ -75,13 +75,11 @@ impl BreakerHttp {
         if settings.mode == Mode::Disabled || settings.force_closed {
             return Action::Continue;
         }
-        let base = match selected.index {
-            Some(_) => selected.name.to_owned(),
-            None => req
-                .route_name_owned()
-                .or_else(props::cluster_name)
-                .unwrap_or_else(|| "default".to_owned()),
-        };
+        let base = selected.key(
+            &mut req,
+            &config.global.generic_route_names,
+            props::cluster_name,
+        );
         let header_value = config
             .global
             .key_header

@@ -9,8 +9,9 @@
 //! `routes` entry overrides them field by field for the requests its `match` selects.
 
 use resilience_core::config::{
-    check_header_name, check_max_keys, check_stat_prefix, check_sync_interval, field_path as field,
-    ConfigError, DurationMs, Percent,
+    check_generic_route_names, check_header_name, check_max_keys, check_stat_prefix,
+    check_sync_interval, default_generic_route_names, field_path as field, ConfigError, DurationMs,
+    Percent,
 };
 use resilience_core::outcome::{Classifier, GrpcCodeSet, LocalFailureSet, StatusSet};
 use resilience_core::padding::Policy;
@@ -23,6 +24,7 @@ pub const GLOBAL_FIELDS: &[&str] = &[
     "sync_interval",
     "stat_prefix",
     "max_padded_in_flight",
+    "generic_route_names",
 ];
 
 /// The response header that explains each decision on a failed response.
@@ -40,6 +42,8 @@ struct RawGlobal {
     sync_interval: DurationMs,
     #[serde(default = "default_stat_prefix")]
     stat_prefix: String,
+    #[serde(default = "default_generic_route_names")]
+    generic_route_names: Vec<String>,
     #[serde(default = "default_max_in_flight")]
     max_padded_in_flight: u32,
 }
@@ -136,6 +140,9 @@ pub struct Global {
     pub sync_interval_ms: u64,
     pub stat_prefix: String,
     pub max_padded_in_flight: u32,
+    /// Envoy route names that do not identify a destination: a request no `routes` entry
+    /// matched is keyed by its cluster instead (Istio's `default`).
+    pub generic_route_names: Vec<String>,
 }
 
 /// The checked configuration.
@@ -178,6 +185,7 @@ fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
         ));
     }
     Ok(Global {
+        generic_route_names: check_generic_route_names(raw.generic_route_names)?,
         max_keys,
         sync_interval_ms: sync,
         stat_prefix: raw.stat_prefix,

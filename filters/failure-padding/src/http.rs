@@ -72,13 +72,11 @@ impl PaddingHttp {
         if settings.mode == Mode::Disabled {
             return;
         }
-        let base = match selected.index {
-            Some(_) => selected.name.to_owned(),
-            None => req
-                .route_name_owned()
-                .or_else(props::cluster_name)
-                .unwrap_or_else(|| "default".to_owned()),
-        };
+        let base = selected.key(
+            &mut req,
+            &config.global.generic_route_names,
+            props::cluster_name,
+        );
         self.key = Worker::key(&base);
         if w.entry(&self.key, selected.index).is_none() {
             return;

@@ -11,14 +11,20 @@
 
 use resilience_core::budget::BudgetPolicy;
 use resilience_core::config::{
-    check_header_name, check_max_keys, check_stat_prefix, check_sync_interval, field_path as field,
-    ConfigError, DurationMs, Percent,
+    check_generic_route_names, check_header_name, check_max_keys, check_stat_prefix,
+    check_sync_interval, default_generic_route_names, field_path as field, ConfigError, DurationMs,
+    Percent,
 };
 use resilience_core::routes::{parse_filter_config, RouteTable};
 use serde::Deserialize;
 
 /// Fields that apply to the whole filter instance and cannot be overridden per route.
-pub const GLOBAL_FIELDS: &[&str] = &["max_keys", "sync_interval", "stat_prefix"];
+pub const GLOBAL_FIELDS: &[&str] = &[
+    "max_keys",
+    "sync_interval",
+    "stat_prefix",
+    "generic_route_names",
+];
 
 /// The response header that explains a decision.
 pub const DECISION_HEADER: &str = "x-resilience-retry-budget";
@@ -57,6 +63,8 @@ struct RawGlobal {
     sync_interval: DurationMs,
     #[serde(default = "default_stat_prefix")]
     stat_prefix: String,
+    #[serde(default = "default_generic_route_names")]
+    generic_route_names: Vec<String>,
 }
 
 fn default_max_keys() -> u32 {
@@ -205,6 +213,9 @@ pub struct Global {
     pub max_keys: u32,
     pub sync_interval_ms: u64,
     pub stat_prefix: String,
+    /// Envoy route names that do not identify a destination: a request no `routes` entry
+    /// matched is keyed by its cluster instead (Istio's `default`).
+    pub generic_route_names: Vec<String>,
 }
 
 /// The checked configuration.
@@ -229,6 +240,7 @@ fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
     let sync = check_sync_interval(raw.sync_interval)?;
     check_stat_prefix(&raw.stat_prefix)?;
     Ok(Global {
+        generic_route_names: check_generic_route_names(raw.generic_route_names)?,
         max_keys,
         sync_interval_ms: sync,
         stat_prefix: raw.stat_prefix,

@@ -143,13 +143,11 @@ impl RetryBudgetHttp {
         let Some(side) = settings.mode.side() else {
             return Action::Continue;
         };
-        let base = match selected.index {
-            Some(_) => selected.name.to_owned(),
-            None => req
-                .route_name_owned()
-                .or_else(props::cluster_name)
-                .unwrap_or_else(|| "default".to_owned()),
-        };
+        let base = selected.key(
+            &mut req,
+            &config.global.generic_route_names,
+            props::cluster_name,
+        );
         self.key = Worker::key(&base);
         let now = clock::now_ms();
         self.start_ms = now;

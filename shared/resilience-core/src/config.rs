@@ -805,6 +805,33 @@ pub fn check_max_keys(max_keys: u32) -> Result<u32, ConfigError> {
     Ok(max_keys)
 }
 
+/// The default `generic_route_names`: Istio names every inbound route, and every destination
+/// without a VirtualService, `default`.
+pub fn default_generic_route_names() -> Vec<String> {
+    vec!["default".to_owned()]
+}
+
+/// The filter-wide `generic_route_names`: Envoy route names that do not identify a destination,
+/// so a request no `routes` entry matched is keyed by its cluster instead (see
+/// [`crate::routes::Selected::key`]). At most 16 names, each 1–256 bytes.
+pub fn check_generic_route_names(names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if names.len() > 16 {
+        return Err(ConfigError::new(
+            "generic_route_names",
+            format!("lists at most 16 names, got {}", names.len()),
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() || n.len() > 256 {
+            return Err(ConfigError::new(
+                format!("generic_route_names[{i}]"),
+                format!("must be 1 to 256 bytes long, got {}", n.len()),
+            ));
+        }
+    }
+    Ok(names)
+}
+
 /// The filter-wide `sync_interval` (the tick that publishes per-worker state), in ms.
 pub fn check_sync_interval(sync_interval: DurationMs) -> Result<u64, ConfigError> {
     let ms = sync_interval.as_ms();

@@ -213,6 +213,30 @@ impl<S> Clone for Selected<'_, S> {
 
 impl<S> Copy for Selected<'_, S> {}
 
+impl<S> Selected<'_, S> {
+    /// The key a keyed filter (breaker, retry budget, padding) keeps state under for this
+    /// request: the matched `routes` entry's name. For a request no entry matched, Envoy's route
+    /// name, unless it is one of `generic`: a name a generator gives many routes (Istio calls
+    /// every inbound route, and every destination without a VirtualService, `default`), which
+    /// would put unrelated destinations under one key. Then the cluster's name, which names the
+    /// destination (`outbound|8080||reviews.prod.svc.cluster.local`); `default` when there is
+    /// neither. `cluster` is called only when needed (a host call).
+    pub fn key(
+        &self,
+        req: &mut dyn RequestView,
+        generic: &[String],
+        cluster: impl FnOnce() -> Option<String>,
+    ) -> String {
+        if self.index.is_some() {
+            return self.name.to_owned();
+        }
+        match req.route_name() {
+            Some(name) if !generic.iter().any(|g| g == name) => name.to_owned(),
+            _ => cluster().unwrap_or_else(|| "default".to_owned()),
+        }
+    }
+}
+
 impl<S> RouteTable<S> {
     /// Convert every entry's settings (the raw, parsed form into the checked one), with the JSON
     /// path prefix of each: `""` for the defaults, `routes[i]` for the routes. The first error
@@ -315,7 +339,16 @@ pub fn parse_filter_config<G: DeserializeOwned, S: DeserializeOwned>(
     }
 
     let g: G = parse_value(Value::Object(global), "")?;
-    let s: S = parse_value(Value::Object(defaults.clone()), "")?;
+    // The top level holds both kinds of field, but serde only knows the per-route ones it was
+    // parsing: name the filter-wide ones too, or a typo's hint lists half the choices.
+    let s: S = parse_value(Value::Object(defaults.clone()), "").map_err(|mut e| {
+        if e.rule.starts_with("unknown field") {
+            let mut also: Vec<&str> = global_fields.to_vec();
+            also.push("routes");
+            e.rule = format!("{}; or a filter-wide field: {}", e.rule, also.join(", "));
+        }
+        e
+    })?;
 
     let mut routes = Vec::with_capacity(routes_json.len());
     for (i, item) in routes_json.into_iter().enumerate() {
@@ -444,6 +477,41 @@ mod tests {
                 .find(|(n, _)| n == name)
                 .map(|(_, v)| v.as_str())
         }
+    }
+
+    #[test]
+    fn a_key_is_the_entry_name_then_a_specific_route_name_then_the_cluster_name() {
+        let table: RouteTable<u8> = RouteTable {
+            defaults: 0,
+            routes: vec![Route {
+                name: "orders".to_owned(),
+                matcher: RouteMatch {
+                    prefix: Some("/orders".to_owned()),
+                    ..RouteMatch::default()
+                },
+                settings: 1,
+            }],
+        };
+        let generic = vec!["default".to_owned()];
+        let cluster = || Some("outbound|80||reviews".to_owned());
+        let key = |req: &mut FakeRequest| table.select(req).key(req, &generic, cluster);
+        let mut r = FakeRequest::get("/orders/7").with_route_name("default");
+        assert_eq!(key(&mut r), "orders");
+        let mut r = FakeRequest::get("/x").with_route_name("catalog");
+        assert_eq!(key(&mut r), "catalog");
+        // Istio's generic name says nothing about the destination: the cluster does.
+        let mut r = FakeRequest::get("/x").with_route_name("default");
+        assert_eq!(key(&mut r), "outbound|80||reviews");
+        let mut r = FakeRequest::get("/x");
+        assert_eq!(key(&mut r), "outbound|80||reviews");
+        let mut r = FakeRequest::get("/x");
+        assert_eq!(
+            table.select(&mut r).key(&mut r, &generic, || None),
+            "default"
+        );
+        // With no generic names, `default` is a route name like any other.
+        let mut r = FakeRequest::get("/x").with_route_name("default");
+        assert_eq!(table.select(&mut r).key(&mut r, &[], cluster), "default");
     }
 
     #[derive(Deserialize, Debug, Clone, PartialEq)]
@@ -669,6 +737,12 @@ mod tests {
     fn an_unknown_top_level_field_is_reported() {
         let err = parse(r#"{"bogus": 1}"#).unwrap_err();
         assert!(err.rule.starts_with(r#"unknown field "bogus""#), "{err}");
+        // The hint lists the filter-wide fields too, not only the per-route ones.
+        assert!(
+            err.rule
+                .ends_with("; or a filter-wide field: shared_key, routes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -118,11 +118,6 @@ impl HostRequest {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// The route name, cached (also used for breaker keys).
-    pub fn route_name_owned(&mut self) -> Option<String> {
-        self.route_name().map(str::to_owned)
-    }
 }
 
 /// At most this many distinct headers are cached per request (bounded by the config's matchers).
