@@ -383,6 +383,91 @@ fn routes_with_istios_generic_name_get_one_breaker_per_cluster_so_one_failing_se
 }
 
 #[test]
+fn max_open_percent_holds_a_trip_while_half_the_breakers_are_open_and_lets_it_through_when_one_closes(
+) {
+    // Four breakers (routes /a../d), at most 50% open: when a, b and c all fail, c's trip is held
+    // until a recovers and closes.
+    let routes: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| format!(r#"{{"name": "{k}", "match": {{"prefix": "/{k}"}}}}"#))
+        .collect();
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "max_open_percent": 50, "minimum_requests": 5, "failure_rate_threshold": 50,
+             "open_duration": "1s", "half_open_probes": 1, "routes": [{}] }}"#,
+        routes.join(", ")
+    ));
+    for k in ["a", "b", "c", "d"] {
+        assert_eq!(rig.get(&format!("/{k}/warm")).status, 200);
+    }
+    for k in ["/a", "/b", "/c"] {
+        rig.upstream.set_behavior(k, Behavior::status(503));
+    }
+    for k in ["/a/x", "/b/x"] {
+        assert!(until_rejected(&rig, k, 60).is_some(), "{k} opened");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // c fails as much, but two of four breakers are open already.
+    let rejected = (0..40).filter(|_| is_rejection(&rig.get("/c/x"))).count();
+    assert_eq!(rejected, 0, "c's trip is held: its failures pass through");
+    let held = rig.wait_stat("c", "trips_held", 1);
+    assert_eq!(rig.stat("c", "trips_failure_rate"), 0);
+    let open: u64 = ["a", "b", "c", "d"]
+        .iter()
+        .map(|k| rig.stat(k, "state"))
+        .sum();
+    assert_eq!(open, 2, "exactly two breakers are open");
+    // a recovers: after its open time, one probe succeeds and a closes, freeing its place.
+    rig.upstream.remove_behavior("/a");
+    std::thread::sleep(Duration::from_millis(1_100));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.stat("a", "state") != 0 {
+        assert!(Instant::now() < deadline, "a closed after its probe");
+        rig.get("/a/x");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = until_rejected(&rig, "/c/x", 60).map(|(n, _)| n);
+    println!("figure: c's trip was held {held}+ times; after a closed, c opened within {took:?} requests");
+    assert!(took.is_some(), "c opened once a place was free");
+    rig.wait_stat("c", "trips_failure_rate", 1);
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn max_open_percent_is_exact_across_workers_when_every_breaker_fails_at_once() {
+    // Ten tenants, each its own breaker, at most 30% open; all fail together under parallel
+    // load on two workers: exactly three open, the other trips are held.
+    let rig = rig(&format!(
+        r#"{{ {FAST}, "key_header": "x-tenant", "max_open_percent": 30, "minimum_requests": 5,
+             "failure_rate_threshold": 50, "open_duration": "30s" }}"#
+    ));
+    let tenants: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    for t in &tenants {
+        let r = harness::request(rig.port, "GET", "/x", &[("x-tenant", t)], None).unwrap();
+        assert_eq!(r.status, 200);
+    }
+    rig.upstream.set_default(Behavior::status(503));
+    parallel(8, 800, |i| {
+        let t = &tenants[i % tenants.len()];
+        harness::request(rig.port, "GET", "/x", &[("x-tenant", t)], None).unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let open: u64 = tenants
+        .iter()
+        .map(|t| rig.stat(&format!("api__{t}"), "state"))
+        .sum();
+    let held: u64 = tenants
+        .iter()
+        .map(|t| rig.stat(&format!("api__{t}"), "trips_held"))
+        .sum();
+    println!(
+        "figure: 10 failing tenants under parallel load: {open} breakers open, {held} trips held"
+    );
+    assert_eq!(open, 3, "exactly 30% of ten breakers are open");
+    assert!(held >= 7, "the other seven were held: {held}");
+    rig.assert_no_vm_failure();
+}
+
+#[test]
 fn dry_run_never_rejects_but_counts_and_explains_what_it_would_reject() {
     let rig = rig(&format!(
         r#"{{ {FAST}, "mode": "dry_run", "minimum_requests": 10 }}"#

@@ -26,6 +26,7 @@ pub const GLOBAL_FIELDS: &[&str] = &[
     "sync_interval",
     "stat_prefix",
     "generic_route_names",
+    "max_open_percent",
 ];
 
 /// Headers every rejection carries and configuration must not duplicate.
@@ -47,6 +48,8 @@ struct RawGlobal {
     stat_prefix: String,
     #[serde(default = "default_generic_route_names")]
     generic_route_names: Vec<String>,
+    /// The open-breaker governor: at most this share of the keys may be open at once.
+    max_open_percent: Option<Percent>,
 }
 
 fn default_max_keys() -> u32 {
@@ -196,6 +199,8 @@ pub struct Global {
     /// Envoy route names that do not identify a destination: a request no `routes` entry
     /// matched is keyed by its cluster instead (Istio's `default`).
     pub generic_route_names: Vec<String>,
+    /// `max_open_percent` when below 100 (the governor is off otherwise).
+    pub max_open_percent: Option<f64>,
 }
 
 /// The checked configuration.
@@ -216,7 +221,19 @@ pub fn parse(json: &[u8]) -> Result<FilterConfig, ConfigError> {
 }
 
 fn check_global(raw: RawGlobal) -> Result<Global, ConfigError> {
+    let max_open_percent = match raw.max_open_percent.map(|p| p.value()) {
+        None => None,
+        Some(p) if p >= 100.0 => None,
+        Some(p) if p < 1.0 => {
+            return Err(ConfigError::new(
+                "max_open_percent",
+                format!("must be between 1 and 100 (100 turns the governor off), got {p}"),
+            ))
+        }
+        Some(p) => Some(p),
+    };
     Ok(Global {
+        max_open_percent,
         generic_route_names: check_generic_route_names(raw.generic_route_names)?,
         max_keys: check_max_keys(raw.max_keys)?,
         sync_interval_ms: check_sync_interval(raw.sync_interval)?,
@@ -462,6 +479,32 @@ mod tests {
         assert_eq!(c.global.max_keys, 100);
         assert_eq!(c.global.sync_interval_ms, 100);
         assert_eq!(c.global.generic_route_names, vec!["default".to_owned()]);
+        assert_eq!(c.global.max_open_percent, None);
+    }
+
+    #[test]
+    fn max_open_percent_is_filter_wide_and_100_turns_the_governor_off() {
+        assert_eq!(
+            parse(br#"{"max_open_percent": 50}"#)
+                .unwrap()
+                .global
+                .max_open_percent,
+            Some(50.0)
+        );
+        assert_eq!(
+            parse(br#"{"max_open_percent": 100}"#)
+                .unwrap()
+                .global
+                .max_open_percent,
+            None
+        );
+        assert!(err(r#"{"max_open_percent": 0.5}"#)
+            .starts_with("max_open_percent: must be between 1 and 100"));
+        assert!(err(r#"{"max_open_percent": 150}"#).starts_with("max_open_percent: "));
+        assert!(
+            err(r#"{"routes": [{"match": {"prefix": "/"}, "max_open_percent": 50}]}"#)
+                .starts_with("routes[0].max_open_percent: is a filter-wide setting")
+        );
     }
 
     #[test]

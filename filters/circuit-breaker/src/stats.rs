@@ -31,6 +31,7 @@ pub const ENTRY_COUNTERS: &[&str] = &[
     "trips_slow_call_rate",
     "trips_consecutive_failures",
     "trips_probe_failed",
+    "trips_held",
 ];
 
 /// Instance-wide counters.
@@ -47,6 +48,8 @@ pub struct Pending {
     pub probes_admitted: u64,
     pub probes_succeeded: u64,
     pub probes_failed: u64,
+    /// Trips the open-breaker governor (`max_open_percent`) kept back.
+    pub trips_held: u64,
 }
 
 /// Instance-wide events since the last flush.
@@ -83,6 +86,7 @@ pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
             ("probes_admitted", p.probes_admitted),
             ("probes_succeeded", p.probes_succeeded),
             ("probes_failed", p.probes_failed),
+            ("trips_held", p.trips_held),
         ],
     );
 }

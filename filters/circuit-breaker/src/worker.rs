@@ -10,14 +10,20 @@
 //! back to the cluster name), optionally joined with a request header's value. Shared data cannot
 //! delete keys, so the number of keys is capped by `max_keys` through a registry kept in shared
 //! data; a request whose key does not fit passes unguarded and is counted as `keys_overflow`.
+//!
+//! With `max_open_percent`, a trip first takes a place in the shared set of open breakers
+//! ([`resilience_core::governor`]); when the set is full the trip is held and counted in
+//! `trips_held`, and the breaker keeps counting until a place frees up. Places are given back
+//! when a breaker closes. These are CAS calls at transitions only, never per request.
 
 use std::rc::Rc;
 
 use hashbrown::HashMap;
 use resilience_core::backoff::random_u64;
 use resilience_core::breaker::{
-    Delta, ProbeGrant, ProbeOutcome, Published, SharedBreaker, State, Transition, View,
+    Delta, ProbeGrant, ProbeOutcome, Published, SharedBreaker, State, Transition, TripReason, View,
 };
+use resilience_core::governor::{self, OpenSet, Reserve};
 use resilience_host::metrics::{sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
 use resilience_host::shared::{self, cas_update, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
@@ -39,6 +45,8 @@ pub struct Entry {
     pub delta: Delta,
     pub shared_key: String,
     pub stat_base: String,
+    /// The key's place in the open-breaker governor's set.
+    pub key_hash: u64,
     pub pending: stats::Pending,
     /// Until when this worker re-reads the shared state on every request: set by a failure, so a
     /// trip made by another worker is seen at once while failures are in the air.
@@ -52,7 +60,15 @@ pub struct Worker {
     pub metrics: Metrics,
     namespace: String,
     registry: KeyRegistry,
+    /// The open-breaker governor, when `max_open_percent` is below 100.
+    governor: Option<Governor>,
     pub global_pending: stats::GlobalPending,
+}
+
+/// Where the open-breaker set lives and how full it may get.
+pub struct Governor {
+    open_key: String,
+    percent: f64,
 }
 
 impl Worker {
@@ -64,12 +80,17 @@ impl Worker {
         );
         let mut metrics = Metrics::new();
         stats::define_global(&mut metrics, &config.global.stat_prefix);
+        let governor = config.global.max_open_percent.map(|percent| Governor {
+            open_key: format!("{namespace}/#open"),
+            percent,
+        });
         Worker {
             config,
             entries: HashMap::new(),
             metrics,
             namespace,
             registry,
+            governor,
             global_pending: stats::GlobalPending::default(),
         }
     }
@@ -109,6 +130,7 @@ impl Worker {
                 delta: Delta::new(0, policy.window),
                 shared_key,
                 stat_base,
+                key_hash: governor::key_hash(key),
                 pending: stats::Pending::default(),
                 hot_until_ms: 0,
             };
@@ -140,10 +162,12 @@ impl Worker {
         entry.hot_until_ms =
             now_ms.saturating_add(HOT_MS.max(config.global.sync_interval_ms.saturating_mul(4)));
         let settings = route_settings(&config, entry.route_index);
+        let gov = self.governor.as_ref().map(|g| (g, &self.registry));
         publish(
             entry,
             settings,
             now_ms,
+            gov,
             &mut self.metrics,
             &mut self.global_pending,
         );
@@ -164,6 +188,7 @@ impl Worker {
     /// The tick: publish every entry's outcomes and refresh every view; flush stats.
     pub fn tick(&mut self, now_ms: u64) {
         let config = Rc::clone(&self.config);
+        let gov = self.governor.as_ref().map(|g| (g, &self.registry));
         for entry in self.entries.values_mut() {
             let settings = route_settings(&config, entry.route_index);
             if entry.delta.is_empty() {
@@ -173,11 +198,15 @@ impl Worker {
                     entry,
                     settings,
                     now_ms,
+                    gov,
                     &mut self.metrics,
                     &mut self.global_pending,
                 );
             }
             stats::flush_entry(&mut self.metrics, entry);
+        }
+        if let Some(g) = &self.governor {
+            release_stale(g, &self.entries, &mut self.global_pending);
         }
         stats::flush_global(
             &mut self.metrics,
@@ -266,6 +295,9 @@ impl Worker {
                     log_transition(&entry.stat_base, &t);
                     if t.to == State::Closed {
                         entry.delta = Delta::new(view.generation, policy.window);
+                        if let Some(g) = &self.governor {
+                            release(g, entry.key_hash, &mut self.global_pending);
+                        }
                     }
                 }
             }
@@ -318,29 +350,92 @@ fn adopt_view(entry: &mut Entry, view: View, policy: &resilience_core::breaker::
     entry.view = view;
 }
 
+/// Publish an entry's delta under CAS. With a governor, a trip waits for a place in the open
+/// set: the delta is merged without tripping, and only once a place is taken is the signal
+/// checked again and the breaker tripped.
 fn publish(
     entry: &mut Entry,
     settings: &Settings,
     now_ms: u64,
+    gov: Option<(&Governor, &KeyRegistry)>,
     metrics: &mut Metrics,
     g: &mut stats::GlobalPending,
 ) {
     let policy = &settings.policy;
+    let hint_ms = entry.delta.retry_after_hint_ms;
+    let held = merge(entry, policy, now_ms, gov.is_none(), metrics, g);
+    let (Some(reason), Some((gov, registry))) = (held, gov) else {
+        return;
+    };
+    let generation = entry.view.generation;
+    let limit = match registry.count() {
+        Ok(n) => governor::limit(n, gov.percent),
+        Err(e) => {
+            g.shared.count(e);
+            return;
+        }
+    };
+    let reserved = cas_update(&gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        let mut set = cur
+            .and_then(|b| OpenSet::decode(b).ok())
+            .unwrap_or_default();
+        match set.reserve(entry.key_hash, generation, limit) {
+            Reserve::Taken => Update::Write(set.encode(), Reserve::Taken),
+            other => Update::Keep(other),
+        }
+    });
+    match reserved {
+        Ok(Reserve::Full) => {
+            entry.pending.trips_held += 1;
+            log::debug!(
+                "circuit breaker {}: trip held ({}): max_open_percent reached",
+                entry.stat_base,
+                reason.as_str()
+            );
+        }
+        Ok(took) => {
+            entry.delta.retry_after_hint_ms = hint_ms;
+            merge(entry, policy, now_ms, true, metrics, g);
+            let tripped = entry.view.state != State::Closed;
+            if took == Reserve::Taken && !tripped && entry.view.generation == generation {
+                // The signal went away (or another worker's trip closed again): give it back.
+                release(gov, entry.key_hash, g);
+            }
+        }
+        Err(e) => g.shared.count(e),
+    }
+}
+
+/// One CAS that merges the entry's delta (tripping only when `may_trip`) and adopts the result;
+/// the trip signal a governed merge held back, if any.
+fn merge(
+    entry: &mut Entry,
+    policy: &resilience_core::breaker::Policy,
+    now_ms: u64,
+    may_trip: bool,
+    metrics: &mut Metrics,
+    g: &mut stats::GlobalPending,
+) -> Option<TripReason> {
     let random = random_u64();
     let delta = &entry.delta;
-    let result: Result<(Option<Transition>, View, bool), SharedError> =
+    type Merged = (Option<Transition>, View, bool, Option<TripReason>);
+    let result: Result<Merged, SharedError> =
         cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let (mut b, reset) = decode(cur, policy);
-            match b.publish(delta, now_ms, policy, random) {
+            match b.publish_governed(delta, now_ms, policy, random, may_trip) {
                 Published::Merged(t) => {
                     let view = b.view();
-                    Update::Write(b.encode(), (t, view, reset))
+                    Update::Write(b.encode(), (t, view, reset, None))
                 }
-                Published::Stale => Update::Keep((None, b.view(), reset)),
+                Published::Held(r) => {
+                    let view = b.view();
+                    Update::Write(b.encode(), (None, view, reset, Some(r)))
+                }
+                Published::Stale => Update::Keep((None, b.view(), reset, None)),
             }
         });
     match result {
-        Ok((t, view, reset)) => {
+        Ok((t, view, reset, held)) => {
             if reset {
                 g.shared.state_resets += 1;
             }
@@ -350,11 +445,50 @@ fn publish(
             }
             entry.delta = Delta::new(view.generation, policy.window);
             entry.view = view;
+            held
         }
         Err(e) => {
             // Keep the outcomes for the next tick; a persistent error drops them with the
             // generation check once the view moves on.
             g.shared.count(e);
+            None
+        }
+    }
+}
+
+/// Give back `key`'s place in the open set.
+fn release(gov: &Governor, key_hash: u64, g: &mut stats::GlobalPending) {
+    let result = cas_update(&gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        let Some(mut set) = cur.and_then(|b| OpenSet::decode(b).ok()) else {
+            return Update::Keep(());
+        };
+        if set.release(key_hash) {
+            Update::Write(set.encode(), ())
+        } else {
+            Update::Keep(())
+        }
+    });
+    if let Err(e) = result {
+        g.shared.count(e);
+    }
+}
+
+/// Give back the places of breakers this worker sees closed since (a worker that should have
+/// given one back could not): one read per tick, a CAS only when something is stale.
+fn release_stale(gov: &Governor, entries: &HashMap<String, Entry>, g: &mut stats::GlobalPending) {
+    let set = match shared::get(&gov.open_key) {
+        Ok(v) => match v.value.as_deref().map(OpenSet::decode) {
+            Some(Ok(set)) => set,
+            _ => return,
+        },
+        Err(e) => {
+            g.shared.count(e);
+            return;
+        }
+    };
+    for e in entries.values() {
+        if set.stale(e.key_hash, e.view.state == State::Closed, e.view.generation) {
+            release(gov, e.key_hash, g);
         }
     }
 }

@@ -436,6 +436,9 @@ pub struct Transition {
 pub enum Published {
     /// Merged; the state may have changed.
     Merged(Option<Transition>),
+    /// Merged, and this signal would trip the breaker, but the caller did not allow a trip (the
+    /// open-breaker governor is full): the breaker stays closed and keeps counting.
+    Held(TripReason),
     /// The delta belonged to an older generation (or the breaker is not closed): dropped.
     Stale,
 }
@@ -556,6 +559,19 @@ impl SharedBreaker {
         policy: &Policy,
         random: u64,
     ) -> Published {
+        self.publish_governed(delta, now_ms, policy, random, true)
+    }
+
+    /// [`Self::publish`], tripping only when `may_trip`; otherwise a signal that holds is
+    /// reported as [`Published::Held`]. To trip later, publish an empty delta with `may_trip`.
+    pub fn publish_governed(
+        &mut self,
+        delta: &Delta,
+        now_ms: u64,
+        policy: &Policy,
+        random: u64,
+        may_trip: bool,
+    ) -> Published {
         if delta.generation != self.generation || self.state != State::Closed {
             return Published::Stale;
         }
@@ -568,10 +584,12 @@ impl SharedBreaker {
             }
         }
         self.merge_run(delta);
-        let reason = self.tripping_signal(now_ms, policy);
-        Published::Merged(
-            reason.map(|r| self.trip(now_ms, r, policy, random, delta.retry_after_hint_ms)),
-        )
+        match self.tripping_signal(now_ms, policy) {
+            Some(r) if !may_trip => Published::Held(r),
+            reason => Published::Merged(
+                reason.map(|r| self.trip(now_ms, r, policy, random, delta.retry_after_hint_ms)),
+            ),
+        }
     }
 
     /// Merge a delta's failure run into the shared one.
@@ -889,6 +907,33 @@ mod tests {
         p.consecutive_failures = 100;
         p.minimum_requests = 1_000;
         p
+    }
+
+    #[test]
+    fn a_held_trip_keeps_the_breaker_closed_and_counting_until_a_trip_is_allowed() {
+        let p = policy();
+        let mut b = SharedBreaker::new(&p);
+        let failures = delta(&b, &p, &[(true, false); 12]);
+        assert_eq!(
+            b.publish_governed(&failures, 100, &p, 0, false),
+            Published::Held(TripReason::FailureRate)
+        );
+        assert_eq!(b.state, State::Closed);
+        let generation = b.generation;
+        // The window still holds the failures: an empty delta trips once allowed.
+        let empty = Delta::new(b.generation, p.window);
+        assert_eq!(
+            b.publish_governed(&empty, 200, &p, 0, false),
+            Published::Held(TripReason::FailureRate)
+        );
+        match b.publish_governed(&empty, 300, &p, 0, true) {
+            Published::Merged(Some(t)) => {
+                assert_eq!((t.from, t.to), (State::Closed, State::Open));
+                assert_eq!(t.reason, Some(TripReason::FailureRate));
+            }
+            other => panic!("expected a trip, got {other:?}"),
+        }
+        assert_ne!(b.generation, generation, "a trip moves the generation on");
     }
 
     #[test]

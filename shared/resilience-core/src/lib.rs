@@ -19,6 +19,7 @@
 //! - [`problem`]: RFC 9457 `application/problem+json` local replies.
 //! - [`deadline`]: reading a request's remaining deadline from its headers.
 //! - [`breaker`]: the circuit breaker's state machine.
+//! - [`governor`]: caps how many of one filter's breakers may be open at once.
 //! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
 //!   across workers.
 //! - [`padding`]: failure-latency padding: how long to hold a failed response, and the
@@ -43,6 +44,7 @@ pub mod config;
 pub mod deadline;
 pub mod directory;
 pub mod estimator;
+pub mod governor;
 pub mod outcome;
 pub mod padding;
 pub mod problem;

@@ -20,6 +20,14 @@ impl KeyRegistry {
         KeyRegistry { shared_key, max }
     }
 
+    /// How many keys are registered (one read).
+    pub fn count(&self) -> Result<usize, SharedError> {
+        let v = crate::shared::get(&self.shared_key)?;
+        Ok(v.value.as_deref().map_or(0, |b| {
+            b.split(|&c| c == b'\n').filter(|k| !k.is_empty()).count()
+        }))
+    }
+
     /// Admit `key` if it is known or there is room. Keys must not contain `'\n'`.
     pub fn admit(&self, key: &str) -> Result<bool, SharedError> {
         if key.contains('\n') {
