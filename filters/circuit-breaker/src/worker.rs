@@ -16,6 +16,7 @@
 //! `trips_held`, and the breaker keeps counting until a place frees up. Places are given back
 //! when a breaker closes. These are CAS calls at transitions only, never per request.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -69,6 +70,9 @@ pub struct Worker {
 pub struct Governor {
     open_key: String,
     percent: f64,
+    /// The set was found full since the last tick: held trips do not ask again until then (a
+    /// failure storm on held keys would otherwise cost two shared-data calls per failure).
+    full: Cell<bool>,
 }
 
 impl Worker {
@@ -83,6 +87,7 @@ impl Worker {
         let governor = config.global.max_open_percent.map(|percent| Governor {
             open_key: format!("{namespace}/#open"),
             percent,
+            full: Cell::new(false),
         });
         Worker {
             config,
@@ -188,6 +193,9 @@ impl Worker {
     /// The tick: publish every entry's outcomes and refresh every view; flush stats.
     pub fn tick(&mut self, now_ms: u64) {
         let config = Rc::clone(&self.config);
+        if let Some(g) = &self.governor {
+            g.full.set(false);
+        }
         let gov = self.governor.as_ref().map(|g| (g, &self.registry));
         for entry in self.entries.values_mut() {
             let settings = route_settings(&config, entry.route_index);
@@ -367,6 +375,10 @@ fn publish(
     let (Some(reason), Some((gov, registry))) = (held, gov) else {
         return;
     };
+    if gov.full.get() {
+        entry.pending.trips_held += 1;
+        return;
+    }
     let generation = entry.view.generation;
     let limit = match registry.count() {
         Ok(n) => governor::limit(n, gov.percent),
@@ -386,6 +398,7 @@ fn publish(
     });
     match reserved {
         Ok(Reserve::Full) => {
+            gov.full.set(true);
             entry.pending.trips_held += 1;
             log::debug!(
                 "circuit breaker {}: trip held ({}): max_open_percent reached",
@@ -458,6 +471,7 @@ fn merge(
 
 /// Give back `key`'s place in the open set.
 fn release(gov: &Governor, key_hash: u64, g: &mut stats::GlobalPending) {
+    gov.full.set(false);
     let result = cas_update(&gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let Some(mut set) = cur.and_then(|b| OpenSet::decode(b).ok()) else {
             return Update::Keep(());
