@@ -9,7 +9,8 @@
 //!   otherwise the host refuses it at once ([`CalloutError`]).
 //! - A failure (connect error, timeout, reset) calls back with **zero headers**, so "no
 //!   `:status`" is how a failed callout looks ([`response_status`] is `None`).
-//! - Answer headers are read as bytes: the SDK's `String` getters unwrap UTF-8 and would trap.
+//! - Answer headers and body are read as bytes through [`crate::abi`]: the SDK's `String` getters
+//!   unwrap UTF-8, and its readers panic on statuses they do not expect.
 //!
 //! Callouts do not pass through the listener's HTTP filters, so a filter never sees its own.
 
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
+
+use crate::abi;
 
 /// Why the host refused to send a callout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +41,19 @@ impl CalloutError {
 
 /// Sends a request through `cluster`; returns the token its answer will carry.
 ///
-/// `headers` must include `:method`, `:path` and `:authority`. Uses the SDK's call so the
-/// answer is routed back to the calling context (the SDK registers the token).
+/// `headers` must include `:method`, `:path` and `:authority`.
+///
+/// Why this is the one host call left to the SDK (`hostcalls::dispatch_http_call`, not
+/// [`crate::abi`]): the SDK delivers `on_http_call_response` only for a token it registered,
+/// mapped to the context that sent it, and panics on any other token (`invalid token_id`). In
+/// proxy-wasm 0.2.5 that registration (`dispatcher::register_callout`) is crate-private and only
+/// `dispatch_http_call` reaches it, so our own `proxy_http_call` would trap the VM when the answer
+/// arrives. The SDK's call panics on any status but Ok, BadArgument and InternalFailure, and those
+/// are the ones Envoy's `Context::httpCall` (`source/extensions/common/wasm/context.cc`) returns:
+/// BadArgument for an unknown cluster, a missing `:path`/`:method`/`:authority` or a negative
+/// timeout, InternalFailure when its async client cannot start the request. (The proxy-wasm host
+/// code around it adds InvalidMemoryAccess, only for pointers outside the VM's memory, which the
+/// SDK's live buffers never are.)
 pub fn send(
     cluster: &str,
     headers: &[(&str, &str)],
@@ -59,41 +73,11 @@ pub fn send(
     }
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-}
-
-/// One header of the callout answer; `None` when absent or the host says anything but Ok (our
-/// own import: the SDK's getter panics on unexpected statuses).
+/// One header of the callout answer; `None` when absent or the host says anything but Ok.
 fn answer_header(name: &str) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = core::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the out-pointers are valid for writes; the host fills them with memory allocated
-    // through the SDK's exported `proxy_on_memory_allocate` (a forgotten `Vec<u8>` of `size`
-    // bytes), which `Vec::from_raw_parts` takes back, as the SDK itself does.
-    let status = unsafe {
-        proxy_get_header_map_value(
-            MapType::HttpCallResponseHeaders as u32,
-            name.as_ptr(),
-            name.len(),
-            &mut data,
-            &mut size,
-        )
-    };
-    let value = if data.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: see above.
-        unsafe { Vec::from_raw_parts(data, size, size) }
-    };
-    (status == 0).then_some(value)
+    abi::get_header_map_value(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()
 }
 
 /// The `:status` of the callout answer being delivered, if it is a 3-digit number. `None` when
@@ -112,11 +96,13 @@ pub fn response_body(body_size: usize, max_bytes: usize) -> Option<Vec<u8>> {
     if body_size == 0 {
         return None;
     }
-    hostcalls::get_buffer(
+    abi::get_buffer(
         BufferType::HttpCallResponseBody,
         0,
         body_size.min(max_bytes),
     )
     .ok()
     .flatten()
+    // Envoy hands an empty read back as no bytes at all: no body.
+    .filter(|b| !b.is_empty())
 }

@@ -4,15 +4,9 @@
 //! cannot tell the time (never seen on Envoy), 0 is returned: every policy treats time as
 //! monotonic-ish and saturates, so a zero simply makes windows look fresh.
 
-use std::time::UNIX_EPOCH;
+use crate::abi;
 
 /// Milliseconds since the Unix epoch, or 0 if the host cannot say.
 pub fn now_ms() -> u64 {
-    match proxy_wasm::hostcalls::get_current_time() {
-        Ok(t) => t
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
-        Err(_) => 0,
-    }
+    abi::current_time_ns().map_or(0, |ns| ns / 1_000_000)
 }

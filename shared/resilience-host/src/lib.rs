@@ -4,9 +4,11 @@
 //! filter. A host may return a status the SDK does not expect (the Rust SDK then panics and the
 //! worker's VM traps), a header may not be UTF-8 (the SDK's `String` getters unwrap), a property may
 //! be missing. This crate is the only code in the pack that calls proxy-wasm; it turns every such
-//! surprise into a value the filter can degrade on (fail open, counted), never a trap.
+//! surprise into a value the filter can degrade on (fail open, counted), never a trap. Its host
+//! calls go through [`abi`]; the one SDK host call left is `dispatch_http_call` ([`callout`]).
 //!
 //! Modules, one concept each:
+//! - [`abi`]: every proxy-wasm import the pack makes, declared once, each status a value.
 //! - [`callout`]: requests the filter sends itself (`dispatch_http_call`) and their answers.
 //! - [`shared`]: shared data with compare-and-swap updates in a bounded retry loop.
 //! - [`stream`]: the whole request header map and body as bytes.
@@ -18,8 +20,9 @@
 //! - [`root`]: the root context all filters share (configuration, tick, HTTP contexts).
 //! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
 //! - [`clock`]: the host's time in milliseconds.
-//! - [`logging`]: log level and a panic hook that logs before the VM traps.
+//! - [`logging`]: log forwarding to the proxy and a panic hook that logs before the VM traps.
 
+pub mod abi;
 pub mod callout;
 pub mod clock;
 pub mod logging;

@@ -7,11 +7,13 @@
 //! Prometheus output the namespace is dropped and dots become underscores.
 //!
 //! Names are defined lazily and cached per worker; the cache is bounded by the caller's key space.
-//! A host error defining or incrementing a metric is ignored: stats must never break traffic.
+//! A host error defining or incrementing a metric is ignored: stats must never break traffic. The
+//! calls go through [`crate::abi`]: the SDK's versions panic on statuses they do not expect.
 
 use hashbrown::HashMap;
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+
+use crate::abi;
 
 /// A cache of metric ids by kind and name, for one worker. (By kind too: a counter and a gauge
 /// of the same name are different metrics, and must not silently share one id.)
@@ -36,7 +38,7 @@ impl Metrics {
         if let Some(id) = ids.get(name) {
             return Some(*id);
         }
-        let id = hostcalls::define_metric(kind, name).ok()?;
+        let id = abi::define_metric(kind, name).ok()?;
         ids.insert(name.to_owned(), id);
         Some(id)
     }
@@ -57,7 +59,7 @@ impl Metrics {
             return;
         }
         if let Some(id) = self.id(MetricType::Counter, name) {
-            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -89,7 +91,7 @@ impl Metrics {
             return;
         }
         if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = hostcalls::increment_metric(id, delta);
+            let _ = abi::increment_metric(id, delta);
         }
     }
 }

@@ -1,13 +1,19 @@
 //! Typed reads of Envoy properties (`get_property`).
 //!
 //! Envoy returns numbers as little-endian 8-byte integers, booleans as one byte and strings raw.
-//! A missing or malformed value is `None`: callers fall back rather than fail.
+//! A missing or malformed value is `None`, and so is a host error (read through [`crate::abi`]:
+//! the SDK's `get_property` panics on statuses it does not expect): callers fall back rather than
+//! fail.
 
-use proxy_wasm::hostcalls;
+use crate::abi;
 
-/// Raw bytes of a property.
+/// Raw bytes of a property; `None` when missing, empty (Envoy hands an empty value back as no
+/// bytes at all) or unreadable.
 pub fn bytes(path: &[&str]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.to_vec()).ok().flatten()
+    abi::get_property(path)
+        .ok()
+        .flatten()
+        .filter(|b| !b.is_empty())
 }
 
 /// A property holding an integer (8 bytes little-endian; shorter values are zero-extended).

@@ -5,14 +5,15 @@
 //! cost microseconds each. Header values are read as bytes: the SDK's `String` getters unwrap
 //! UTF-8 and would trap the VM on a hostile header, so non-UTF-8 values are treated as absent.
 //!
-//! Reads go through our own import of `proxy_get_header_map_value`: the SDK's
-//! `get_map_value_bytes` panics on any status but Ok/NotFound, and Envoy 1.40 answers
-//! `BadArgument` when, for example, request headers are read during the response phase. Here any
-//! such status is simply "absent".
+//! Reads and writes go through [`crate::abi`]: the SDK's `get_map_value_bytes` and
+//! `set_map_value` panic on any status but the ones they expect, and Envoy 1.40 answers
+//! `BadArgument` when, for example, request headers are touched during the response phase. Here
+//! such a read is simply "absent" and such a write is reported (`false`), never a trap.
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use resilience_core::routes::RequestView;
+
+use crate::abi;
 
 /// Read a request header as text, if present and valid UTF-8.
 pub fn request_header(name: &str) -> Option<String> {
@@ -29,36 +30,9 @@ pub fn response_trailer(name: &str) -> Option<String> {
     header(MapType::HttpResponseTrailers, name)
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_value(
-        map_type: u32,
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-    ) -> u32;
-}
-
-const STATUS_OK: u32 = 0;
-
 /// One header's raw value from a map; `None` when absent or when the host says anything but Ok.
 fn map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = core::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the out-pointers are valid for writes; the host fills them with memory allocated
-    // through the SDK's exported `proxy_on_memory_allocate` (a forgotten `Vec<u8>` of `size`
-    // bytes), which `Vec::from_raw_parts` takes back, as the SDK itself does.
-    let status = unsafe {
-        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
-    };
-    let value = if data.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: see above.
-        unsafe { Vec::from_raw_parts(data, size, size) }
-    };
-    (status == STATUS_OK).then_some(value)
+    abi::get_header_map_value(map, name).ok().flatten()
 }
 
 /// Raw bytes of a request header.
@@ -85,19 +59,20 @@ pub fn response_status() -> Option<u16> {
     Some(v.iter().fold(0u16, |n, b| n * 10 + u16::from(b - b'0')))
 }
 
-/// Set (or replace) a response header.
-pub fn set_response_header(name: &str, value: &str) {
-    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+/// Set (or replace) a response header. False if the host refused (e.g. the response headers are
+/// not available in this phase).
+pub fn set_response_header(name: &str, value: &str) -> bool {
+    abi::replace_header_map_value(MapType::HttpResponseHeaders, name, value).is_ok()
 }
 
-/// Set (or replace) a request header.
-pub fn set_request_header(name: &str, value: &str) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+/// Set (or replace) a request header. False if the host refused.
+pub fn set_request_header(name: &str, value: &str) -> bool {
+    abi::replace_header_map_value(MapType::HttpRequestHeaders, name, value).is_ok()
 }
 
-/// Remove a request header (every value of it).
-pub fn remove_request_header(name: &str) {
-    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+/// Remove a request header (every value of it). False if the host refused.
+pub fn remove_request_header(name: &str) -> bool {
+    abi::remove_header_map_value(MapType::HttpRequestHeaders, name).is_ok()
 }
 
 fn header(map: MapType, name: &str) -> Option<String> {

@@ -7,7 +7,7 @@
 //! continuation until `on_tick` returns, and a stream that is gone (the client reset it) is
 //! reported, not a trap.
 //!
-//! Why our own imports: the SDK's `set_effective_context`, `resume_http_response` and
+//! Why [`crate::abi`]: the SDK's `set_effective_context`, `resume_http_response` and
 //! `set_tick_period` panic on any status they do not expect (trapping the worker's VM); here
 //! every status is a value.
 //!
@@ -16,19 +16,9 @@
 //! "tick every N ms from now on" and "fire in N ms", which is what lets a held response be
 //! released at its due time instead of at the next regular tick.
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_set_effective_context(context_id: u32) -> u32;
-    fn proxy_continue_stream(stream_type: u32) -> u32;
-    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-}
+use proxy_wasm::types::StreamType;
 
-const STATUS_OK: u32 = 0;
-const STATUS_BAD_ARGUMENT: u32 = 2;
-/// `StreamType::HttpRequest` in the proxy-wasm ABI.
-const STREAM_HTTP_REQUEST: u32 = 0;
-/// `StreamType::HttpResponse` in the proxy-wasm ABI.
-const STREAM_HTTP_RESPONSE: u32 = 1;
+use crate::abi::{self, HostStatus};
 
 /// What became of a resume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,28 +34,22 @@ pub enum Resumed {
 /// Continue the HTTP response of stream `context_id` (one of this worker's streams), paused
 /// earlier by returning `Pause` from its response headers. Call from the root context.
 pub fn resume_http_response(context_id: u32) -> Resumed {
-    resume(context_id, STREAM_HTTP_RESPONSE)
+    resume(context_id, StreamType::HttpResponse)
 }
 
 /// Continue the HTTP request of stream `context_id`, paused earlier in its request phase (e.g.
 /// held for body checks). Call from the root context.
 pub fn resume_http_request(context_id: u32) -> Resumed {
-    resume(context_id, STREAM_HTTP_REQUEST)
+    resume(context_id, StreamType::HttpRequest)
 }
 
-fn resume(context_id: u32, stream: u32) -> Resumed {
-    // SAFETY: plain integer arguments; the host validates the id.
-    let status = unsafe { proxy_set_effective_context(context_id) };
-    match status {
-        STATUS_OK => {}
-        STATUS_BAD_ARGUMENT => return Resumed::Gone,
-        other => return Resumed::Refused(other),
-    }
-    // SAFETY: as above; the effective context is now the held stream.
-    match unsafe { proxy_continue_stream(stream) } {
-        STATUS_OK => Resumed::Continued,
-        STATUS_BAD_ARGUMENT => Resumed::Gone,
-        other => Resumed::Refused(other),
+fn resume(context_id: u32, stream: StreamType) -> Resumed {
+    let resumed =
+        abi::set_effective_context(context_id).and_then(|()| abi::continue_stream(stream));
+    match resumed {
+        Ok(()) => Resumed::Continued,
+        Err(HostStatus::BAD_ARGUMENT) => Resumed::Gone,
+        Err(HostStatus(code)) => Resumed::Refused(code),
     }
 }
 
@@ -73,6 +57,5 @@ fn resume(context_id: u32, stream: u32) -> Resumed {
 /// fire `ms` from now. Returns false if the host refused.
 pub fn set_tick_period_ms(ms: u64) -> bool {
     let ms = u32::try_from(ms.max(1)).unwrap_or(u32::MAX);
-    // SAFETY: a plain integer argument.
-    unsafe { proxy_set_tick_period_milliseconds(ms) == STATUS_OK }
+    abi::set_tick_period_ms(ms).is_ok()
 }

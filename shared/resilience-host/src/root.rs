@@ -16,9 +16,10 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType};
 use resilience_core::config::ConfigError;
 
+use crate::abi::{self, HostStatus};
 use crate::{clock, props, resume};
 
 /// What a filter adds to the shared root context. Implemented by a unit type per filter; the
@@ -100,7 +101,19 @@ impl<F: Filter> Context for FilterRoot<F> {
 
 impl<F: Filter> RootContext for FilterRoot<F> {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        // Read through `abi`, not the SDK's `get_plugin_configuration` (which panics on a status
+        // it does not expect). No configuration is an empty one, as before; a refused read
+        // refuses the configuration rather than running on defaults the operator did not ask for.
+        let bytes = match abi::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(HostStatus(code)) => {
+                log::error!(
+                    "{}: the proxy refused to hand over the configuration (status {code})",
+                    F::NAME
+                );
+                return false;
+            }
+        };
         let plugin = props::plugin_name().unwrap_or_else(|| "default".to_owned());
         let worker = match F::configure(&bytes, &plugin, clock::now_ms()) {
             Ok(worker) => worker,

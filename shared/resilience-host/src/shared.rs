@@ -6,34 +6,12 @@
 //! `CasMismatch` and the worker tries again from a fresh read. [`cas_update`] runs that loop a
 //! bounded number of times, so a pathological contention can cost latency but never hang a request.
 //!
-//! Why our own imports instead of the SDK's `get_shared_data`/`set_shared_data`: the SDK panics on
+//! Why [`crate::abi`] instead of the SDK's `get_shared_data`/`set_shared_data`: the SDK panics on
 //! any status it does not expect (some hosts answer `Unimplemented`), and a panic traps the VM.
 //! Here every status is a value. The store has no delete and no eviction: callers must keep their
 //! key space bounded by configuration.
 
-use core::ptr::null_mut;
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        return_value_data: *mut *mut u8,
-        return_value_size: *mut usize,
-        return_cas: *mut u32,
-    ) -> u32;
-    fn proxy_set_shared_data(
-        key_data: *const u8,
-        key_size: usize,
-        value_data: *const u8,
-        value_size: usize,
-        cas: u32,
-    ) -> u32;
-}
-
-const STATUS_OK: u32 = 0;
-const STATUS_NOT_FOUND: u32 = 1;
-const STATUS_CAS_MISMATCH: u32 = 8;
+use crate::abi::{self, HostStatus};
 
 /// Why a shared-data operation did not happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,31 +74,19 @@ pub struct Versioned {
     pub cas: u32,
 }
 
-/// Read `key`. A missing key is `value: None` with `cas: 0` (a write with cas 0 creates it).
+/// Read `key`. A missing key is `value: None` with `cas: 0` (a write with cas 0 creates it). An
+/// empty value is `None` too, with its token (Envoy hands it back as no bytes at all).
 pub fn get(key: &str) -> Result<Versioned, SharedError> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    let mut cas: u32 = 0;
-    // SAFETY: the host writes a pointer to memory it allocated through the SDK's exported
-    // `proxy_on_memory_allocate` (a forgotten `Vec<u8>` of exactly `size` bytes), so taking it
-    // back with `Vec::from_raw_parts(data, size, size)` is how the SDK itself frees it.
-    let status =
-        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
-    match status {
-        STATUS_OK => {
-            let value = if data.is_null() {
-                None
-            } else {
-                // SAFETY: see above.
-                Some(unsafe { Vec::from_raw_parts(data, size, size) })
-            };
-            Ok(Versioned { value, cas })
-        }
-        STATUS_NOT_FOUND => Ok(Versioned {
+    match abi::get_shared_data(key) {
+        Ok(Some((bytes, cas))) => Ok(Versioned {
+            value: (!bytes.is_empty()).then_some(bytes),
+            cas,
+        }),
+        Ok(None) => Ok(Versioned {
             value: None,
             cas: 0,
         }),
-        other => Err(SharedError::Host(other)),
+        Err(HostStatus(code)) => Err(SharedError::Host(code)),
     }
 }
 
@@ -133,13 +99,10 @@ pub enum Written {
 
 /// Write `value` if the stored token is still `cas` (0 writes unconditionally).
 pub fn set(key: &str, value: &[u8], cas: u32) -> Result<Written, SharedError> {
-    // SAFETY: pointers and lengths come from live slices; the host copies the bytes.
-    let status =
-        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
-    match status {
-        STATUS_OK => Ok(Written::Ok),
-        STATUS_CAS_MISMATCH => Ok(Written::CasMismatch),
-        other => Err(SharedError::Host(other)),
+    match abi::set_shared_data(key, value, cas) {
+        Ok(()) => Ok(Written::Ok),
+        Err(HostStatus::CAS_MISMATCH) => Ok(Written::CasMismatch),
+        Err(HostStatus(code)) => Err(SharedError::Host(code)),
     }
 }
 

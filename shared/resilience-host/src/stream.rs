@@ -1,77 +1,30 @@
 //! The current HTTP stream seen whole: every request header in one call and the buffered request
 //! body. (Resuming a paused request lives in [`crate::resume`].)
 //!
-//! Why our own imports: the SDK's `get_map_bytes` unwraps header *names* as UTF-8 and its
-//! `get_buffer` panics on any status it does not
-//! expect; a panic traps the worker's VM. Here the serialized map is parsed with every length
-//! checked, and every status is a value. Reading the whole header map costs one host call, cheaper
-//! than the several single-header reads a validator would otherwise make.
+//! Why [`crate::abi`]: the SDK's `get_map_bytes` unwraps header *names* as UTF-8 and its
+//! `get_buffer` panics on any status it does not expect; a panic traps the worker's VM. Here the
+//! serialized map is parsed with every length checked, and every status is a value. Reading the
+//! whole header map costs one host call, cheaper than the several single-header reads a
+//! validator would otherwise make.
 
-use core::ptr::null_mut;
+use proxy_wasm::types::{BufferType, MapType};
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> u32;
-    fn proxy_get_buffer_bytes(
-        buffer_type: u32,
-        start: usize,
-        max_size: usize,
-        return_buffer_data: *mut *mut u8,
-        return_buffer_size: *mut usize,
-    ) -> u32;
-}
-
-const STATUS_OK: u32 = 0;
-const MAP_HTTP_REQUEST_HEADERS: u32 = 0;
-const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
-
-/// Takes ownership of a host-allocated buffer.
-///
-/// # Safety
-/// `data` must be null or a pointer the host obtained from the SDK's exported allocator for
-/// exactly `size` bytes.
-unsafe fn take(data: *mut u8, size: usize) -> Vec<u8> {
-    if data.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: per the contract above, this is a forgotten `Vec<u8>` of `size` bytes, which is
-        // how the SDK itself frees it.
-        unsafe { Vec::from_raw_parts(data, size, size) }
-    }
-}
+use crate::abi;
 
 /// Every request header as `(name, value)` bytes, pseudo-headers included, in wire order.
 /// `None` when the host refused or sent a map that does not parse.
 pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the out-pointers are valid for writes; the host fills them with an allocation made
-    // through the SDK's `proxy_on_memory_allocate`.
-    let status =
-        unsafe { proxy_get_header_map_pairs(MAP_HTTP_REQUEST_HEADERS, &mut data, &mut size) };
-    // SAFETY: see above; the buffer is taken back even when the status is not OK.
-    let bytes = unsafe { take(data, size) };
-    if status != STATUS_OK {
-        return None;
-    }
+    let bytes = abi::get_header_map_pairs(MapType::HttpRequestHeaders)
+        .ok()
+        .flatten()?;
     parse_header_map(&bytes)
 }
 
 /// Up to `max` bytes of the buffered request body from `start`. `None` when the host refused.
 pub fn request_body(start: usize, max: usize) -> Option<Vec<u8>> {
-    let mut data: *mut u8 = null_mut();
-    let mut size: usize = 0;
-    // SAFETY: as in `request_headers`.
-    let status = unsafe {
-        proxy_get_buffer_bytes(BUFFER_HTTP_REQUEST_BODY, start, max, &mut data, &mut size)
-    };
-    // SAFETY: as in `request_headers`.
-    let bytes = unsafe { take(data, size) };
-    (status == STATUS_OK).then_some(bytes)
+    abi::get_buffer(BufferType::HttpRequestBody, start, max)
+        .ok()
+        .flatten()
 }
 
 /// Parses the proxy-wasm serialized map: a little-endian `u32` count, then `count` pairs of
