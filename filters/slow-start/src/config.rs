@@ -611,12 +611,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
                     format!("must be between 100ms and 1h, got {}", d.interval),
                 ));
             }
-            if d.timeout.as_ms() == 0 {
-                return Err(ConfigError::new(
-                    "discovery.timeout",
-                    "must be at least 1ms, got 0ms",
-                ));
-            }
+            check_callout_timeout("discovery.timeout", d.timeout)?;
             let authority = d.authority.clone().unwrap_or_else(|| d.cluster.clone());
             if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_control() || b == b' ')
             {
@@ -692,9 +687,9 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
             ),
         ));
     }
+    check_callout_timeout("warmup_timeout", raw.warmup_timeout)?;
     for (name, d) in [
         ("warmup_deadline", raw.warmup_deadline),
-        ("warmup_timeout", raw.warmup_timeout),
         ("recheck_interval", raw.recheck_interval),
     ] {
         if d.as_ms() == 0 {
@@ -711,12 +706,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
                         format!("must be at least 10ms, got {}", h.interval),
                     ));
                 }
-                if h.timeout.as_ms() == 0 {
-                    return Err(ConfigError::new(
-                        "active_health_check.timeout",
-                        "must be at least 1ms, got 0ms",
-                    ));
-                }
+                check_callout_timeout("active_health_check.timeout", h.timeout)?;
                 let spec = check_callout(
                     &h.method,
                     &h.path,
@@ -886,6 +876,19 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
     })
 }
 
+/// A callout's timeout: Envoy refuses one past `i32::MAX` ms at send time, and the SDK narrows
+/// it to `u32` on the way; an hour is far more than any priming or health-check request needs.
+fn check_callout_timeout(field: &str, d: DurationMs) -> Result<(), ConfigError> {
+    if (1..=3_600_000).contains(&d.as_ms()) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("must be between 1ms and 1h, got {d}"),
+        ))
+    }
+}
+
 /// `alternates` names further endpoints in the destination header, comma-separated, so that
 /// Envoy's `override_host` load-balancing policy sends each retry to the next one. An
 /// `ORIGINAL_DST` cluster reads a single address, so the default header cannot carry them.
@@ -986,6 +989,19 @@ mod tests {
         assert_eq!(c.routes.defaults.mode, Mode::Balance);
         assert_eq!(c.global.endpoints[1].weight, 3);
         assert_eq!(c.global.destination_header, "x-envoy-original-dst-host");
+    }
+
+    #[test]
+    fn callout_timeouts_are_between_1ms_and_an_hour() {
+        assert_eq!(
+            err(r#"{"warmup_timeout": "2h"}"#),
+            "warmup_timeout: must be between 1ms and 1h, got 2h"
+        );
+        assert!(err(r#"{"warmup_timeout": "0ms"}"#).starts_with("warmup_timeout: must be"));
+        assert!(err(&format!(
+            r#"{{ {TWO}, "dispatch_cluster": "c", "active_health_check": {{"path": "/h", "timeout": "90m"}} }}"#
+        ))
+        .starts_with("active_health_check.timeout: must be between 1ms and 1h"));
     }
 
     #[test]
