@@ -61,12 +61,13 @@ fn rig_with(filter_json: &str, routes: &[(&str, &str)], concurrency: u32) -> Rig
     rig_for(upstream, filter_json, routes, concurrency)
 }
 
-fn rig_for(
-    upstream: Upstream,
+/// Envoy on a free port with the breaker configured by `filter_json`, plus whatever clusters
+/// and routes `add` puts in; the listener port with it.
+fn start_envoy(
     filter_json: &str,
-    routes: &[(&str, &str)],
     concurrency: u32,
-) -> Rig {
+    add: impl FnOnce(ProxyConfig) -> ProxyConfig,
+) -> (Envoy, u16) {
     let wasm = filter_wasm("circuit-breaker").expect("circuit_breaker.wasm");
     let port = free_port();
     let filter = wasm_filter_yaml(
@@ -76,13 +77,7 @@ fn rig_for(
         &wasm,
         filter_json,
     );
-    let mut config = ProxyConfig::new(port, free_port())
-        .with_http_filters(&filter)
-        .cluster(ClusterSpec::new("upstream", &[upstream.port()]));
-    for (name, prefix) in routes {
-        config = config
-            .route(RouteSpec::new(name, prefix, "upstream").with_timeout(Duration::from_secs(5)));
-    }
+    let config = add(ProxyConfig::new(port, free_port()).with_http_filters(&filter));
     let envoy = Envoy::start(
         &config.render(),
         &EnvoyOptions {
@@ -92,6 +87,24 @@ fn rig_for(
     )
     .expect("envoy starts with the filter");
     envoy.wait_listener(port).expect("listener");
+    (envoy, port)
+}
+
+fn rig_for(
+    upstream: Upstream,
+    filter_json: &str,
+    routes: &[(&str, &str)],
+    concurrency: u32,
+) -> Rig {
+    let (envoy, port) = start_envoy(filter_json, concurrency, |mut config| {
+        config = config.cluster(ClusterSpec::new("upstream", &[upstream.port()]));
+        for (name, prefix) in routes {
+            config = config.route(
+                RouteSpec::new(name, prefix, "upstream").with_timeout(Duration::from_secs(5)),
+            );
+        }
+        config
+    });
     Rig {
         envoy,
         upstream,
@@ -335,30 +348,17 @@ fn routes_with_istios_generic_name_get_one_breaker_per_cluster_so_one_failing_se
     // Istio names the route to every destination without a VirtualService `default`: keyed by
     // that name, `inventory` failing would open the breaker for `catalog` too.
     let (inventory, catalog) = (Upstream::start().unwrap(), Upstream::start().unwrap());
-    let wasm = filter_wasm("circuit-breaker").expect("circuit_breaker.wasm");
-    let port = free_port();
-    let filter = wasm_filter_yaml(
-        "circuit_breaker",
-        "circuit_breaker",
-        "cb",
-        &wasm,
+    let (envoy, port) = start_envoy(
         &format!(r#"{{ {FAST}, "minimum_requests": 10, "failure_rate_threshold": 50 }}"#),
-    );
-    let config = ProxyConfig::new(port, free_port())
-        .with_http_filters(&filter)
-        .cluster(ClusterSpec::new("inventory", &[inventory.port()]))
-        .cluster(ClusterSpec::new("catalog", &[catalog.port()]))
-        .route(RouteSpec::new("default", "/inventory", "inventory"))
-        .route(RouteSpec::new("default", "/catalog", "catalog"));
-    let envoy = Envoy::start(
-        &config.render(),
-        &EnvoyOptions {
-            concurrency: 2,
-            ..EnvoyOptions::default()
+        2,
+        |config| {
+            config
+                .cluster(ClusterSpec::new("inventory", &[inventory.port()]))
+                .cluster(ClusterSpec::new("catalog", &[catalog.port()]))
+                .route(RouteSpec::new("default", "/inventory", "inventory"))
+                .route(RouteSpec::new("default", "/catalog", "catalog"))
         },
-    )
-    .expect("envoy starts with the filter");
-    envoy.wait_listener(port).expect("listener");
+    );
     inventory.set_default(Behavior::status(503));
     let opened = (0..60).find(|_| {
         let r = get(port, "/inventory/x").unwrap();
