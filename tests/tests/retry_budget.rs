@@ -371,7 +371,11 @@ fn inbound_sheds_retries_beyond_the_budget_and_never_a_first_attempt() {
         "retries_shed",
         shed.len() as u64 + shed_now as u64,
     );
-    assert_eq!(stat(&envoy, "app", "retries_allowed"), total_admitted);
+    // Each worker flushes its own counts on its own tick: wait for the allowed ones as well.
+    assert_eq!(
+        wait_stat(&envoy, "app", "retries_allowed", total_admitted),
+        total_admitted
+    );
     assert_no_vm_failure(&envoy);
 }
 
