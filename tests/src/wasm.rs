@@ -69,6 +69,7 @@ pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
 
 /// Runs `cargo build --release --target wasm32-wasip1 -p <crate>...` in the workspace root.
 pub fn build(crates: &[&str]) -> Result<(), String> {
+    crate::prereq::ensure_rust_targets(&[WASM_TARGET])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(paths::workspace_root())

@@ -8,6 +8,10 @@
 //!   inside wasm under node.
 //! - `cargo pack lab` runs the failure lab (see `harness::lab`); `cargo pack bench` measures the
 //!   pack's cost (see `harness::bench`).
+// On the host only: a wasm build of the whole workspace (`cargo build --target wasm32-wasip1`
+// at the root) compiles this program to an empty module rather than failing.
+#![cfg_attr(target_family = "wasm", no_main)]
+#![cfg(not(target_family = "wasm"))]
 
 mod bench;
 mod lab;

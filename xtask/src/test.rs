@@ -4,10 +4,12 @@
 //! reach the terminal and CI. A summary table closes the run; any failed step fails the command.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use harness::paths::workspace_root;
+use harness::prereq::{ensure_node, ensure_rust_targets, WASM_TARGETS};
+use harness::wasm::WASM_TARGET;
 
 /// Every crate that is compiled to wasm32-wasip1 (filters and the code they link).
 const WASM_CRATES: &[&str] = &[
@@ -42,14 +44,22 @@ fn step(name: &str, mut cmd: Command, results: &mut Vec<(String, bool, f64)>) ->
     ok
 }
 
-/// Build every filter for wasm32-wasip1 in release; returns the output directory.
-pub fn build_wasm() -> Result<PathBuf, String> {
+/// `cargo build --release --target wasm32-wasip1` of every filter module.
+fn wasm_build_command() -> Command {
     let mut cmd = cargo();
-    cmd.args(["build", "--release", "--target", "wasm32-wasip1"]);
+    cmd.args(["build", "--release", "--target", WASM_TARGET]);
     for f in FILTERS {
         cmd.args(["-p", f]);
     }
-    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    cmd
+}
+
+/// Build every filter for wasm32-wasip1 in release; returns the output directory.
+pub fn build_wasm() -> Result<PathBuf, String> {
+    ensure_rust_targets(&[WASM_TARGET])?;
+    let status = wasm_build_command()
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("the wasm build failed".to_owned());
     }
@@ -105,8 +115,54 @@ fn ensure_wasm_bindgen_runner() -> Result<(), String> {
     Err(format!("cargo install wasm-bindgen-cli {version} failed"))
 }
 
+/// Whether `cargo nextest` runs here.
+fn has_nextest() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The test runs, in order. With cargo-nextest, every test but the lab's from one queue
+/// (`.config/nextest.toml`), then the lab's scenarios one at a time on a machine nothing else
+/// loads, since they compare timings. Without it, `cargo test` (one binary at a time), which is
+/// slower but asserts the same. Either way the e2e tests use the modules just built.
+fn test_commands() -> Vec<(&'static str, Command)> {
+    let mut runs = Vec::new();
+    if has_nextest() {
+        let mut all = cargo();
+        all.args(["nextest", "run", "--workspace", "-E", "not binary(lab)"]);
+        runs.push(("tests (unit, property, real Envoy)", all));
+        let mut lab = cargo();
+        lab.args(["nextest", "run", "-p", "harness", "--test", "lab"]);
+        lab.args(["--test-threads", "1"]);
+        runs.push(("lab scenarios (quick, one at a time)", lab));
+        // nextest does not run doctests; the workspace has none today, and this keeps it honest.
+        let mut doc = cargo();
+        doc.args(["test", "--workspace", "--doc"]);
+        runs.push(("doctests", doc));
+    } else {
+        println!(
+            "cargo pack: cargo-nextest not found; running the tests with cargo test, one binary \
+             at a time (slower; `cargo install cargo-nextest --locked` for the fast way)"
+        );
+        let mut all = cargo();
+        // --no-fail-fast: one failing test binary must not hide the results of the others.
+        all.args(["test", "--workspace", "--no-fail-fast"]);
+        runs.push(("tests (unit, property, real Envoy)", all));
+    }
+    for (_, cmd) in &mut runs {
+        cmd.env(harness::wasm::SKIP_BUILD_ENV, "1");
+    }
+    runs
+}
+
 pub fn test(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
+    // Before any step, so a missing target is one line here, not an error deep inside cargo.
+    ensure_rust_targets(if quick { &[WASM_TARGET] } else { WASM_TARGETS })?;
     let mut results = Vec::new();
     let mut ok = true;
 
@@ -127,7 +183,7 @@ pub fn test(args: &[String]) -> Result<(), String> {
         ok &= step("clippy (native)", clippy, &mut results);
 
         let mut clippy_wasm = cargo();
-        clippy_wasm.args(["clippy", "--target", "wasm32-wasip1"]);
+        clippy_wasm.args(["clippy", "--target", WASM_TARGET]);
         for c in WASM_CRATES {
             clippy_wasm.args(["-p", c]);
         }
@@ -135,25 +191,29 @@ pub fn test(args: &[String]) -> Result<(), String> {
         ok &= step("clippy (wasm32-wasip1)", clippy_wasm, &mut results);
     }
 
-    let mut wasm = cargo();
-    wasm.args(["build", "--release", "--target", "wasm32-wasip1"]);
-    for f in FILTERS {
-        wasm.args(["-p", f]);
-    }
-    let built = step("build filters (wasm32-wasip1, release)", wasm, &mut results);
+    let built = step(
+        "build filters (wasm32-wasip1, release)",
+        wasm_build_command(),
+        &mut results,
+    );
     ok &= built;
 
     if built {
-        let mut tests = cargo();
-        // --no-fail-fast: one failing test binary must not hide the results of the others.
-        tests.args(["test", "--workspace", "--no-fail-fast"]);
-        // The end-to-end tests use the modules just built instead of building them again.
-        tests.env("RESILIENCE_SKIP_WASM_BUILD", "1");
-        ok &= step("tests (unit, property, real Envoy)", tests, &mut results);
+        ok &= match harness::envoy::ensure_installed() {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("{e}");
+                results.push(("install the pinned Envoy".to_owned(), false, 0.0));
+                false
+            }
+        };
+        for (name, cmd) in test_commands() {
+            ok &= step(name, cmd, &mut results);
+        }
     }
 
     if !quick {
-        match ensure_wasm_bindgen_runner() {
+        match ensure_node().and_then(|()| ensure_wasm_bindgen_runner()) {
             Ok(()) => {
                 let mut in_wasm = cargo();
                 in_wasm.args([

@@ -7,6 +7,10 @@
 //! curl -s localhost:18090/                         # status
 //! curl -s -X POST localhost:18090/instances/1/hang # change an instance live
 //! ```
+// On the host only: a wasm build of the whole workspace (`cargo build --target wasm32-wasip1`
+// at the root) compiles this program to an empty module rather than failing.
+#![cfg_attr(target_family = "wasm", no_main)]
+#![cfg(not(target_family = "wasm"))]
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
