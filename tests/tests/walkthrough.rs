@@ -33,7 +33,10 @@ fn walkthrough_steps() -> Vec<Step> {
         .skip(1)
         .take_while(|l| !l.starts_with("## ") && !l.starts_with("### "))
         .collect();
-    assert!(!section.is_empty(), "README.md has a ### Walkthrough section");
+    assert!(
+        !section.is_empty(),
+        "README.md has a ### Walkthrough section"
+    );
     let mut steps: Vec<Step> = Vec::new();
     let mut in_sh = false;
     for line in section {
@@ -150,7 +153,10 @@ fn check(step: &Step, out: &str) {
     // every decision header it shows (by name and first word).
     for shown in &step.shown {
         if shown.starts_with("HTTP/1.1 ") {
-            assert!(out.contains(shown.as_str()), "`{c}` shows {shown:?}:\n{out}");
+            assert!(
+                out.contains(shown.as_str()),
+                "`{c}` shows {shown:?}:\n{out}"
+            );
         }
         if let Some(header) = shown.strip_prefix("x-resilience-") {
             let decision = header.split(';').next().unwrap_or(header);
@@ -169,13 +175,20 @@ fn check(step: &Step, out: &str) {
     } else if c.contains("seq 30") && c.contains("api/orders") {
         let codes = codes(out);
         assert_eq!(codes.len(), 30, "{out}");
-        assert_eq!(codes.last(), Some(&"503"), "the breaker is open by the end: {out}");
+        assert_eq!(
+            codes.last(),
+            Some(&"503"),
+            "the breaker is open by the end: {out}"
+        );
     } else if c.starts_with("curl -i localhost:10000/api/orders") {
         assert!(out.contains("retry-after: "), "{out}");
     } else if c.contains("seq 40") && c.contains("api/hello") {
         let codes = codes(out);
         assert_eq!(codes.len(), 40, "{out}");
-        assert!(codes.iter().all(|c| *c == "200"), "clients keep getting 200: {out}");
+        assert!(
+            codes.iter().all(|c| *c == "200"),
+            "clients keep getting 200: {out}"
+        );
     } else if c.contains("failure_padding.instance_3") {
         let padded = stat_value(out, "instance_3.padded");
         assert!(
@@ -184,7 +197,8 @@ fn check(step: &Step, out: &str) {
         );
     } else if c.contains("stats/prometheus") {
         assert!(
-            stat_value(out, "circuit_breaker_rejected{breaker_key=\"orders\"}").is_some_and(|n| n > 0),
+            stat_value(out, "circuit_breaker_rejected{breaker_key=\"orders\"}")
+                .is_some_and(|n| n > 0),
             "{out}"
         );
         assert_eq!(

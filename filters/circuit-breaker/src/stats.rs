@@ -12,89 +12,59 @@
 //! gauge (moved by ± increments) adds up to the true state across workers.
 
 use resilience_core::breaker::{Transition, TripReason};
+use resilience_host::counters;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
 use crate::worker::Entry;
 
-/// Per-key counters; every one of them is defined when the key is first seen.
-pub const ENTRY_COUNTERS: &[&str] = &[
-    "requests",
-    "failures",
-    "slow_calls",
-    "rejected",
-    "dry_run_would_reject",
-    "probes_admitted",
-    "probes_succeeded",
-    "probes_failed",
-    "trips_failure_rate",
-    "trips_slow_call_rate",
-    "trips_consecutive_failures",
-    "trips_probe_failed",
-    "trips_held",
-];
-
-/// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &["keys_overflow"];
-
-/// Per-key events since the last flush.
-#[derive(Default, Debug)]
-pub struct Pending {
-    pub requests: u64,
-    pub failures: u64,
-    pub slow_calls: u64,
-    pub rejected: u64,
-    pub would_reject: u64,
-    pub probes_admitted: u64,
-    pub probes_succeeded: u64,
-    pub probes_failed: u64,
-    /// Trips the open-breaker governor (`max_open_percent`) kept back.
-    pub trips_held: u64,
+counters! {
+    /// Per-key events since the last flush; every one is defined when the key is first seen.
+    pub struct Pending {
+        requests,
+        failures,
+        slow_calls,
+        rejected,
+        would_reject = "dry_run_would_reject",
+        probes_admitted,
+        probes_succeeded,
+        probes_failed,
+        /// Trips the open-breaker governor (`max_open_percent`) kept back.
+        trips_held,
+    }
 }
 
-/// Instance-wide events since the last flush.
-#[derive(Default, Debug)]
-pub struct GlobalPending {
-    pub keys_overflow: u64,
-    /// Shared-data trouble, counted the same way by every filter.
-    pub shared: SharedDataTrouble,
+counters! {
+    /// Instance-wide events since the last flush.
+    pub struct GlobalPending {
+        keys_overflow;
+        /// Shared-data trouble, counted the same way by every filter.
+        shared: SharedDataTrouble,
+    }
 }
+
+/// The per-key gauge: the breaker's state, moved by the worker whose CAS made a transition.
+const STATE_GAUGE: &str = "state";
 
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
-        m.define_counter(&format!("{prefix}.{c}"));
-    }
+    m.define_counters::<GlobalPending>(prefix);
 }
 
 pub fn define_entry(m: &mut Metrics, base: &str) {
-    for c in ENTRY_COUNTERS {
-        m.define_counter(&format!("{base}.{c}"));
+    m.define_counters::<Pending>(base);
+    // Trips are counted as they happen, by reason (see `transition`).
+    for r in TripReason::ALL {
+        m.define_counter(&format!("{base}.{}", trip_counter(r)));
     }
-    m.define_gauge(&format!("{base}.state"));
+    m.define_gauge(&format!("{base}.{STATE_GAUGE}"));
 }
 
 pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
-    let p = std::mem::take(&mut e.pending);
-    m.count_all(
-        &e.stat_base,
-        &[
-            ("requests", p.requests),
-            ("failures", p.failures),
-            ("slow_calls", p.slow_calls),
-            ("rejected", p.rejected),
-            ("dry_run_would_reject", p.would_reject),
-            ("probes_admitted", p.probes_admitted),
-            ("probes_succeeded", p.probes_succeeded),
-            ("probes_failed", p.probes_failed),
-            ("trips_held", p.trips_held),
-        ],
-    );
+    m.flush(&e.stat_base, &mut e.pending);
 }
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
-    let p = std::mem::take(g);
-    m.count_all(prefix, &[("keys_overflow", p.keys_overflow)]);
-    m.count_all(prefix, &p.shared.pairs());
+    m.flush(prefix, g);
 }
 
 fn trip_counter(r: TripReason) -> &'static str {
@@ -109,7 +79,7 @@ fn trip_counter(r: TripReason) -> &'static str {
 /// Count a transition this worker made: the state gauge moves by the difference, trips by reason.
 pub fn transition(m: &mut Metrics, base: &str, t: &Transition) {
     m.gauge_add(
-        &format!("{base}.state"),
+        &format!("{base}.{STATE_GAUGE}"),
         t.to.gauge_value() - t.from.gauge_value(),
     );
     if t.to == resilience_core::breaker::State::Open {

@@ -12,110 +12,82 @@
 //! the worker that takes or gives back a slot.
 
 use resilience_core::padding::Skip;
+use resilience_host::counters;
+use resilience_host::counters::Counters;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
-/// Per-key counters; every one of them is defined when the key is first seen.
-pub const ENTRY_COUNTERS: &[&str] = &[
-    "failures",
-    "padded",
-    "padding_ms",
-    "capped_max_padding",
-    "capped_deadline",
-    "abandoned",
-    "dry_run_would_pad",
-    "dry_run_would_pad_ms",
-    "skipped_cold",
-    "skipped_already_slow",
-    "skipped_deadline",
-    "skipped_in_flight_cap",
-    "skipped_health_check",
-    "skipped_error",
-    "samples",
-];
-
-/// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &["keys_overflow", "resume_errors"];
-
-/// Per-key events since the last flush.
-#[derive(Default, Debug)]
-pub struct Pending {
-    pub failures: u64,
-    pub padded: u64,
-    pub padding_ms: u64,
-    pub capped_max_padding: u64,
-    pub capped_deadline: u64,
-    pub abandoned: u64,
-    pub would_pad: u64,
-    pub would_pad_ms: u64,
-    /// Indexed like [`Skip::ALL`].
-    pub skipped: [u64; 6],
-    pub samples: u64,
+counters! {
+    /// Per-key events since the last flush; every one is defined when the key is first seen.
+    pub struct Pending {
+        failures,
+        padded,
+        padding_ms,
+        capped_max_padding,
+        capped_deadline,
+        abandoned,
+        would_pad = "dry_run_would_pad",
+        would_pad_ms = "dry_run_would_pad_ms",
+        samples;
+        skipped: Skipped,
+    }
 }
 
 impl Pending {
     pub fn skip(&mut self, s: Skip) {
         if let Some(i) = Skip::ALL.iter().position(|x| *x == s) {
-            if let Some(n) = self.skipped.get_mut(i) {
-                *n += 1;
+            if let Some(n) = self.skipped.0.get_mut(i) {
+                *n = n.saturating_add(1);
             }
         }
     }
 }
 
-/// Instance-wide events since the last flush.
-#[derive(Default, Debug)]
-pub struct GlobalPending {
-    pub keys_overflow: u64,
-    /// Shared-data trouble, counted the same way by every filter.
-    pub shared: SharedDataTrouble,
-    pub resume_errors: u64,
-}
+/// Failures not padded, by reason (indexed like [`Skip::ALL`]), counted as `skipped_<reason>`.
+#[derive(Default, Debug, Clone)]
+pub struct Skipped([u64; Skip::ALL.len()]);
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
-        m.define_counter(&format!("{prefix}.{c}"));
+/// What the name of every skip counter starts with; the reason follows.
+const SKIPPED: &str = "skipped_";
+
+impl Counters for Skipped {
+    fn each_name(f: &mut dyn FnMut(&[&str])) {
+        for s in Skip::ALL {
+            f(&[SKIPPED, s.as_str()]);
+        }
     }
-    m.define_gauge(&format!("{prefix}.in_flight"));
-}
 
-pub fn define_entry(m: &mut Metrics, base: &str) {
-    for c in ENTRY_COUNTERS {
-        m.define_counter(&format!("{base}.{c}"));
-    }
-    m.define_gauge(&format!("{base}.target_ms"));
-}
-
-pub fn flush_entry(m: &mut Metrics, base: &str, p: Pending) {
-    m.count_all(
-        base,
-        &[
-            ("failures", p.failures),
-            ("padded", p.padded),
-            ("padding_ms", p.padding_ms),
-            ("capped_max_padding", p.capped_max_padding),
-            ("capped_deadline", p.capped_deadline),
-            ("abandoned", p.abandoned),
-            ("dry_run_would_pad", p.would_pad),
-            ("dry_run_would_pad_ms", p.would_pad_ms),
-            ("samples", p.samples),
-        ],
-    );
-    for (s, n) in Skip::ALL.iter().zip(p.skipped) {
-        if n > 0 {
-            m.count(&format!("{base}.skipped_{}", s.as_str()), n);
+    fn drain(&mut self, f: &mut dyn FnMut(&[&str], u64)) {
+        for (s, n) in Skip::ALL.iter().zip(self.0.iter_mut()) {
+            f(&[SKIPPED, s.as_str()], std::mem::take(n));
         }
     }
 }
 
+counters! {
+    /// Instance-wide events since the last flush.
+    pub struct GlobalPending {
+        keys_overflow,
+        resume_errors;
+        /// Shared-data trouble, counted the same way by every filter.
+        shared: SharedDataTrouble,
+    }
+}
+
+pub fn define_global(m: &mut Metrics, prefix: &str) {
+    m.define_counters::<GlobalPending>(prefix);
+    m.define_gauge(&format!("{prefix}.in_flight"));
+}
+
+pub fn define_entry(m: &mut Metrics, base: &str) {
+    m.define_counters::<Pending>(base);
+    m.define_gauge(&format!("{base}.target_ms"));
+}
+
+pub fn flush_entry(m: &mut Metrics, base: &str, p: &mut Pending) {
+    m.flush(base, p);
+}
+
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
-    let p = std::mem::take(g);
-    m.count_all(
-        prefix,
-        &[
-            ("keys_overflow", p.keys_overflow),
-            ("resume_errors", p.resume_errors),
-        ],
-    );
-    m.count_all(prefix, &p.shared.pairs());
+    m.flush(prefix, g);
 }

@@ -330,8 +330,7 @@ impl Worker {
             } else {
                 publish(entry, settings, &mut self.metrics, &mut self.global_pending);
             }
-            let pending = std::mem::take(&mut entry.pending);
-            stats::flush_entry(&mut self.metrics, &entry.stat_base, pending);
+            stats::flush_entry(&mut self.metrics, &entry.stat_base, &mut entry.pending);
         }
         if self.published_held > 0 || !self.held.is_empty() {
             self.report_slot(now_ms);

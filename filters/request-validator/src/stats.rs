@@ -9,105 +9,89 @@
 //! call; the request path should make few). The `in_flight` gauge moves by ± increments only, so
 //! the workers' moves add up to the route's true count.
 
+use resilience_host::counters;
+use resilience_host::counters::Counters;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
 use crate::rules::Rule;
 
-/// Per-key counters besides the per-rule ones.
-pub const ENTRY_COUNTERS: &[&str] = &[
-    "requests",
-    "rejected",
-    "dry_run_would_reject",
-    "bodies_checked",
-];
-
-/// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &["health_checks", "slots_full", "hold_fallbacks"];
-
-/// The per-rule counter's name: requests that broke `rule` (rejected in `enforce`, marked in
-/// `dry_run`).
-pub fn violation_counter(rule: Rule) -> String {
-    format!("violations_{}", rule.name())
-}
-
-/// Per-key events since the last flush.
-#[derive(Default, Debug)]
-pub struct Pending {
-    pub requests: u64,
-    pub rejected: u64,
-    pub would_reject: u64,
-    pub bodies_checked: u64,
-    pub violations: [u64; Rule::ALL.len()],
-    pub in_flight_delta: i64,
+counters! {
+    /// Per-key events since the last flush; every one is defined when the key is first seen.
+    pub struct Pending {
+        requests,
+        rejected,
+        would_reject = "dry_run_would_reject",
+        bodies_checked;
+        violations: Violations,
+    }
 }
 
 impl Pending {
     pub fn violation(&mut self, rule: Rule) {
         if let Some(i) = Rule::ALL.iter().position(|r| *r == rule) {
-            if let Some(n) = self.violations.get_mut(i) {
+            if let Some(n) = self.violations.0.get_mut(i) {
                 *n = n.saturating_add(1);
             }
         }
     }
 }
 
-/// Instance-wide events since the last flush.
-#[derive(Default, Debug)]
-pub struct GlobalPending {
-    pub health_checks: u64,
-    /// Shared-data trouble, counted the same way by every filter.
-    pub shared: SharedDataTrouble,
-    pub slots_full: u64,
-    pub hold_fallbacks: u64,
+/// Requests that broke each rule (rejected in `enforce`, marked in `dry_run`), indexed like
+/// [`Rule::ALL`] and counted as `violations_<rule>`.
+#[derive(Default, Debug, Clone)]
+pub struct Violations([u64; Rule::ALL.len()]);
+
+/// What the name of every per-rule counter starts with; the rule's name follows.
+const VIOLATIONS: &str = "violations_";
+
+impl Counters for Violations {
+    fn each_name(f: &mut dyn FnMut(&[&str])) {
+        for r in Rule::ALL {
+            f(&[VIOLATIONS, r.name()]);
+        }
+    }
+
+    fn drain(&mut self, f: &mut dyn FnMut(&[&str], u64)) {
+        for (r, n) in Rule::ALL.iter().zip(self.0.iter_mut()) {
+            f(&[VIOLATIONS, r.name()], std::mem::take(n));
+        }
+    }
+}
+
+/// The per-key gauge: requests in flight, moved by ± increments only, so the workers' moves add
+/// up to the route's true count.
+const IN_FLIGHT_GAUGE: &str = "in_flight";
+
+counters! {
+    /// Instance-wide events since the last flush.
+    pub struct GlobalPending {
+        health_checks,
+        slots_full,
+        hold_fallbacks;
+        /// Shared-data trouble, counted the same way by every filter.
+        shared: SharedDataTrouble,
+    }
 }
 
 pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
-        m.define_counter(&format!("{prefix}.{c}"));
-    }
+    m.define_counters::<GlobalPending>(prefix);
 }
 
 pub fn define_entry(m: &mut Metrics, base: &str) {
-    for c in ENTRY_COUNTERS {
-        m.define_counter(&format!("{base}.{c}"));
-    }
-    for r in Rule::ALL {
-        m.define_counter(&format!("{base}.{}", violation_counter(r)));
-    }
-    m.define_gauge(&format!("{base}.in_flight"));
+    m.define_counters::<Pending>(base);
+    m.define_gauge(&format!("{base}.{IN_FLIGHT_GAUGE}"));
 }
 
-pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending) {
-    let p = std::mem::take(pending);
-    m.count_all(
-        base,
-        &[
-            ("requests", p.requests),
-            ("rejected", p.rejected),
-            ("dry_run_would_reject", p.would_reject),
-            ("bodies_checked", p.bodies_checked),
-        ],
-    );
-    for (rule, n) in Rule::ALL.iter().zip(p.violations) {
-        if n > 0 {
-            m.count(&format!("{base}.{}", violation_counter(*rule)), n);
-        }
-    }
-    if p.in_flight_delta != 0 {
-        m.gauge_add(&format!("{base}.in_flight"), p.in_flight_delta);
+/// Flush the counts, and move the in-flight gauge by this worker's change since the last flush.
+pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending, in_flight_delta: &mut i64) {
+    m.flush(base, pending);
+    let delta = std::mem::take(in_flight_delta);
+    if delta != 0 {
+        m.gauge_add(&format!("{base}.{IN_FLIGHT_GAUGE}"), delta);
     }
 }
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
-    let p = std::mem::take(g);
-    m.count_all(
-        prefix,
-        &[
-            ("health_checks", p.health_checks),
-            ("slots_full", p.slots_full),
-            ("hold_fallbacks", p.hold_fallbacks),
-        ],
-    );
-    m.count_all(prefix, &p.shared.pairs());
+    m.flush(prefix, g);
 }

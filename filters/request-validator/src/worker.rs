@@ -48,6 +48,8 @@ pub struct Entry {
     /// The route's latency at the configured percentile, once enough samples were seen.
     pub observed_ms: Option<u64>,
     pub pending: stats::Pending,
+    /// This worker's change of the route's `in_flight` gauge since the last flush.
+    in_flight_delta: i64,
 }
 
 /// What admission decided.
@@ -110,6 +112,7 @@ impl Worker {
                     samples: LatencySamples::new(),
                     observed_ms: None,
                     pending: stats::Pending::default(),
+                    in_flight_delta: 0,
                 }
             })
             .collect();
@@ -157,7 +160,7 @@ impl Worker {
         let g = &mut self.global_pending;
         let admitted = |entry: &mut Entry, wrote: bool| {
             entry.in_flight = entry.in_flight.saturating_add(1);
-            entry.pending.in_flight_delta = entry.pending.in_flight_delta.saturating_add(1);
+            entry.in_flight_delta = entry.in_flight_delta.saturating_add(1);
             if wrote {
                 entry.last_write_ms = now_ms;
             } else {
@@ -200,7 +203,7 @@ impl Worker {
             return;
         };
         entry.in_flight = entry.in_flight.saturating_sub(1);
-        entry.pending.in_flight_delta = entry.pending.in_flight_delta.saturating_sub(1);
+        entry.in_flight_delta = entry.in_flight_delta.saturating_sub(1);
         let owner = self.owner;
         write_own(entry, owner, now_ms, &mut self.global_pending);
     }
@@ -244,7 +247,12 @@ impl Worker {
             } else {
                 entry.samples.clear();
             }
-            stats::flush_entry(&mut self.metrics, &entry.stat_base, &mut entry.pending);
+            stats::flush_entry(
+                &mut self.metrics,
+                &entry.stat_base,
+                &mut entry.pending,
+                &mut entry.in_flight_delta,
+            );
         }
         stats::flush_global(
             &mut self.metrics,

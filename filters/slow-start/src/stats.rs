@@ -10,21 +10,36 @@
 //! hands out under CAS, so across workers they add up to the true value.
 
 use resilience_core::ramp::{Event, GaugeDeltas};
+use resilience_host::counters;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
-/// Per-endpoint counters; all defined when the endpoint is set up.
-pub const ENDPOINT_COUNTERS: &[&str] = &[
-    "requests",
-    "admitted",
-    "shed",
-    "health_checks",
-    "rate_capped",
-    "dry_run_would_shed",
-    "dry_run_would_pick",
-    "successes",
-    "failures",
-    "retries_served",
+counters! {
+    /// One endpoint's events since the last flush; all defined when the endpoint is set up.
+    #[derive(Copy)]
+    pub struct Pending {
+        requests,
+        admitted,
+        shed,
+        health_checks,
+        rate_capped,
+        dry_run_would_shed,
+        dry_run_would_pick,
+        successes,
+        failures,
+        /// Requests this endpoint answered as an alternate, after the endpoints named before it
+        /// failed (balance mode with `alternates`).
+        retries_served,
+        priming_sent,
+        priming_succeeded,
+        priming_failed,
+        health_checks_sent,
+        health_checks_failed,
+    }
+}
+
+/// Per-endpoint counters of transitions, counted at once by [`event`].
+const EVENT_COUNTERS: &[&str] = &[
     "ramps_started",
     "priming_started",
     "warm",
@@ -32,75 +47,36 @@ pub const ENDPOINT_COUNTERS: &[&str] = &[
     "pauses",
     "resumes",
     "silences",
-    "priming_sent",
-    "priming_succeeded",
-    "priming_failed",
-    "health_checks_sent",
-    "health_checks_failed",
 ];
 
 /// Per-endpoint gauges.
 pub const ENDPOINT_GAUGES: &[&str] = &["effective_weight", "phase", "paused"];
 
-/// Instance-wide counters.
-pub const GLOBAL_COUNTERS: &[&str] = &[
-    "destination_header_overridden",
-    "no_ready_endpoint",
-    "panic_routed",
-    "callout_errors",
-    "discovery_fetches",
-    "discovery_failures",
-    "discovery_rejected",
-    "discovery_updates",
-    "endpoints_overflow",
-];
-
-/// One endpoint's events since the last flush.
-#[derive(Default, Debug, Clone, Copy)]
-pub struct Pending {
-    pub requests: u64,
-    pub admitted: u64,
-    pub shed: u64,
-    pub health_checks: u64,
-    pub rate_capped: u64,
-    pub dry_run_would_shed: u64,
-    pub dry_run_would_pick: u64,
-    pub successes: u64,
-    pub failures: u64,
-    /// Requests this endpoint answered as an alternate, after the endpoints named before it
-    /// failed (balance mode with `alternates`).
-    pub retries_served: u64,
-    pub priming_sent: u64,
-    pub priming_succeeded: u64,
-    pub priming_failed: u64,
-    pub health_checks_sent: u64,
-    pub health_checks_failed: u64,
-}
-
-/// Instance-wide events since the last flush.
-#[derive(Default, Debug, Clone, Copy)]
-pub struct GlobalPending {
-    pub destination_header_overridden: u64,
-    pub no_ready_endpoint: u64,
-    pub panic_routed: u64,
-    pub callout_errors: u64,
-    pub discovery_fetches: u64,
-    pub discovery_failures: u64,
-    pub discovery_rejected: u64,
-    pub discovery_updates: u64,
-    pub endpoints_overflow: u64,
-    /// Shared-data trouble, counted the same way by every filter.
-    pub shared: SharedDataTrouble,
-}
-
-pub fn define_global(m: &mut Metrics, prefix: &str) {
-    for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
-        m.define_counter(&format!("{prefix}.{c}"));
+counters! {
+    /// Instance-wide events since the last flush.
+    #[derive(Copy)]
+    pub struct GlobalPending {
+        destination_header_overridden,
+        no_ready_endpoint,
+        panic_routed,
+        callout_errors,
+        discovery_fetches,
+        discovery_failures,
+        discovery_rejected,
+        discovery_updates,
+        endpoints_overflow;
+        /// Shared-data trouble, counted the same way by every filter.
+        shared: SharedDataTrouble,
     }
 }
 
+pub fn define_global(m: &mut Metrics, prefix: &str) {
+    m.define_counters::<GlobalPending>(prefix);
+}
+
 pub fn define_endpoint(m: &mut Metrics, base: &str) {
-    for c in ENDPOINT_COUNTERS {
+    m.define_counters::<Pending>(base);
+    for c in EVENT_COUNTERS {
         m.define_counter(&format!("{base}.{c}"));
     }
     for g in ENDPOINT_GAUGES {
@@ -109,54 +85,16 @@ pub fn define_endpoint(m: &mut Metrics, base: &str) {
 }
 
 pub fn flush_endpoint(m: &mut Metrics, base: &str, p: &mut Pending) {
-    let p = std::mem::take(p);
-    m.count_all(
-        base,
-        &[
-            ("requests", p.requests),
-            ("admitted", p.admitted),
-            ("shed", p.shed),
-            ("health_checks", p.health_checks),
-            ("rate_capped", p.rate_capped),
-            ("dry_run_would_shed", p.dry_run_would_shed),
-            ("dry_run_would_pick", p.dry_run_would_pick),
-            ("successes", p.successes),
-            ("failures", p.failures),
-            ("retries_served", p.retries_served),
-            ("priming_sent", p.priming_sent),
-            ("priming_succeeded", p.priming_succeeded),
-            ("priming_failed", p.priming_failed),
-            ("health_checks_sent", p.health_checks_sent),
-            ("health_checks_failed", p.health_checks_failed),
-        ],
-    );
+    m.flush(base, p);
 }
 
 pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
-    let p = std::mem::take(g);
-    m.count_all(
-        prefix,
-        &[
-            (
-                "destination_header_overridden",
-                p.destination_header_overridden,
-            ),
-            ("no_ready_endpoint", p.no_ready_endpoint),
-            ("panic_routed", p.panic_routed),
-            ("callout_errors", p.callout_errors),
-            ("discovery_fetches", p.discovery_fetches),
-            ("discovery_failures", p.discovery_failures),
-            ("discovery_rejected", p.discovery_rejected),
-            ("discovery_updates", p.discovery_updates),
-            ("endpoints_overflow", p.endpoints_overflow),
-        ],
-    );
-    m.count_all(prefix, &p.shared.pairs());
+    m.flush(prefix, g);
 }
 
-/// Count a transition this worker made.
-pub fn event(m: &mut Metrics, base: &str, e: &Event) {
-    let name = match e {
+/// The counter a transition counts under (one of [`EVENT_COUNTERS`]).
+fn event_counter(e: &Event) -> &'static str {
+    match e {
         Event::PrimingStarted => "priming_started",
         Event::RampStarted { .. } => "ramps_started",
         Event::Warm => "warm",
@@ -164,8 +102,12 @@ pub fn event(m: &mut Metrics, base: &str, e: &Event) {
         Event::Silence => "silences",
         Event::Paused(_) => "pauses",
         Event::Resumed => "resumes",
-    };
-    m.count(&format!("{base}.{name}"), 1);
+    }
+}
+
+/// Count a transition this worker made.
+pub fn event(m: &mut Metrics, base: &str, e: &Event) {
+    m.count(&format!("{base}.{}", event_counter(e)), 1);
 }
 
 /// Move the gauges by what the shared state says is owed.
@@ -173,4 +115,31 @@ pub fn gauges(m: &mut Metrics, base: &str, d: &GaugeDeltas) {
     m.gauge_add(&format!("{base}.effective_weight"), d.weight);
     m.gauge_add(&format!("{base}.phase"), d.phase);
     m.gauge_add(&format!("{base}.paused"), d.paused);
+}
+
+#[cfg(test)]
+mod tests {
+    use resilience_core::ramp::{Event, PauseReason, Phase};
+
+    use super::{event_counter, EVENT_COUNTERS};
+
+    #[test]
+    fn every_transition_counts_under_a_counter_defined_for_each_endpoint() {
+        let events = [
+            Event::PrimingStarted,
+            Event::RampStarted { from: Phase::New },
+            Event::Warm,
+            Event::BecameUnhealthy {
+                from: Phase::Ramping,
+            },
+            Event::Silence,
+            Event::Paused(PauseReason::Latency),
+            Event::Resumed,
+        ];
+        let mut used: Vec<&str> = events.iter().map(event_counter).collect();
+        used.sort_unstable();
+        let mut defined = EVENT_COUNTERS.to_vec();
+        defined.sort_unstable();
+        assert_eq!(used, defined);
+    }
 }

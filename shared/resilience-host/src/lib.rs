@@ -14,6 +14,7 @@
 //! - [`stream`]: the whole request header map and body as bytes.
 //! - [`registry`]: a bounded set of keys shared by all workers (shared data cannot delete).
 //! - [`metrics`]: counters and cross-worker gauges (± increments, never `set`).
+//! - [`counters`]: per-worker event counts declared once (names, counts, flush).
 //! - [`props`]: typed reads of Envoy properties.
 //! - [`request`]: a lazy, cached view of the request for route matching.
 //! - [`reply`]: `application/problem+json` local replies.
@@ -25,6 +26,7 @@
 pub mod abi;
 pub mod callout;
 pub mod clock;
+pub mod counters;
 pub mod logging;
 pub mod metrics;
 pub mod props;

@@ -14,6 +14,7 @@ use hashbrown::HashMap;
 use proxy_wasm::types::MetricType;
 
 use crate::abi;
+use crate::counters::Counters;
 
 /// A cache of metric ids by kind and name, for one worker. (By kind too: a counter and a gauge
 /// of the same name are different metrics, and must not silently share one id.)
@@ -71,18 +72,49 @@ impl Metrics {
     /// one buffer the cache keeps, so a flush allocates nothing once the buffer has grown to the
     /// longest name (a name seen for the first time is still copied into the id cache).
     pub fn count_all(&mut self, base: &str, pairs: &[(&str, u64)]) {
-        let mut name = std::mem::take(&mut self.name_buf);
         for &(suffix, n) in pairs {
             if n == 0 {
                 continue;
             }
-            name.clear();
-            name.push_str(base);
-            name.push('.');
-            name.push_str(suffix);
+            let name = self.suffixed(base, &[suffix]);
             self.count(&name, n);
+            self.name_buf = name;
         }
-        self.name_buf = name;
+    }
+
+    /// Define the counter `<base>.<name>` of every stat `C` names (so each shows as 0 before
+    /// its first event).
+    pub fn define_counters<C: Counters>(&mut self, base: &str) {
+        C::each_name(&mut |suffix| {
+            let name = self.suffixed(base, suffix);
+            self.define_counter(&name);
+            self.name_buf = name;
+        });
+    }
+
+    /// Add every count of `counts` to its counter `<base>.<name>` and zero it, skipping the
+    /// zeros (see [`Metrics::count_all`] for why and what it allocates).
+    pub fn flush<C: Counters>(&mut self, base: &str, counts: &mut C) {
+        counts.drain(&mut |suffix, n| {
+            if n == 0 {
+                return;
+            }
+            let name = self.suffixed(base, suffix);
+            self.count(&name, n);
+            self.name_buf = name;
+        });
+    }
+
+    /// `<base>.<suffix parts joined>`, built in the kept buffer (the caller puts it back).
+    fn suffixed(&mut self, base: &str, suffix: &[&str]) -> String {
+        let mut name = std::mem::take(&mut self.name_buf);
+        name.clear();
+        name.push_str(base);
+        name.push('.');
+        for part in suffix {
+            name.push_str(part);
+        }
+        name
     }
 
     /// Move a gauge by `delta` (either sign).

@@ -22,22 +22,21 @@ pub enum SharedError {
     Contended,
 }
 
-/// The shared-data trouble one worker saw since its last stats flush. Every filter counts the
-/// same three things under the same names, so they live here once.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SharedDataTrouble {
-    /// Operations the host refused with an unexpected status.
-    pub shared_data_errors: u64,
-    /// Updates that lost every CAS attempt to other workers.
-    pub cas_contended: u64,
-    /// Stored values that could not be decoded and were started afresh.
-    pub state_resets: u64,
+crate::counters! {
+    /// The shared-data trouble one worker saw since its last stats flush. Every filter counts the
+    /// same three things under the same names, so they live here once.
+    #[derive(Copy, PartialEq, Eq)]
+    pub struct SharedDataTrouble {
+        /// Operations the host refused with an unexpected status.
+        shared_data_errors,
+        /// Updates that lost every CAS attempt to other workers.
+        cas_contended,
+        /// Stored values that could not be decoded and were started afresh.
+        state_resets,
+    }
 }
 
 impl SharedDataTrouble {
-    /// The instance-wide counter names, as `(name, value)` pairs give them.
-    pub const NAMES: [&'static str; 3] = ["shared_data_errors", "cas_contended", "state_resets"];
-
     /// Counts a failed shared-data operation under its kind.
     pub fn count(&mut self, e: SharedError) {
         match e {
@@ -46,15 +45,6 @@ impl SharedDataTrouble {
                 self.shared_data_errors = self.shared_data_errors.saturating_add(1)
             }
         }
-    }
-
-    /// The counters to flush, named as in [`SharedDataTrouble::NAMES`].
-    pub fn pairs(&self) -> [(&'static str, u64); 3] {
-        [
-            ("shared_data_errors", self.shared_data_errors),
-            ("cas_contended", self.cas_contended),
-            ("state_resets", self.state_resets),
-        ]
     }
 }
 
