@@ -12,6 +12,7 @@
 //! gauge (moved by ± increments) adds up to the true state across workers.
 
 use resilience_core::breaker::{Transition, TripReason};
+use resilience_host::host::Host;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
@@ -60,20 +61,20 @@ pub struct GlobalPending {
     pub shared: SharedDataTrouble,
 }
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
+pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
     for c in GLOBAL_COUNTERS.iter().chain(&SharedDataTrouble::NAMES) {
         m.define_counter(&format!("{prefix}.{c}"));
     }
 }
 
-pub fn define_entry(m: &mut Metrics, base: &str) {
+pub fn define_entry<H: Host>(m: &mut Metrics<H>, base: &str) {
     for c in ENTRY_COUNTERS {
         m.define_counter(&format!("{base}.{c}"));
     }
     m.define_gauge(&format!("{base}.state"));
 }
 
-pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
+pub fn flush_entry<H: Host>(m: &mut Metrics<H>, e: &mut Entry) {
     let p = std::mem::take(&mut e.pending);
     m.count_all(
         &e.stat_base,
@@ -91,7 +92,7 @@ pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
     );
 }
 
-pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
+pub fn flush_global<H: Host>(m: &mut Metrics<H>, prefix: &str, g: &mut GlobalPending) {
     let p = std::mem::take(g);
     m.count_all(prefix, &[("keys_overflow", p.keys_overflow)]);
     m.count_all(prefix, &p.shared.pairs());
@@ -107,7 +108,7 @@ fn trip_counter(r: TripReason) -> &'static str {
 }
 
 /// Count a transition this worker made: the state gauge moves by the difference, trips by reason.
-pub fn transition(m: &mut Metrics, base: &str, t: &Transition) {
+pub fn transition<H: Host>(m: &mut Metrics<H>, base: &str, t: &Transition) {
     m.gauge_add(
         &format!("{base}.state"),
         t.to.gauge_value() - t.from.gauge_value(),
