@@ -6,12 +6,15 @@
 //! reported under CAS at once) or *rejected* (a local reply; nothing reaches the upstream). In
 //! dry-run a would-be rejection passes, is counted as `dry_run_would_reject`, is explained by the
 //! response header, and its outcome is not recorded (as if it had been rejected).
+//!
+//! The context reads headers, properties and the clock through its [`Host`], the same calls and
+//! as many as before the trait existed: the per-request path pays nothing for being testable.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use resilience_core::breaker::{Admission, ProbeGrant, ProbeOutcome, Rejection, State};
 use resilience_core::deadline::parse_millis;
 use resilience_core::outcome::{
@@ -19,7 +22,9 @@ use resilience_core::outcome::{
 };
 use resilience_core::problem::{bounded, Problem};
 use resilience_core::routes::RequestView;
+use resilience_host::host::Host;
 use resilience_host::request::{self, HostRequest};
+use resilience_host::wasm::WasmHost;
 use resilience_host::{clock, props, reply};
 
 use crate::config::{Mode, Settings, DECISION_HEADER};
@@ -38,9 +43,11 @@ enum Role {
     WouldReject { rejection: Rejection, forced: bool },
 }
 
-/// The HTTP context of the circuit-breaker filter.
-pub struct BreakerHttp {
-    worker: Option<Rc<RefCell<Worker>>>,
+/// The HTTP context of the circuit-breaker filter, on host `H` (the real proxy unless a test says
+/// otherwise).
+pub struct BreakerHttp<H: Host = WasmHost> {
+    host: H,
+    worker: Option<Rc<RefCell<Worker<H>>>>,
     role: Role,
     key: String,
     start_ms: u64,
@@ -53,8 +60,17 @@ pub struct BreakerHttp {
 }
 
 impl BreakerHttp {
+    /// A stream on the real proxy.
     pub fn new(worker: Option<Rc<RefCell<Worker>>>) -> Self {
+        BreakerHttp::on(WasmHost, worker)
+    }
+}
+
+impl<H: Host + Clone> BreakerHttp<H> {
+    /// A stream on `host`, deciding with `worker`'s breakers.
+    pub fn on(host: H, worker: Option<Rc<RefCell<Worker<H>>>>) -> Self {
         BreakerHttp {
+            host,
             worker,
             role: Role::Unguarded,
             key: String::new(),
@@ -67,25 +83,23 @@ impl BreakerHttp {
         }
     }
 
-    fn decide(&mut self, w: &mut Worker) -> Action {
-        let mut req = HostRequest::new();
+    fn decide(&mut self, w: &mut Worker<H>) -> Action {
+        let mut req = HostRequest::on(&self.host);
         let config = Rc::clone(&w.config);
         let selected = config.routes.select(&mut req);
         let settings: &Settings = selected.settings;
         if settings.mode == Mode::Disabled || settings.force_closed {
             return Action::Continue;
         }
-        let base = selected.key(
-            &mut req,
-            &config.global.generic_route_names,
-            props::cluster_name,
-        );
+        let base = selected.key(&mut req, &config.global.generic_route_names, || {
+            props::cluster_name_on(&self.host)
+        });
         let header_value = config
             .global
             .key_header
             .as_deref()
             .map(|h| req.header(h).unwrap_or("-").to_owned());
-        self.key = Worker::key(&base, header_value.as_deref());
+        self.key = Worker::<H>::key(&base, header_value.as_deref());
         let Some(entry) = w.entry(&self.key, selected.index) else {
             return Action::Continue;
         };
@@ -98,7 +112,7 @@ impl BreakerHttp {
             || entry.hot_until_ms > 0
             || settings.force_open
         {
-            clock::now_ms()
+            clock::now_ms_on(&self.host)
         } else {
             0
         };
@@ -140,7 +154,7 @@ impl BreakerHttp {
 
     fn reject(
         &mut self,
-        w: &mut Worker,
+        w: &mut Worker<H>,
         settings: &Settings,
         r: Rejection,
         forced: bool,
@@ -175,7 +189,12 @@ impl BreakerHttp {
         match &settings.rejection.body {
             Some((body, content_type)) => {
                 headers.push(("content-type", content_type.as_str()));
-                reply::send(settings.rejection.status, &headers, body.as_bytes());
+                reply::send_on(
+                    &self.host,
+                    settings.rejection.status,
+                    &headers,
+                    body.as_bytes(),
+                );
             }
             None => {
                 let reason = if forced {
@@ -203,7 +222,7 @@ impl BreakerHttp {
                         ("retry_after", serde_json::Value::from(r.retry_after_s())),
                     ],
                 };
-                reply::send_problem(&problem, &headers);
+                reply::send_problem_on(&self.host, &problem, &headers);
             }
         }
         Action::Pause
@@ -211,21 +230,20 @@ impl BreakerHttp {
 
     /// What the response tells us: status, gRPC status and the upstream's back-off hint.
     fn observe_response_headers(&mut self) {
+        let host = &self.host;
+        let header = |name| request::map_value_on(host, MapType::HttpResponseHeaders, name);
         if self.track_latency {
-            self.first_byte_ms = clock::now_ms();
+            self.first_byte_ms = clock::now_ms_on(host);
         }
-        self.status = request::response_status().unwrap_or(0);
-        if let Some(g) =
-            request::response_header_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
-        {
+        self.status = request::response_status_on(host).unwrap_or(0);
+        if let Some(g) = header("grpc-status").and_then(|v| parse_grpc_status(&v)) {
             self.grpc_status = Some(g);
         }
         if self.status >= 400 || self.grpc_status.is_some_and(|g| g != 0) {
-            let retry_after = request::response_header_bytes("retry-after")
+            let retry_after = header("retry-after")
                 .and_then(|v| parse_millis(&v))
                 .map(|s| s.saturating_mul(1000));
-            let pushback = request::response_header_bytes("grpc-retry-pushback-ms")
-                .and_then(|v| parse_millis(&v));
+            let pushback = header("grpc-retry-pushback-ms").and_then(|v| parse_millis(&v));
             self.hint_ms = retry_after.max(pushback).unwrap_or(0).min(MAX_HINT_MS);
         }
     }
@@ -234,12 +252,13 @@ impl BreakerHttp {
         let mut local: Option<LocalFailure> = None;
         let mut status = self.status;
         if status == 0 {
-            status = props::u64(&["response", "code"])
+            status = props::u64_on(&self.host, &["response", "code"])
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(0);
         }
         if status == 0 || status >= 500 {
-            local = props::u64(&["response", "flags"]).and_then(local_failure_from_flags);
+            local = props::u64_on(&self.host, &["response", "flags"])
+                .and_then(local_failure_from_flags);
             if status == 0 && local.is_none() {
                 // No response and no upstream failure flag: the client went away. Not an outcome.
                 return None;
@@ -272,9 +291,9 @@ fn explain(r: Rejection, forced: bool) -> String {
     }
 }
 
-impl Context for BreakerHttp {}
+impl<H: Host + Clone> Context for BreakerHttp<H> {}
 
-impl HttpContext for BreakerHttp {
+impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
@@ -290,7 +309,12 @@ impl HttpContext for BreakerHttp {
             Role::Unguarded | Role::Rejected => {}
             Role::WouldReject { rejection, forced } => {
                 let explanation = format!("dry_run; would_reject={}", explain(rejection, forced));
-                request::set_response_header(DECISION_HEADER, &explanation);
+                request::set_header_on(
+                    &self.host,
+                    MapType::HttpResponseHeaders,
+                    DECISION_HEADER,
+                    &explanation,
+                );
             }
             Role::Counted | Role::Probe { .. } => self.observe_response_headers(),
         }
@@ -300,7 +324,8 @@ impl HttpContext for BreakerHttp {
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         if matches!(self.role, Role::Counted | Role::Probe { .. }) {
             if let Some(g) =
-                request::response_trailer_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
+                request::map_value_on(&self.host, MapType::HttpResponseTrailers, "grpc-status")
+                    .and_then(|v| parse_grpc_status(&v))
             {
                 self.grpc_status = Some(g);
             }
@@ -325,7 +350,7 @@ impl HttpContext for BreakerHttp {
         let settings = index
             .and_then(|i| config.routes.routes.get(i))
             .map_or(&config.routes.defaults, |r| &r.settings);
-        let now = clock::now_ms();
+        let now = clock::now_ms_on(&self.host);
         let outcome = self.classify(&settings.classifier, now);
         match self.role {
             Role::Probe { generation } => {

@@ -18,6 +18,9 @@ pub mod root;
 pub mod stats;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use http::BreakerHttp;
 pub use root::BreakerRoot;
 

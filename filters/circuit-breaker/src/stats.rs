@@ -13,6 +13,7 @@
 
 use resilience_core::breaker::{Transition, TripReason};
 use resilience_host::counters;
+use resilience_host::host::Host;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
@@ -46,11 +47,11 @@ counters! {
 /// The per-key gauge: the breaker's state, moved by the worker whose CAS made a transition.
 const STATE_GAUGE: &str = "state";
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
+pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
     m.define_counters::<GlobalPending>(prefix);
 }
 
-pub fn define_entry(m: &mut Metrics, base: &str) {
+pub fn define_entry<H: Host>(m: &mut Metrics<H>, base: &str) {
     m.define_counters::<Pending>(base);
     // Trips are counted as they happen, by reason (see `transition`).
     for r in TripReason::ALL {
@@ -59,11 +60,11 @@ pub fn define_entry(m: &mut Metrics, base: &str) {
     m.define_gauge(&format!("{base}.{STATE_GAUGE}"));
 }
 
-pub fn flush_entry(m: &mut Metrics, e: &mut Entry) {
+pub fn flush_entry<H: Host>(m: &mut Metrics<H>, e: &mut Entry) {
     m.flush(&e.stat_base, &mut e.pending);
 }
 
-pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
+pub fn flush_global<H: Host>(m: &mut Metrics<H>, prefix: &str, g: &mut GlobalPending) {
     m.flush(prefix, g);
 }
 
@@ -77,7 +78,7 @@ fn trip_counter(r: TripReason) -> &'static str {
 }
 
 /// Count a transition this worker made: the state gauge moves by the difference, trips by reason.
-pub fn transition(m: &mut Metrics, base: &str, t: &Transition) {
+pub fn transition<H: Host>(m: &mut Metrics<H>, base: &str, t: &Transition) {
     m.gauge_add(
         &format!("{base}.{STATE_GAUGE}"),
         t.to.gauge_value() - t.from.gauge_value(),

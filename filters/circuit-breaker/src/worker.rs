@@ -15,6 +15,9 @@
 //! ([`resilience_core::governor`]); when the set is full the trip is held and counted in
 //! `trips_held`, and the breaker keeps counting until a place frees up. Places are given back
 //! when a breaker closes. These are CAS calls at transitions only, never per request.
+//!
+//! Every host call goes through the worker's [`Host`] (`H`, the real proxy by default), so the
+//! glue also runs natively, on several fake workers sharing one in-memory store.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -25,9 +28,11 @@ use resilience_core::breaker::{
     Delta, ProbeGrant, ProbeOutcome, Published, SharedBreaker, State, Transition, TripReason, View,
 };
 use resilience_core::governor::{self, OpenSet, Reserve};
+use resilience_host::host::Host;
 use resilience_host::metrics::{sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
-use resilience_host::shared::{self, cas_update, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::shared::{self, cas_update_on, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::wasm::WasmHost;
 
 use crate::config::{FilterConfig, Settings};
 use crate::stats;
@@ -54,13 +59,15 @@ pub struct Entry {
     pub hot_until_ms: u64,
 }
 
-/// All of one worker's breakers for one filter instance.
-pub struct Worker {
+/// All of one worker's breakers for one filter instance, on host `H` (the real proxy unless a
+/// test says otherwise).
+pub struct Worker<H: Host = WasmHost> {
+    host: H,
     pub config: Rc<FilterConfig>,
     pub entries: HashMap<String, Entry>,
-    pub metrics: Metrics,
+    pub metrics: Metrics<H>,
     namespace: String,
-    registry: KeyRegistry,
+    registry: KeyRegistry<H>,
     /// The open-breaker governor, when `max_open_percent` is below 100.
     governor: Option<Governor>,
     pub global_pending: stats::GlobalPending,
@@ -76,13 +83,22 @@ pub struct Governor {
 }
 
 impl Worker {
+    /// The worker's breakers on the real proxy.
     pub fn new(config: Rc<FilterConfig>, plugin: &str) -> Self {
+        Worker::on(WasmHost, config, plugin)
+    }
+}
+
+impl<H: Host + Clone> Worker<H> {
+    /// The worker's breakers on `host`.
+    pub fn on(host: H, config: Rc<FilterConfig>, plugin: &str) -> Self {
         let namespace = format!("rpack/cb/{}", sanitize_segment(plugin, MAX_KEY_SEGMENT));
-        let registry = KeyRegistry::new(
+        let registry = KeyRegistry::on(
+            host.clone(),
             format!("{namespace}/#keys"),
             config.global.max_keys as usize,
         );
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::on(host.clone());
         stats::define_global(&mut metrics, &config.global.stat_prefix);
         let governor = config.global.max_open_percent.map(|percent| Governor {
             open_key: format!("{namespace}/#open"),
@@ -90,6 +106,7 @@ impl Worker {
             full: Cell::new(false),
         });
         Worker {
+            host,
             config,
             entries: HashMap::new(),
             metrics,
@@ -139,7 +156,7 @@ impl Worker {
                 pending: stats::Pending::default(),
                 hot_until_ms: 0,
             };
-            refresh(&mut entry, &policy, &mut self.global_pending);
+            refresh(&self.host, &mut entry, &policy, &mut self.global_pending);
             self.entries.insert(key.to_owned(), entry);
         }
         self.entries.get_mut(key)
@@ -169,6 +186,7 @@ impl Worker {
         let settings = route_settings(&config, entry.route_index);
         let gov = self.governor.as_ref().map(|g| (g, &self.registry));
         publish(
+            &self.host,
             entry,
             settings,
             now_ms,
@@ -186,7 +204,7 @@ impl Worker {
         };
         if now_ms < entry.hot_until_ms && entry.delta.is_empty() {
             let policy = &route_settings(&config, entry.route_index).policy;
-            refresh(entry, policy, &mut self.global_pending);
+            refresh(&self.host, entry, policy, &mut self.global_pending);
         }
     }
 
@@ -200,9 +218,15 @@ impl Worker {
         for entry in self.entries.values_mut() {
             let settings = route_settings(&config, entry.route_index);
             if entry.delta.is_empty() {
-                refresh(entry, &settings.policy, &mut self.global_pending);
+                refresh(
+                    &self.host,
+                    entry,
+                    &settings.policy,
+                    &mut self.global_pending,
+                );
             } else {
                 publish(
+                    &self.host,
                     entry,
                     settings,
                     now_ms,
@@ -214,7 +238,7 @@ impl Worker {
             stats::flush_entry(&mut self.metrics, entry);
         }
         if let Some(g) = &self.governor {
-            release_stale(g, &self.entries, &mut self.global_pending);
+            release_stale(&self.host, g, &self.entries, &mut self.global_pending);
         }
         stats::flush_global(
             &mut self.metrics,
@@ -232,7 +256,7 @@ impl Worker {
         };
         let policy = &route_settings(&config, entry.route_index).policy;
         let resets = &mut self.global_pending.shared.state_resets;
-        let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        let result = cas_update_on(&self.host, &entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let (mut b, reset) = decode(cur, policy);
             let (grant, transition) = b.try_acquire_probe(now_ms, policy);
             let view = b.view();
@@ -278,7 +302,7 @@ impl Worker {
         };
         let policy = &route_settings(&config, entry.route_index).policy;
         let random = random_u64();
-        let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        let result = cas_update_on(&self.host, &entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let (mut b, _) = decode(cur, policy);
             let t = b.probe_result(generation, outcome, now_ms, policy, random, hint_ms);
             let view = b.view();
@@ -304,7 +328,7 @@ impl Worker {
                     if t.to == State::Closed {
                         entry.delta = Delta::new(view.generation, policy.window);
                         if let Some(g) = &self.governor {
-                            release(g, entry.key_hash, &mut self.global_pending);
+                            release(&self.host, g, entry.key_hash, &mut self.global_pending);
                         }
                     }
                 }
@@ -333,12 +357,13 @@ fn decode(cur: Option<&[u8]>, policy: &resilience_core::breaker::Policy) -> (Sha
 }
 
 /// Re-read the shared state into the cached view (one read, no write).
-fn refresh(
+fn refresh<H: Host>(
+    host: &H,
     entry: &mut Entry,
     policy: &resilience_core::breaker::Policy,
     g: &mut stats::GlobalPending,
 ) {
-    match shared::get(&entry.shared_key) {
+    match shared::get_on(host, &entry.shared_key) {
         Ok(v) => {
             let (b, reset) = decode(v.value.as_deref(), policy);
             if reset {
@@ -361,17 +386,18 @@ fn adopt_view(entry: &mut Entry, view: View, policy: &resilience_core::breaker::
 /// Publish an entry's delta under CAS. With a governor, a trip waits for a place in the open
 /// set: the delta is merged without tripping, and only once a place is taken is the signal
 /// checked again and the breaker tripped.
-fn publish(
+fn publish<H: Host>(
+    host: &H,
     entry: &mut Entry,
     settings: &Settings,
     now_ms: u64,
-    gov: Option<(&Governor, &KeyRegistry)>,
-    metrics: &mut Metrics,
+    gov: Option<(&Governor, &KeyRegistry<H>)>,
+    metrics: &mut Metrics<H>,
     g: &mut stats::GlobalPending,
 ) {
     let policy = &settings.policy;
     let hint_ms = entry.delta.retry_after_hint_ms;
-    let held = merge(entry, policy, now_ms, gov.is_none(), metrics, g);
+    let held = merge(host, entry, policy, now_ms, gov.is_none(), metrics, g);
     let (Some(reason), Some((gov, registry))) = (held, gov) else {
         return;
     };
@@ -387,7 +413,7 @@ fn publish(
             return;
         }
     };
-    let reserved = cas_update(&gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+    let reserved = cas_update_on(host, &gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let mut set = cur
             .and_then(|b| OpenSet::decode(b).ok())
             .unwrap_or_default();
@@ -408,11 +434,11 @@ fn publish(
         }
         Ok(took) => {
             entry.delta.retry_after_hint_ms = hint_ms;
-            merge(entry, policy, now_ms, true, metrics, g);
+            merge(host, entry, policy, now_ms, true, metrics, g);
             let tripped = entry.view.state != State::Closed;
             if took == Reserve::Taken && !tripped && entry.view.generation == generation {
                 // The signal went away (or another worker's trip closed again): give it back.
-                release(gov, entry.key_hash, g);
+                release(host, gov, entry.key_hash, g);
             }
         }
         Err(e) => g.shared.count(e),
@@ -421,19 +447,20 @@ fn publish(
 
 /// One CAS that merges the entry's delta (tripping only when `may_trip`) and adopts the result;
 /// the trip signal a governed merge held back, if any.
-fn merge(
+fn merge<H: Host>(
+    host: &H,
     entry: &mut Entry,
     policy: &resilience_core::breaker::Policy,
     now_ms: u64,
     may_trip: bool,
-    metrics: &mut Metrics,
+    metrics: &mut Metrics<H>,
     g: &mut stats::GlobalPending,
 ) -> Option<TripReason> {
     let random = random_u64();
     let delta = &entry.delta;
     type Merged = (Option<Transition>, View, bool, Option<TripReason>);
     let result: Result<Merged, SharedError> =
-        cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        cas_update_on(host, &entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let (mut b, reset) = decode(cur, policy);
             match b.publish_governed(delta, now_ms, policy, random, may_trip) {
                 Published::Merged(t) => {
@@ -470,9 +497,9 @@ fn merge(
 }
 
 /// Give back `key`'s place in the open set.
-fn release(gov: &Governor, key_hash: u64, g: &mut stats::GlobalPending) {
+fn release<H: Host>(host: &H, gov: &Governor, key_hash: u64, g: &mut stats::GlobalPending) {
     gov.full.set(false);
-    let result = cas_update(&gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+    let result = cas_update_on(host, &gov.open_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let Some(mut set) = cur.and_then(|b| OpenSet::decode(b).ok()) else {
             return Update::Keep(());
         };
@@ -489,8 +516,13 @@ fn release(gov: &Governor, key_hash: u64, g: &mut stats::GlobalPending) {
 
 /// Give back the places of breakers this worker sees closed since (a worker that should have
 /// given one back could not): one read per tick, a CAS only when something is stale.
-fn release_stale(gov: &Governor, entries: &HashMap<String, Entry>, g: &mut stats::GlobalPending) {
-    let set = match shared::get(&gov.open_key) {
+fn release_stale<H: Host>(
+    host: &H,
+    gov: &Governor,
+    entries: &HashMap<String, Entry>,
+    g: &mut stats::GlobalPending,
+) {
+    let set = match shared::get_on(host, &gov.open_key) {
         Ok(v) => match v.value.as_deref().map(OpenSet::decode) {
             Some(Ok(set)) => set,
             _ => return,
@@ -502,7 +534,7 @@ fn release_stale(gov: &Governor, entries: &HashMap<String, Entry>, g: &mut stats
     };
     for e in entries.values() {
         if set.stale(e.key_hash, e.view.state == State::Closed, e.view.generation) {
-            release(gov, e.key_hash, g);
+            release(host, gov, e.key_hash, g);
         }
     }
 }

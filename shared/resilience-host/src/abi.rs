@@ -86,6 +86,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
 const STATUS_OK: u32 = 0;
@@ -97,6 +98,8 @@ const STATUS_NOT_FOUND: u32 = 1;
 pub struct HostStatus(pub u32);
 
 impl HostStatus {
+    /// `NotFound`: where it does not mean "absent" (an unknown metric id, for instance).
+    pub const NOT_FOUND: HostStatus = HostStatus(STATUS_NOT_FOUND);
     /// `BadArgument`: an unknown id, cluster or map, or a map not available in this phase.
     pub const BAD_ARGUMENT: HostStatus = HostStatus(2);
     /// `CasMismatch`: a conditional shared-data write lost to another writer.
@@ -310,6 +313,12 @@ pub fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostStatus> {
 pub fn increment_metric(id: u32, offset: i64) -> Result<(), HostStatus> {
     // SAFETY: plain integer arguments.
     result(unsafe { proxy_increment_metric(id, offset) })
+}
+
+/// Records `value` in histogram `id`.
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostStatus> {
+    // SAFETY: plain integer arguments.
+    result(unsafe { proxy_record_metric(id, value) })
 }
 
 /// The proxy-wasm header-map wire format: count, then each (name length, value length) as

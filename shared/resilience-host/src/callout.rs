@@ -14,12 +14,10 @@
 //!
 //! Callouts do not pass through the listener's HTTP filters, so a filter never sees its own.
 
-use std::time::Duration;
+use proxy_wasm::types::{BufferType, MapType};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
-
-use crate::abi;
+use crate::host::Host;
+use crate::wasm::WasmHost;
 
 /// Why the host refused to send a callout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,22 +58,23 @@ pub fn send(
     body: Option<&[u8]>,
     timeout_ms: u64,
 ) -> Result<u32, CalloutError> {
-    match hostcalls::dispatch_http_call(
-        cluster,
-        headers.to_vec(),
-        body,
-        Vec::new(),
-        Duration::from_millis(timeout_ms.max(1)),
-    ) {
-        Ok(token) => Ok(token),
-        Err(Status::BadArgument) => Err(CalloutError::BadArgument),
-        Err(_) => Err(CalloutError::InternalFailure),
-    }
+    send_on(&WasmHost, cluster, headers, body, timeout_ms)
+}
+
+/// [`send`] on `host`.
+pub fn send_on<H: Host>(
+    host: &H,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout_ms: u64,
+) -> Result<u32, CalloutError> {
+    host.dispatch_http_call(cluster, headers, body, timeout_ms)
 }
 
 /// One header of the callout answer; `None` when absent or the host says anything but Ok.
-fn answer_header(name: &str) -> Option<Vec<u8>> {
-    abi::get_header_map_value(MapType::HttpCallResponseHeaders, name)
+fn answer_header<H: Host>(host: &H, name: &str) -> Option<Vec<u8>> {
+    host.get_header_map_value(MapType::HttpCallResponseHeaders, name)
         .ok()
         .flatten()
 }
@@ -83,7 +82,12 @@ fn answer_header(name: &str) -> Option<Vec<u8>> {
 /// The `:status` of the callout answer being delivered, if it is a 3-digit number. `None` when
 /// the callout failed (Envoy calls back with no headers).
 pub fn response_status() -> Option<u16> {
-    let v = answer_header(":status")?;
+    response_status_on(&WasmHost)
+}
+
+/// [`response_status`] on `host`.
+pub fn response_status_on<H: Host>(host: &H) -> Option<u16> {
+    let v = answer_header(host, ":status")?;
     if v.len() != 3 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -93,10 +97,15 @@ pub fn response_status() -> Option<u16> {
 /// Up to `max_bytes` of the callout answer's body (`body_size` as the callback reported it).
 /// `None` when there is none or the host refuses the read.
 pub fn response_body(body_size: usize, max_bytes: usize) -> Option<Vec<u8>> {
+    response_body_on(&WasmHost, body_size, max_bytes)
+}
+
+/// [`response_body`] on `host`.
+pub fn response_body_on<H: Host>(host: &H, body_size: usize, max_bytes: usize) -> Option<Vec<u8>> {
     if body_size == 0 {
         return None;
     }
-    abi::get_buffer(
+    host.get_buffer(
         BufferType::HttpCallResponseBody,
         0,
         body_size.min(max_bytes),

@@ -4,9 +4,15 @@
 //! cannot tell the time (never seen on Envoy), 0 is returned: every policy treats time as
 //! monotonic-ish and saturates, so a zero simply makes windows look fresh.
 
-use crate::abi;
+use crate::host::Host;
+use crate::wasm::WasmHost;
 
-/// Milliseconds since the Unix epoch, or 0 if the host cannot say.
+/// [`now_ms_on`] the real host.
 pub fn now_ms() -> u64 {
-    abi::current_time_ns().map_or(0, |ns| ns / 1_000_000)
+    now_ms_on(&WasmHost)
+}
+
+/// Milliseconds since the Unix epoch on `host`, or 0 if the host cannot say.
+pub fn now_ms_on<H: Host>(host: &H) -> u64 {
+    host.current_time_ns().map_or(0, |ns| ns / 1_000_000)
 }

@@ -7,7 +7,16 @@
 //! surprise into a value the filter can degrade on (fail open, counted), never a trap. Its host
 //! calls go through [`abi`]; the one SDK host call left is `dispatch_http_call` ([`callout`]).
 //!
+//! Why a seam: code written against the [`host::Host`] trait runs on the real proxy
+//! ([`wasm::WasmHost`], zero-sized, as cheap as calling [`abi`]) and, in native tests, on
+//! `fake::FakeHost` (feature `fake`): several workers on one in-memory shared store, so the
+//! cross-worker glue is tested without Envoy. Each typed helper below takes its host (`…_on`, or
+//! `::on(host)` for the types); the forms without a host are the same on [`wasm::WasmHost`].
+//!
 //! Modules, one concept each:
+//! - [`host`]: the [`host::Host`] trait, one method per proxy-wasm call a filter makes.
+//! - [`wasm`]: [`host::Host`] over the real imports.
+//! - `fake` (tests, feature `fake`): an in-memory host with a shared store and a virtual clock.
 //! - [`abi`]: every proxy-wasm import the pack makes, declared once, each status a value.
 //! - [`callout`]: requests the filter sends itself (`dispatch_http_call`) and their answers.
 //! - [`shared`]: shared data with compare-and-swap updates in a bounded retry loop.
@@ -27,6 +36,9 @@ pub mod abi;
 pub mod callout;
 pub mod clock;
 pub mod counters;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
+pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod props;
@@ -37,3 +49,4 @@ pub mod resume;
 pub mod root;
 pub mod shared;
 pub mod stream;
+pub mod wasm;

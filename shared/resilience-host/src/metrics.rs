@@ -8,18 +8,21 @@
 //!
 //! Names are defined lazily and cached per worker; the cache is bounded by the caller's key space.
 //! A host error defining or incrementing a metric is ignored: stats must never break traffic. The
-//! calls go through [`crate::abi`]: the SDK's versions panic on statuses they do not expect.
+//! calls go through a [`Host`] ([`crate::abi`] on the real one): the SDK's versions panic on
+//! statuses they do not expect.
 
 use hashbrown::HashMap;
 use proxy_wasm::types::MetricType;
 
-use crate::abi;
 use crate::counters::Counters;
+use crate::host::Host;
+use crate::wasm::WasmHost;
 
-/// A cache of metric ids by kind and name, for one worker. (By kind too: a counter and a gauge
-/// of the same name are different metrics, and must not silently share one id.)
+/// A cache of metric ids by kind and name, for one worker on host `H`. (By kind too: a counter
+/// and a gauge of the same name are different metrics, and must not silently share one id.)
 #[derive(Default)]
-pub struct Metrics {
+pub struct Metrics<H: Host = WasmHost> {
+    host: H,
     counters: HashMap<String, u32>,
     gauges: HashMap<String, u32>,
     /// Scratch space for the names [`Metrics::count_all`] builds, kept between flushes.
@@ -27,8 +30,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a worker on the real host.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl<H: Host> Metrics<H> {
+    /// The metrics of a worker on `host`.
+    pub fn on(host: H) -> Self {
+        Metrics {
+            host,
+            counters: HashMap::new(),
+            gauges: HashMap::new(),
+            name_buf: String::new(),
+        }
     }
 
     fn id(&mut self, kind: MetricType, name: &str) -> Option<u32> {
@@ -39,7 +55,7 @@ impl Metrics {
         if let Some(id) = ids.get(name) {
             return Some(*id);
         }
-        let id = abi::define_metric(kind, name).ok()?;
+        let id = self.host.define_metric(kind, name).ok()?;
         ids.insert(name.to_owned(), id);
         Some(id)
     }
@@ -60,7 +76,9 @@ impl Metrics {
             return;
         }
         if let Some(id) = self.id(MetricType::Counter, name) {
-            let _ = abi::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            let _ = self
+                .host
+                .increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -123,7 +141,7 @@ impl Metrics {
             return;
         }
         if let Some(id) = self.id(MetricType::Gauge, name) {
-            let _ = abi::increment_metric(id, delta);
+            let _ = self.host.increment_metric(id, delta);
         }
     }
 }

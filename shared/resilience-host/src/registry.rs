@@ -6,23 +6,37 @@
 //! key with one CAS, once, and caches the answer. Past the cap, [`KeyRegistry::admit`] says no and
 //! the filter degrades as it documents (typically: pass unguarded and count it).
 
-use crate::shared::{cas_update, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+use crate::host::Host;
+use crate::shared::{cas_update_on, get_on, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+use crate::wasm::WasmHost;
 
-/// A capped set of keys shared by all workers, stored under one shared-data key.
-pub struct KeyRegistry {
+/// A capped set of keys shared by all workers, stored under one shared-data key of host `H`.
+pub struct KeyRegistry<H: Host = WasmHost> {
+    host: H,
     shared_key: String,
     max: usize,
 }
 
 impl KeyRegistry {
-    /// A registry stored under `shared_key`, holding at most `max` keys.
+    /// A registry stored under `shared_key` on the real host, holding at most `max` keys.
     pub fn new(shared_key: String, max: usize) -> Self {
-        KeyRegistry { shared_key, max }
+        KeyRegistry::on(WasmHost, shared_key, max)
+    }
+}
+
+impl<H: Host> KeyRegistry<H> {
+    /// A registry stored under `shared_key` on `host`, holding at most `max` keys.
+    pub fn on(host: H, shared_key: String, max: usize) -> Self {
+        KeyRegistry {
+            host,
+            shared_key,
+            max,
+        }
     }
 
     /// How many keys are registered (one read).
     pub fn count(&self) -> Result<usize, SharedError> {
-        let v = crate::shared::get(&self.shared_key)?;
+        let v = get_on(&self.host, &self.shared_key)?;
         Ok(v.value.as_deref().map_or(0, |b| {
             b.split(|&c| c == b'\n').filter(|k| !k.is_empty()).count()
         }))
@@ -34,7 +48,7 @@ impl KeyRegistry {
             return Ok(false);
         }
         let max = self.max;
-        cas_update(&self.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        cas_update_on(&self.host, &self.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let text = cur.map(String::from_utf8_lossy).unwrap_or_default();
             let mut count = 0usize;
             for k in text.split('\n').filter(|k| !k.is_empty()) {

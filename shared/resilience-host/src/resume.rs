@@ -7,9 +7,9 @@
 //! continuation until `on_tick` returns, and a stream that is gone (the client reset it) is
 //! reported, not a trap.
 //!
-//! Why [`crate::abi`]: the SDK's `set_effective_context`, `resume_http_response` and
-//! `set_tick_period` panic on any status they do not expect (trapping the worker's VM); here
-//! every status is a value.
+//! Why a [`Host`] ([`crate::abi`] on the real one): the SDK's `set_effective_context`,
+//! `resume_http_response` and `set_tick_period` panic on any status they do not expect (trapping
+//! the worker's VM); here every status is a value.
 //!
 //! The timer: Envoy 1.40 re-arms the root context's timer whenever the period is set (it replaces
 //! the timer), from any context of that root (the failure-padding e2e timing tests rely on it). [`set_tick_period_ms`] is therefore both
@@ -18,7 +18,9 @@
 
 use proxy_wasm::types::StreamType;
 
-use crate::abi::{self, HostStatus};
+use crate::abi::HostStatus;
+use crate::host::Host;
+use crate::wasm::WasmHost;
 
 /// What became of a resume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,18 +36,21 @@ pub enum Resumed {
 /// Continue the HTTP response of stream `context_id` (one of this worker's streams), paused
 /// earlier by returning `Pause` from its response headers. Call from the root context.
 pub fn resume_http_response(context_id: u32) -> Resumed {
-    resume(context_id, StreamType::HttpResponse)
+    resume_on(&WasmHost, context_id, StreamType::HttpResponse)
 }
 
 /// Continue the HTTP request of stream `context_id`, paused earlier in its request phase (e.g.
 /// held for body checks). Call from the root context.
 pub fn resume_http_request(context_id: u32) -> Resumed {
-    resume(context_id, StreamType::HttpRequest)
+    resume_on(&WasmHost, context_id, StreamType::HttpRequest)
 }
 
-fn resume(context_id: u32, stream: StreamType) -> Resumed {
-    let resumed =
-        abi::set_effective_context(context_id).and_then(|()| abi::continue_stream(stream));
+/// Continue `stream` (request or response) of stream `context_id` on `host`, paused earlier.
+/// Call from the root context.
+pub fn resume_on<H: Host>(host: &H, context_id: u32, stream: StreamType) -> Resumed {
+    let resumed = host
+        .set_effective_context(context_id)
+        .and_then(|()| host.continue_stream(stream));
     match resumed {
         Ok(()) => Resumed::Continued,
         Err(HostStatus::BAD_ARGUMENT) => Resumed::Gone,
@@ -56,6 +61,11 @@ fn resume(context_id: u32, stream: StreamType) -> Resumed {
 /// Set the root context's tick period to `ms` (clamped to 1..=u32::MAX) and re-arm its timer to
 /// fire `ms` from now. Returns false if the host refused.
 pub fn set_tick_period_ms(ms: u64) -> bool {
+    set_tick_period_ms_on(&WasmHost, ms)
+}
+
+/// [`set_tick_period_ms`] on `host`.
+pub fn set_tick_period_ms_on<H: Host>(host: &H, ms: u64) -> bool {
     let ms = u32::try_from(ms.max(1)).unwrap_or(u32::MAX);
-    abi::set_tick_period_ms(ms).is_ok()
+    host.set_tick_period_ms(ms).is_ok()
 }

@@ -10,8 +10,13 @@
 //! any status it does not expect (some hosts answer `Unimplemented`), and a panic traps the VM.
 //! Here every status is a value. The store has no delete and no eviction: callers must keep their
 //! key space bounded by configuration.
+//!
+//! Each operation takes the [`Host`] it runs on (`get_on`, `set_on`, `cas_update_on`); `get`, `set`
+//! and `cas_update` are the same on [`WasmHost`], for code not yet written against the trait.
 
-use crate::abi::{self, HostStatus};
+use crate::abi::HostStatus;
+use crate::host::Host;
+use crate::wasm::WasmHost;
 
 /// Why a shared-data operation did not happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,10 +69,15 @@ pub struct Versioned {
     pub cas: u32,
 }
 
+/// [`get_on`] the real host.
+pub fn get(key: &str) -> Result<Versioned, SharedError> {
+    get_on(&WasmHost, key)
+}
+
 /// Read `key`. A missing key is `value: None` with `cas: 0` (a write with cas 0 creates it). An
 /// empty value is `None` too, with its token (Envoy hands it back as no bytes at all).
-pub fn get(key: &str) -> Result<Versioned, SharedError> {
-    match abi::get_shared_data(key) {
+pub fn get_on<H: Host>(host: &H, key: &str) -> Result<Versioned, SharedError> {
+    match host.get_shared_data(key) {
         Ok(Some((bytes, cas))) => Ok(Versioned {
             value: (!bytes.is_empty()).then_some(bytes),
             cas,
@@ -87,9 +97,19 @@ pub enum Written {
     CasMismatch,
 }
 
-/// Write `value` if the stored token is still `cas` (0 writes unconditionally).
+/// [`set_on`] the real host.
 pub fn set(key: &str, value: &[u8], cas: u32) -> Result<Written, SharedError> {
-    match abi::set_shared_data(key, value, cas) {
+    set_on(&WasmHost, key, value, cas)
+}
+
+/// Write `value` if the stored token is still `cas` (0 writes unconditionally).
+pub fn set_on<H: Host>(
+    host: &H,
+    key: &str,
+    value: &[u8],
+    cas: u32,
+) -> Result<Written, SharedError> {
+    match host.set_shared_data(key, value, cas) {
         Ok(()) => Ok(Written::Ok),
         Err(HostStatus::CAS_MISMATCH) => Ok(Written::CasMismatch),
         Err(HostStatus(code)) => Err(SharedError::Host(code)),
@@ -107,20 +127,30 @@ pub enum Update<T> {
 /// Default number of read-modify-write attempts before giving up as contended.
 pub const DEFAULT_CAS_ATTEMPTS: u32 = 8;
 
+/// [`cas_update_on`] the real host.
+pub fn cas_update<T>(
+    key: &str,
+    attempts: u32,
+    f: impl FnMut(Option<&[u8]>) -> Update<T>,
+) -> Result<T, SharedError> {
+    cas_update_on(&WasmHost, key, attempts, f)
+}
+
 /// Read-modify-write `key` under CAS, retrying at most `attempts` times.
 ///
 /// `f` sees the current bytes (or `None`) and may run several times; it must be a pure function
 /// of what it sees.
-pub fn cas_update<T>(
+pub fn cas_update_on<H: Host, T>(
+    host: &H,
     key: &str,
     attempts: u32,
     mut f: impl FnMut(Option<&[u8]>) -> Update<T>,
 ) -> Result<T, SharedError> {
     for _ in 0..attempts.max(1) {
-        let current = get(key)?;
+        let current = get_on(host, key)?;
         match f(current.value.as_deref()) {
             Update::Keep(t) => return Ok(t),
-            Update::Write(bytes, t) => match set(key, &bytes, current.cas)? {
+            Update::Write(bytes, t) => match set_on(host, key, &bytes, current.cas)? {
                 Written::Ok => return Ok(t),
                 Written::CasMismatch => continue,
             },

@@ -1,20 +1,27 @@
 //! The current HTTP stream seen whole: every request header in one call and the buffered request
 //! body. (Resuming a paused request lives in [`crate::resume`].)
 //!
-//! Why [`crate::abi`]: the SDK's `get_map_bytes` unwraps header *names* as UTF-8 and its
-//! `get_buffer` panics on any status it does not expect; a panic traps the worker's VM. Here the
-//! serialized map is parsed with every length checked, and every status is a value. Reading the
-//! whole header map costs one host call, cheaper than the several single-header reads a
-//! validator would otherwise make.
+//! Why a [`Host`] ([`crate::abi`] on the real one): the SDK's `get_map_bytes` unwraps header
+//! *names* as UTF-8 and its `get_buffer` panics on any status it does not expect; a panic traps
+//! the worker's VM. Here the serialized map is parsed with every length checked, and every status
+//! is a value. Reading the whole header map costs one host call, cheaper than the several
+//! single-header reads a validator would otherwise make.
 
 use proxy_wasm::types::{BufferType, MapType};
 
-use crate::abi;
+use crate::host::Host;
+use crate::wasm::WasmHost;
 
 /// Every request header as `(name, value)` bytes, pseudo-headers included, in wire order.
 /// `None` when the host refused or sent a map that does not parse.
 pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let bytes = abi::get_header_map_pairs(MapType::HttpRequestHeaders)
+    request_headers_on(&WasmHost)
+}
+
+/// [`request_headers`] on `host`.
+pub fn request_headers_on<H: Host>(host: &H) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let bytes = host
+        .get_header_map_pairs(MapType::HttpRequestHeaders)
         .ok()
         .flatten()?;
     parse_header_map(&bytes)
@@ -22,7 +29,12 @@ pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
 
 /// Up to `max` bytes of the buffered request body from `start`. `None` when the host refused.
 pub fn request_body(start: usize, max: usize) -> Option<Vec<u8>> {
-    abi::get_buffer(BufferType::HttpRequestBody, start, max)
+    request_body_on(&WasmHost, start, max)
+}
+
+/// [`request_body`] on `host`.
+pub fn request_body_on<H: Host>(host: &H, start: usize, max: usize) -> Option<Vec<u8>> {
+    host.get_buffer(BufferType::HttpRequestBody, start, max)
         .ok()
         .flatten()
 }
