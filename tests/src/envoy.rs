@@ -33,7 +33,11 @@ pub const ENVOY_BIN_ENV: &str = "RESILIENCE_ENVOY_BIN";
 /// Set to `1` to keep every Envoy's scratch directory (config and log) after the test.
 pub const KEEP_DIRS_ENV: &str = "RESILIENCE_KEEP_ENVOY_DIRS";
 /// How long `Envoy::start` waits for `/ready` and `start_expect_failure` waits for an exit.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+///
+/// Generous on purpose: an Envoy compiles each module once per worker at start (the validator's
+/// 2 MiB takes seconds), and with tests running side by side on two cores a start has been seen
+/// to take over 20 s. What a test asserts comes after the start, so waiting longer weakens none.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 const LOG_TAIL_LINES: usize = 40;
 
