@@ -1662,6 +1662,15 @@ fn the_shipped_envoy_configs_validate_run_and_read_well_in_prometheus() {
     assert_eq!(get(port, "/v1/pets/7").unwrap().status, 200);
     assert_eq!(get(port, "/v1/pets/x").unwrap().status, 400);
     assert_eq!(get(port, "/v1/owners").unwrap().status, 404);
+    assert_eq!(get(port, "/v1/pets?limit=5").unwrap().status, 200);
+    let r = get(port, "/v1/pets?limit=5&limit=500").unwrap();
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert!(
+        r.body_str()
+            .contains(r#""rule":"openapi_parameters","parameter":"limit","in":"query""#),
+        "{}",
+        r.body_str()
+    );
     let r = request(
         port,
         "POST",
