@@ -1,7 +1,9 @@
 //! The examples users copy, proven against the real filters in the real Envoy.
 //!
 //! Every Envoy bootstrap under `envoy-configs/` and `examples/` must pass `envoy --mode validate`,
-//! which loads the modules and runs each filter's configuration check.
+//! which loads the modules and runs each filter's configuration check. Each of their Wasm filters
+//! must also say what a failed VM does (`failure_policy`), and a validator that checks bodies
+//! must hold the headers too, or the service sees the headers of requests it never gets whole.
 //!
 //! Every Istio `WasmPlugin` under `examples/istio/` must load. Its `pluginConfig` is handed to its
 //! filter the way Istio hands it over:
@@ -41,12 +43,10 @@ const WASM_PLUGIN_API: &str = "extensions.istio.io/v1alpha1";
 // ---------------------------------------------------------------------------------------------
 // Envoy bootstraps
 
-#[test]
-fn every_shipped_envoy_config_validates() {
-    let wasm = filter_wasm("circuit-breaker").unwrap();
-    let dir = wasm.parent().unwrap().display().to_string();
+/// Every Envoy bootstrap under `envoy-configs/` and `examples/`, sorted: its path relative to the
+/// repository and its text. Kubernetes manifests and compose files are left out.
+fn shipped_envoy_bootstraps() -> Vec<(String, String)> {
     let root = harness::paths::workspace_root();
-    let mut checked = Vec::new();
     let mut files = Vec::new();
     let mut folders = vec![root.join("envoy-configs"), root.join("examples")];
     while let Some(folder) = folders.pop() {
@@ -63,6 +63,7 @@ fn every_shipped_envoy_config_validates() {
         }
     }
     files.sort();
+    let mut out = Vec::new();
     for path in files {
         if !matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -74,6 +75,20 @@ fn every_shipped_envoy_config_validates() {
         if !text.contains("static_resources") {
             continue; // not an Envoy bootstrap (a Kubernetes manifest, a compose file)
         }
+        out.push((
+            path.strip_prefix(&root).unwrap().display().to_string(),
+            text,
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_shipped_envoy_config_validates() {
+    let wasm = filter_wasm("circuit-breaker").unwrap();
+    let dir = wasm.parent().unwrap().display().to_string();
+    let mut checked = Vec::new();
+    for (path, text) in shipped_envoy_bootstraps() {
         // Module paths as the configs write them: relative to the repository root, or where the
         // compose file mounts the build. Validation resolves no DNS names, so the compose
         // service names need not exist here.
@@ -81,8 +96,8 @@ fn every_shipped_envoy_config_validates() {
             .replace("target/wasm32-wasip1/release", &dir)
             .replace("/etc/envoy/wasm", &dir);
         harness::envoy::validate(&text)
-            .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
-        checked.push(path.strip_prefix(&root).unwrap().display().to_string());
+            .unwrap_or_else(|e| panic!("{path} does not validate:\n{e}"));
+        checked.push(path);
     }
     println!("validated: {}", checked.join(", "));
     for expected in [
@@ -95,6 +110,183 @@ fn every_shipped_envoy_config_validates() {
             "{expected} was not validated: {checked:?}"
         );
     }
+}
+
+const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// Every `typed_config` of an HTTP Wasm filter under `node`, in document order.
+fn wasm_filters<'a>(node: &'a Yaml, out: &mut Vec<&'a Yaml>) {
+    match node {
+        Yaml::Hash(h) => {
+            if node["@type"].as_str() == Some(WASM_FILTER_TYPE) {
+                out.push(node);
+            }
+            for v in h.values() {
+                wasm_filters(v, out);
+            }
+        }
+        Yaml::Array(a) => {
+            for v in a {
+                wasm_filters(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a validator configuration (its top level or any `routes` entry) may read bodies.
+fn validator_checks_bodies(config: &Value) -> bool {
+    let reads_bodies = |c: &Value| {
+        c.get("json_body") == Some(&Value::Bool(true))
+            || c.get("json_schema").is_some()
+            || c.get("openapi").is_some()
+    };
+    reads_bodies(config)
+        || config
+            .get("routes")
+            .and_then(Value::as_array)
+            .is_some_and(|routes| routes.iter().any(reads_bodies))
+}
+
+/// What is unsafe about the Wasm filters of one Envoy bootstrap: each must say what a failed VM
+/// does (`failure_policy`, not the older `fail_open`), and a validator that checks bodies must
+/// hold the headers too (`hold_headers_for_body_checks` and Envoy's
+/// `allow_on_headers_stop_iteration`), or the service sees the headers of a request whose body
+/// is refused. Returns one line per problem and the number of Wasm filters seen.
+fn wasm_filter_problems(file: &str, text: &str) -> (Vec<String>, usize) {
+    let docs =
+        YamlLoader::load_from_str(text).unwrap_or_else(|e| panic!("{file} is not valid YAML: {e}"));
+    let mut filters = Vec::new();
+    for doc in &docs {
+        wasm_filters(doc, &mut filters);
+    }
+    let mut problems = Vec::new();
+    for filter in &filters {
+        let config = &filter["config"];
+        let what = format!(
+            "{file}: wasm filter {}",
+            config["name"].as_str().unwrap_or("?")
+        );
+        if !matches!(
+            config["failure_policy"].as_str(),
+            Some("FAIL_OPEN" | "FAIL_CLOSED" | "FAIL_RELOAD")
+        ) {
+            problems.push(format!(
+                "{what}: set failure_policy (FAIL_OPEN, FAIL_CLOSED or FAIL_RELOAD) explicitly"
+            ));
+        }
+        if !config["fail_open"].is_badvalue() {
+            problems.push(format!(
+                "{what}: fail_open is the older bool; use failure_policy only"
+            ));
+        }
+        let module = yaml_str(config, &["vm_config", "code", "local", "filename"]).unwrap_or("");
+        if !module.ends_with("request_validator.wasm") {
+            continue;
+        }
+        let json = yaml_str(config, &["configuration", "value"]).unwrap_or("{}");
+        let settings: Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("{what}: configuration is not JSON: {e}"));
+        let checks_bodies = validator_checks_bodies(&settings);
+        let holds = settings.get("hold_headers_for_body_checks") == Some(&Value::Bool(true));
+        if checks_bodies && !holds {
+            problems.push(format!(
+                "{what}: checks bodies, so set \"hold_headers_for_body_checks\": true"
+            ));
+        }
+        if (checks_bodies || holds)
+            && config["allow_on_headers_stop_iteration"].as_bool() != Some(true)
+        {
+            problems.push(format!(
+                "{what}: holding headers needs allow_on_headers_stop_iteration: true in config"
+            ));
+        }
+    }
+    (problems, filters.len())
+}
+
+#[test]
+fn every_shipped_wasm_filter_says_what_a_failed_vm_does_and_validators_hold_checked_bodies_whole() {
+    let mut problems = Vec::new();
+    let mut filters = 0;
+    let mut validators_checking_bodies = 0;
+    for (path, text) in shipped_envoy_bootstraps() {
+        let (p, seen) = wasm_filter_problems(&path, &text);
+        problems.extend(p);
+        filters += seen;
+        assert_eq!(
+            seen > 0,
+            text.contains(WASM_FILTER_TYPE),
+            "{path}: every Wasm filter was found"
+        );
+        validators_checking_bodies += text
+            .matches("\"hold_headers_for_body_checks\": true")
+            .count();
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(filters >= 15, "only {filters} wasm filters found");
+    assert!(
+        validators_checking_bodies >= 4,
+        "request-validator(-openapi).yaml, pack.yaml and docker-compose/envoy-pack.yaml hold"
+    );
+    println!("{filters} wasm filters, {validators_checking_bodies} validators holding bodies");
+
+    // A WasmPlugin cannot set Envoy's allow_on_headers_stop_iteration: holding there would only
+    // make each checked request wait for the filter's fallback.
+    for plugin in istio_plugins()
+        .iter()
+        .filter(|p| p.filter == "request-validator")
+    {
+        assert_ne!(
+            plugin.config.get("hold_headers_for_body_checks"),
+            Some(&Value::Bool(true)),
+            "{}: {} cannot hold headers under Istio",
+            plugin.file,
+            plugin.name
+        );
+    }
+}
+
+#[test]
+fn the_failure_policy_check_refuses_a_missing_policy_and_a_validator_that_forwards_checked_headers()
+{
+    let config = r#"
+static_resources:
+  listeners:
+    - filter_chains:
+        - filters:
+            - typed_config:
+                http_filters:
+                  - typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: breaker
+                        fail_open: true
+                  - typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: validator
+                        failure_policy: FAIL_OPEN
+                        vm_config: { code: { local: { filename: x/request_validator.wasm } } }
+                        configuration:
+                          value: '{"routes": [{"name": "a", "json_schema": true}]}'
+"#;
+    let (problems, seen) = wasm_filter_problems("inline", config);
+    assert_eq!(seen, 2);
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(
+        problems[0].contains("breaker: set failure_policy"),
+        "{problems:#?}"
+    );
+    assert!(problems[1].contains("breaker: fail_open"), "{problems:#?}");
+    assert!(
+        problems[2].contains("hold_headers_for_body_checks"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[3].contains("allow_on_headers_stop_iteration"),
+        "{problems:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

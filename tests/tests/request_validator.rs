@@ -796,6 +796,69 @@ fn an_openapi_document_with_two_operations_checks_paths_methods_parameters_media
     rig.assert_no_vm_failure();
 }
 
+/// A listing whose `limit` is one integer and whose `tag` is a list, as an application reads them.
+const LISTING_OPENAPI: &str = r##"{
+    "openapi": "3.1.0",
+    "info": {"title": "Pets", "version": "1.0.0"},
+    "servers": [{"url": "/v1"}],
+    "paths": {"/pets": {"get": {"parameters": [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+        {"name": "tag", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+        {"name": "x-tenant", "in": "header", "schema": {"type": "string"}}
+    ]}}}
+}"##;
+
+#[test]
+fn a_single_valued_parameter_sent_twice_is_refused_so_no_unchecked_value_reaches_the_application() {
+    let rig = rig(&format!(
+        r#"{{"sync_interval": "50ms", "routes": [
+            {{"name": "pets", "match": {{"prefix": "/v1"}}, "openapi": {LISTING_OPENAPI}}}
+        ]}}"#
+    ));
+    assert_eq!(rig.get("/v1/pets?limit=5").status, 200);
+    assert_eq!(rig.get("/v1/pets?limit=5&tag=a&tag=b").status, 200);
+    assert_eq!(
+        rig.req("GET", "/v1/pets", &[("x-tenant", "acme")], None)
+            .status,
+        200
+    );
+
+    // A framework that reads the last `limit` would see 500; one that reads the first, 5.
+    let r = rig.get("/v1/pets?limit=5&limit=500");
+    problem(&r, 400, "openapi_parameters", "invalid-parameter");
+    assert_eq!(
+        r.body_str(),
+        r#"{"type":"urn:resilience-pack:problem:invalid-parameter","title":"Missing or invalid parameter","status":400,"detail":"Query parameter \"limit\" is sent 2 times; the API declares a single value.","rule":"openapi_parameters","parameter":"limit","in":"query"}"#
+    );
+    println!("figure: repeated query parameter: {}", r.body_str());
+    let r = rig.get("/v1/pets?limit=500&limit=5");
+    problem(&r, 400, "openapi_parameters", "invalid-parameter");
+    let r = rig.get("/v1/pets?limit=500");
+    let b = problem(&r, 400, "openapi_parameters", "invalid-parameter");
+    assert_eq!(b["keyword"], "maximum");
+
+    // Envoy forwards both lines of a header it does not know; the application may read either.
+    let r = rig.req(
+        "GET",
+        "/v1/pets",
+        &[("x-tenant", "acme"), ("x-tenant", "other")],
+        None,
+    );
+    let b = problem(&r, 400, "openapi_parameters", "invalid-parameter");
+    assert_eq!(
+        b["detail"],
+        "Header \"x-tenant\" is sent 2 times; the API declares a single value."
+    );
+
+    assert_eq!(
+        rig.upstream.requests(),
+        3,
+        "no request with a repeated single value reached the upstream"
+    );
+    rig.wait_stat("pets", "violations_openapi_parameters", 4);
+    rig.assert_no_vm_failure();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deadlines
 
@@ -1599,6 +1662,15 @@ fn the_shipped_envoy_configs_validate_run_and_read_well_in_prometheus() {
     assert_eq!(get(port, "/v1/pets/7").unwrap().status, 200);
     assert_eq!(get(port, "/v1/pets/x").unwrap().status, 400);
     assert_eq!(get(port, "/v1/owners").unwrap().status, 404);
+    assert_eq!(get(port, "/v1/pets?limit=5").unwrap().status, 200);
+    let r = get(port, "/v1/pets?limit=5&limit=500").unwrap();
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert!(
+        r.body_str()
+            .contains(r#""rule":"openapi_parameters","parameter":"limit","in":"query""#),
+        "{}",
+        r.body_str()
+    );
     let r = request(
         port,
         "POST",

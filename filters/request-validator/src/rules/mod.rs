@@ -481,5 +481,37 @@ mod properties {
                 let _ = api.check_head(&f, &head);
             }
         }
+
+        #[test]
+        fn openapi_parameter_checks_never_panic_on_repeated_hostile_values(
+            q in bytes(),
+            values in proptest::collection::vec(bytes(), 0..6),
+        ) {
+            let api = Api::compile(
+                &json!({"openapi": "3.1.0", "paths": {"/a": {"get": {"parameters": [
+                    {"name": "n", "in": "query", "schema": {"type": "integer", "maximum": 5}},
+                    {"name": "l", "in": "query", "style": "pipeDelimited", "schema": {"type": "array", "items": {"type": "number"}}},
+                    {"name": "e", "in": "query", "schema": {"type": "array", "items": {"type": "boolean"}}},
+                    {"name": "h", "in": "header", "schema": {"type": "array", "items": {"type": "integer"}}},
+                    {"name": "s", "in": "header", "schema": {"type": "string"}},
+                    {"name": "c", "in": "cookie", "schema": {"type": "string"}}
+                ]}}}}),
+                false,
+            )
+            .unwrap();
+            let mut path = b"/a?".to_vec();
+            path.extend_from_slice(&q);
+            let mut headers = vec![(b":path".to_vec(), path)];
+            for (i, v) in values.into_iter().enumerate() {
+                let name = [&b"h"[..], b"s", b"cookie"][i % 3].to_vec();
+                headers.push((name, v));
+            }
+            let head = RequestHead { headers, end_of_stream: true };
+            if let Lookup::Found(f) = api.lookup(b"GET", head.path_only()) {
+                if let Err(v) = api.check_head(&f, &head) {
+                    prop_assert!(v.detail.len() <= super::MAX_DETAIL);
+                }
+            }
+        }
     }
 }

@@ -21,6 +21,12 @@
 //!   `$ref`s into `#/components/parameters` followed: `in` `path`, `query`, `header` and `cookie`;
 //!   `required`; and the `schema`, against which the value is checked after reading it as the
 //!   schema's `type` (`integer`, `number`, `boolean`, `string`, `array` of those).
+//! - Repeats. A parameter the document declares as one value must arrive once: frameworks
+//!   disagree on which of `limit=5&limit=500` they read, so a repeat is refused (400) whatever
+//!   the values; a list's every item is checked. Only an `array` in a form that is written by repeating the parameter
+//!   may repeat: a query array with `explode` (the default for `style: form`), or a header array
+//!   (repeated header lines mean the comma-joined list, RFC 9110 §5.3). A query array without
+//!   `explode` is one comma- (`spaceDelimited`: space-, `pipeDelimited`: pipe-) separated value.
 //! - `requestBody` (`$ref` into `#/components/requestBodies` followed): `required`, and `content`,
 //!   whose keys are the accepted media types (ranges such as `application/*` allowed); the schema
 //!   of a JSON media type is checked against the body.
@@ -29,12 +35,14 @@
 //! `#/components/schemas` resolve. OpenAPI 3.1 documents use draft 2020-12; 3.0 documents use
 //! draft 4 (their schema dialect's base), with `nullable: true` read as "or null".
 
+use std::borrow::Cow;
+
 use regex::{Regex, RegexSet};
 use serde_json::{Map, Value};
 
 use super::json::{parse_body, JsonDraft, SchemaRef, SchemaSet};
 use super::media::{essence, is_json, MediaRange};
-use super::query::{decode, pairs, parse_integer};
+use super::query::{self, decode, parse_integer};
 use super::{quote, RequestHead, Rule, Violation};
 use resilience_core::problem::bounded;
 
@@ -112,14 +120,29 @@ enum Scalar {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
+    /// One value: each occurrence is checked, and more than one is refused.
     Scalar(Scalar),
-    /// Every occurrence (and, unless exploded, every comma-separated item) is one element.
+    /// A list: each occurrence's items (the whole occurrence when `split` is `None`, else the
+    /// pieces between `split` bytes) form one array.
     Array {
         item: Scalar,
-        explode: bool,
+        split: Option<u8>,
+        /// Whether the serialisation the document declares writes the list by repeating the
+        /// parameter; when it does not, a repeat is refused like a scalar's.
+        repeatable: bool,
     },
     /// Objects (`deepObject` and friends) are checked for presence only.
     Unchecked,
+}
+
+impl Shape {
+    fn repeatable(self) -> bool {
+        match self {
+            Shape::Scalar(_) => false,
+            Shape::Array { repeatable, .. } => repeatable,
+            Shape::Unchecked => true,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -407,9 +430,8 @@ impl Api {
                     .filter(|(n, _)| *n == p.name)
                     .map(|(_, v)| v.clone())
                     .collect(),
-                In::Query => pairs(head.query().unwrap_or_default())
-                    .filter(|(n, _)| n.as_ref() == p.name.as_bytes())
-                    .map(|(_, v)| v.into_owned())
+                In::Query => query::values(head.query().unwrap_or_default(), p.name.as_bytes())
+                    .map(Cow::into_owned)
                     .collect(),
                 In::Header => {
                     let lower = p.name.to_ascii_lowercase();
@@ -426,43 +448,34 @@ impl Api {
             let Some((schema, shape)) = p.schema else {
                 continue;
             };
-            let instance = match shape {
+            // A single value sent more than once is refused before any occurrence is read: the
+            // application may take any one of them (first, last, joined), so none of them is
+            // the value the document describes. Refusing first also bounds what a hostile
+            // `a=1&a=1&…` costs to one schema check.
+            if values.len() > 1 && !shape.repeatable() {
+                return Err(repeat_violation(p, values.len()));
+            }
+            let instances: Vec<Value> = match shape {
                 Shape::Unchecked => continue,
-                Shape::Scalar(s) => {
-                    let Some(first) = values.first() else {
-                        continue;
-                    };
-                    coerce(first, s)
-                }
-                Shape::Array { item, explode } => {
+                Shape::Scalar(s) => values.iter().map(|v| coerce(v, s)).collect(),
+                Shape::Array { item, split, .. } => {
                     let mut items = Vec::new();
                     for v in &values {
-                        if explode && p.location == In::Query {
-                            items.push(coerce(v, item));
-                        } else {
-                            items.extend(v.split(|b| *b == b',').map(|x| coerce(x, item)));
+                        match split {
+                            None => items.push(coerce(v, item)),
+                            // A header list allows spaces around its commas (RFC 9110 §5.6.1).
+                            Some(sep) if p.location == In::Header => items
+                                .extend(v.split(|b| *b == sep).map(|x| coerce(trim_ows(x), item))),
+                            Some(sep) => {
+                                items.extend(v.split(|b| *b == sep).map(|x| coerce(x, item)));
+                            }
                         }
                     }
-                    Value::Array(items)
+                    vec![Value::Array(items)]
                 }
             };
-            let Some(instance) = instance_or_utf8_error(instance) else {
-                return Err(param_violation(p, "is not valid UTF-8".to_owned()));
-            };
-            if let Err(v) = self
-                .schemas
-                .validate(schema, &instance, Rule::OpenapiParameters)
-            {
-                let keyword = v
-                    .extensions
-                    .iter()
-                    .find(|(k, _)| *k == "keyword")
-                    .and_then(|(_, v)| v.as_str())
-                    .unwrap_or("schema");
-                return Err(
-                    param_violation(p, format!("does not match its schema ({keyword})"))
-                        .with("keyword", keyword.to_owned()),
-                );
+            for instance in instances {
+                self.check_param_value(p, schema, instance)?;
             }
         }
         let Some(body) = &op.body else {
@@ -503,6 +516,34 @@ impl Api {
             Some((m, schema)) if is_json(m) => Ok(schema),
             Some(_) => Ok(None),
         }
+    }
+
+    /// One parameter value (already read as its schema's type) against the schema.
+    fn check_param_value(
+        &self,
+        p: &Param,
+        schema: SchemaRef,
+        instance: Value,
+    ) -> Result<(), Violation> {
+        let Some(instance) = instance_or_utf8_error(instance) else {
+            return Err(param_violation(p, "is not valid UTF-8".to_owned()));
+        };
+        if let Err(v) = self
+            .schemas
+            .validate(schema, &instance, Rule::OpenapiParameters)
+        {
+            let keyword = v
+                .extensions
+                .iter()
+                .find(|(k, _)| *k == "keyword")
+                .and_then(|(_, v)| v.as_str())
+                .unwrap_or("schema");
+            return Err(
+                param_violation(p, format!("does not match its schema ({keyword})"))
+                    .with("keyword", keyword.to_owned()),
+            );
+        }
+        Ok(())
     }
 
     /// Checks a complete JSON body against the operation's schema.
@@ -546,6 +587,26 @@ fn param_violation(p: &Param, what: String) -> Violation {
     )
     .with("parameter", name)
     .with("in", p.location.name())
+}
+
+/// A parameter the document declares as one value, sent `count` times. The count is of
+/// occurrences, not items: what a client sent, bounded by the head's size.
+fn repeat_violation(p: &Param, count: usize) -> Violation {
+    param_violation(
+        p,
+        format!("is sent {count} times; the API declares a single value"),
+    )
+}
+
+/// `v` without the spaces and tabs around it.
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !is_ows(b)).unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i.saturating_add(1));
+    v.get(start..end).unwrap_or_default()
 }
 
 /// A raw value as the JSON type the schema expects; what does not parse stays a string so the
@@ -604,6 +665,7 @@ struct RawParam {
     name: String,
     location: In,
     required: bool,
+    style: Option<String>,
     explode: Option<bool>,
     /// Pointer to the parameter object (after following `$ref`).
     pointer: String,
@@ -686,6 +748,7 @@ fn collect_params(
             name: name.to_owned(),
             location,
             required,
+            style: p.get("style").and_then(Value::as_str).map(str::to_owned),
             explode: p.get("explode").and_then(Value::as_bool),
             pointer: p_ptr,
             has_schema: p.get("schema").is_some(),
@@ -697,12 +760,7 @@ fn collect_params(
 fn compile_param(schemas: &mut SchemaSet, doc: &Value, p: RawParam) -> Result<Param, ApiError> {
     let schema = if p.has_schema {
         let schema_ptr = format!("{}/schema", p.pointer);
-        let shape = shape_of(
-            doc,
-            &schema_ptr,
-            p.explode
-                .unwrap_or(p.location == In::Query || p.location == In::Cookie),
-        );
+        let shape = shape_of(doc, &schema_ptr, list_form(&p));
         let r = schemas
             .compile(&schema_ptr)
             .map_err(|e| ApiError::new(e.pointer, e.message))?;
@@ -718,8 +776,37 @@ fn compile_param(schemas: &mut SchemaSet, doc: &Value, p: RawParam) -> Result<Pa
     })
 }
 
-/// The JSON type a parameter's schema declares (one `$ref` followed), to read raw values as.
-fn shape_of(doc: &Value, schema_ptr: &str, explode: bool) -> Shape {
+/// How an array parameter is written: `(split, repeatable)` of [`Shape::Array`].
+///
+/// Query (`style` `form` unless given): `explode`, the default for `form` only, writes one
+/// occurrence per item; otherwise one occurrence holds the items separated by `,` (`form`),
+/// a space (`spaceDelimited`) or `|` (`pipeDelimited`), and a second occurrence is a repeat.
+/// Header (`simple`): comma-separated, and repeated header lines mean their comma-joined list.
+/// Path: one segment, comma-separated (a template cannot name a parameter twice). Cookie: each
+/// occurrence comma-separated, and repeats allowed: OpenAPI 3.0 and 3.1 do not settle how an
+/// exploded cookie array is written, so no reading is refused.
+fn list_form(p: &RawParam) -> (Option<u8>, bool) {
+    match p.location {
+        In::Query => {
+            let style = p.style.as_deref().unwrap_or("form");
+            if p.explode.unwrap_or(style == "form") {
+                return (None, true);
+            }
+            let sep = match style {
+                "spaceDelimited" => b' ',
+                "pipeDelimited" => b'|',
+                _ => b',',
+            };
+            (Some(sep), false)
+        }
+        In::Header | In::Cookie => (Some(b','), true),
+        In::Path => (Some(b','), false),
+    }
+}
+
+/// The JSON type a parameter's schema declares (one `$ref` followed), to read raw values as;
+/// `list` is how an array is written ([`list_form`]).
+fn shape_of(doc: &Value, schema_ptr: &str, list: (Option<u8>, bool)) -> Shape {
     let scalar_of = |v: &Value| -> Option<Scalar> {
         let v = match v
             .get("$ref")
@@ -765,7 +852,11 @@ fn shape_of(doc: &Value, schema_ptr: &str, explode: bool) -> Shape {
                 .get("items")
                 .and_then(scalar_of)
                 .unwrap_or(Scalar::String);
-            Shape::Array { item, explode }
+            Shape::Array {
+                item,
+                split: list.0,
+                repeatable: list.1,
+            }
         }
         Some("object") => Shape::Unchecked,
         _ => Shape::Scalar(scalar_of(schema).unwrap_or(Scalar::String)),
@@ -1035,6 +1126,133 @@ mod tests {
         let v = api.check_head(&found(&api, &h), &h).unwrap_err();
         assert!(
             v.detail.starts_with("Query parameter \"fields\""),
+            "{}",
+            v.detail
+        );
+    }
+
+    /// One operation with a parameter of each repeat behaviour.
+    fn listing() -> Api {
+        let doc = json!({"openapi": "3.1.0", "servers": [{"url": "/v1"}], "paths": {"/pets": {"get": {"parameters": [
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            {"name": "tag", "in": "query", "schema": {"type": "array", "items": {"type": "string", "maxLength": 8}}},
+            {"name": "ids", "in": "query", "explode": false,
+             "schema": {"type": "array", "items": {"type": "integer"}}},
+            {"name": "words", "in": "query", "style": "spaceDelimited",
+             "schema": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"}}},
+            {"name": "x-tenant", "in": "header", "schema": {"type": "string"}},
+            {"name": "x-flags", "in": "header", "schema": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}}},
+            {"name": "session", "in": "cookie", "schema": {"type": "string"}}
+        ]}}}});
+        Api::compile(&doc, false).unwrap()
+    }
+
+    fn check_listing(query: &str, extra: &[(&str, &str)]) -> Result<(), Violation> {
+        let api = listing();
+        let h = head("GET", &format!("/v1/pets?{query}"), extra, false);
+        api.check_head(&found(&api, &h), &h).map(|_| ())
+    }
+
+    #[test]
+    fn a_single_valued_query_parameter_is_checked_once_and_refused_when_repeated() {
+        assert!(check_listing("limit=5", &[]).is_ok());
+        let v = check_listing("limit=500", &[]).unwrap_err();
+        assert_eq!(
+            v.detail,
+            "Query parameter \"limit\" does not match its schema (maximum)."
+        );
+        for polluted in [
+            "limit=500&limit=5",
+            "limit=5&limit=500",
+            "limit=5&limit=5",
+            "limit=5&x=1&li%6Dit=500",
+        ] {
+            let v = check_listing(polluted, &[]).unwrap_err();
+            assert_eq!(v.rule, Rule::OpenapiParameters, "{polluted}");
+            assert_eq!(
+                v.detail,
+                "Query parameter \"limit\" is sent 2 times; the API declares a single value.",
+                "{polluted}"
+            );
+            assert_eq!(
+                v.problem().body(),
+                r#"{"type":"urn:resilience-pack:problem:invalid-parameter","title":"Missing or invalid parameter","status":400,"detail":"Query parameter \"limit\" is sent 2 times; the API declares a single value.","rule":"openapi_parameters","parameter":"limit","in":"query"}"#
+            );
+        }
+    }
+
+    #[test]
+    fn an_exploded_query_array_may_repeat_and_every_item_is_checked() {
+        assert!(check_listing("tag=a&tag=b&tag=c", &[]).is_ok());
+        for bad in ["tag=much-too-long&tag=a", "tag=a&tag=much-too-long"] {
+            let v = check_listing(bad, &[]).unwrap_err();
+            assert_eq!(
+                v.detail, "Query parameter \"tag\" does not match its schema (maxLength).",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_query_array_without_explode_is_one_delimited_value_and_refused_when_repeated() {
+        assert!(check_listing("ids=1,2,3", &[]).is_ok());
+        assert!(check_listing("ids=1,x", &[]).is_err());
+        let v = check_listing("ids=1&ids=2", &[]).unwrap_err();
+        assert_eq!(
+            v.detail,
+            "Query parameter \"ids\" is sent 2 times; the API declares a single value."
+        );
+        assert!(check_listing("words=red+shoes", &[]).is_ok());
+        assert!(check_listing("words=red%20shoes", &[]).is_ok());
+        assert!(
+            check_listing("words=red&words=shoes", &[]).is_err(),
+            "spaceDelimited does not explode unless told"
+        );
+    }
+
+    #[test]
+    fn a_single_valued_header_sent_twice_is_refused_and_a_header_list_may_repeat() {
+        assert!(check_listing("", &[("x-tenant", "acme")]).is_ok());
+        let v = check_listing("", &[("x-tenant", "acme"), ("x-tenant", "evil")]).unwrap_err();
+        assert_eq!(
+            v.detail,
+            "Header \"x-tenant\" is sent 2 times; the API declares a single value."
+        );
+        assert!(v.extensions.contains(&("in", json!("header"))));
+        assert!(check_listing("", &[("x-flags", "a, b"), ("x-flags", "b")]).is_ok());
+        assert!(check_listing("", &[("x-flags", "a,b\t")]).is_ok());
+        let v = check_listing("", &[("x-flags", "a"), ("x-flags", "c")]).unwrap_err();
+        assert_eq!(
+            v.detail,
+            "Header \"x-flags\" does not match its schema (enum)."
+        );
+    }
+
+    #[test]
+    fn a_single_valued_cookie_sent_twice_is_refused() {
+        assert!(check_listing("", &[("cookie", "session=a; theme=dark")]).is_ok());
+        for twice in [
+            &[("cookie", "session=a; session=b")][..],
+            &[("cookie", "session=a"), ("cookie", "session=b")],
+        ] {
+            let v = check_listing("", twice).unwrap_err();
+            assert_eq!(
+                v.detail,
+                "Cookie \"session\" is sent 2 times; the API declares a single value."
+            );
+        }
+    }
+
+    #[test]
+    fn a_path_parameter_is_one_segment_and_a_list_in_it_is_not_an_integer() {
+        let api = Api::compile(&pets(), false).unwrap();
+        let h = head("GET", "/v1/pets/1,2", &[], false);
+        let f = found(&api, &h);
+        assert_eq!(f.path_params, vec![("petId", b"1,2".to_vec())]);
+        let v = api.check_head(&f, &h).unwrap_err();
+        assert!(
+            v.detail
+                .starts_with("Path parameter \"petId\" does not match its schema"),
             "{}",
             v.detail
         );

@@ -3,7 +3,12 @@
 //! The query is split on `&` into `name=value` pairs, and each side is percent-decoded with `+` as
 //! a space (the `application/x-www-form-urlencoded` reading every web framework applies). A
 //! malformed `%` escape is kept literally rather than rejected: the rules decide what is valid.
-//! Every occurrence of a repeated parameter must satisfy the rule.
+//!
+//! A parameter may be repeated (`limit=5&limit=500`), and frameworks disagree on which occurrence
+//! they read: some take the first, some the last, some all of them. Checking only one occurrence
+//! would let a bad value ride behind a good one, so every reader here goes through [`values`], and
+//! every occurrence of a repeated parameter must satisfy the rule. (OpenAPI mode goes further and
+//! refuses repeats of a parameter its document declares as a single value.)
 
 use std::borrow::Cow;
 
@@ -84,6 +89,11 @@ pub fn pairs(query: &[u8]) -> impl Iterator<Item = (Cow<'_, [u8]>, Cow<'_, [u8]>
         })
 }
 
+/// The decoded values of every occurrence of parameter `name`, in order.
+pub fn values<'q>(query: &'q [u8], name: &'q [u8]) -> impl Iterator<Item = Cow<'q, [u8]>> + 'q {
+    pairs(query).filter_map(move |(n, v)| (n.as_ref() == name).then_some(v))
+}
+
 /// A strict decimal integer: optional `-`, 1–19 digits, nothing else.
 pub fn parse_integer(v: &[u8]) -> Option<i64> {
     let digits = v.strip_prefix(b"-").unwrap_or(v);
@@ -98,10 +108,7 @@ pub fn check(rules: &[QueryRule], query: Option<&[u8]>) -> Result<(), Violation>
     let query = query.unwrap_or_default();
     for rule in rules {
         let mut seen = false;
-        for (name, value) in pairs(query) {
-            if name.as_ref() != rule.name.as_bytes() {
-                continue;
-            }
+        for value in values(query, rule.name.as_bytes()) {
             seen = true;
             check_value(rule, &value)?;
         }
@@ -176,6 +183,15 @@ mod tests {
     }
 
     #[test]
+    fn values_are_every_occurrence_of_the_decoded_name_in_order() {
+        let got: Vec<Vec<u8>> = values(b"limit=5&x=1&li%6Dit=500&limit", b"limit")
+            .map(Cow::into_owned)
+            .collect();
+        assert_eq!(got, vec![b"5".to_vec(), b"500".to_vec(), b"".to_vec()]);
+        assert_eq!(values(b"limits=5", b"limit").count(), 0);
+    }
+
+    #[test]
     fn integers_are_strict() {
         assert_eq!(parse_integer(b"42"), Some(42));
         assert_eq!(parse_integer(b"-7"), Some(-7));
@@ -219,11 +235,15 @@ mod tests {
             check(std::slice::from_ref(&r), None).is_ok(),
             "optional when absent"
         );
-        let v = check(std::slice::from_ref(&r), Some(b"limit=5&limit=500")).unwrap_err();
-        assert_eq!(
-            v.detail,
-            "Query parameter \"limit\" must be an integer from 1 to 100."
-        );
+        for polluted in [&b"limit=5&limit=500"[..], b"limit=500&limit=5"] {
+            let v = check(std::slice::from_ref(&r), Some(polluted)).unwrap_err();
+            assert_eq!(v.rule, Rule::QueryParams);
+            assert_eq!(
+                v.detail,
+                "Query parameter \"limit\" must be an integer from 1 to 100."
+            );
+        }
+        assert!(check(std::slice::from_ref(&r), Some(b"limit=5&limit=50")).is_ok());
         assert!(check(&[r], Some(b"limit=ten")).is_err());
     }
 
