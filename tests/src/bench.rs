@@ -28,6 +28,9 @@ pub struct Subject {
     pub filters_yaml: String,
     /// Extra cluster YAML (for Envoy-native mechanisms such as outlier detection).
     pub cluster_yaml: String,
+    /// 0: each request is a GET; otherwise a POST with a body of this many bytes (so that body
+    /// callbacks run).
+    pub body_bytes: usize,
 }
 
 /// A wasm filter entry for a subject. `vm_id` should be unique per filter in a chain.
@@ -81,8 +84,15 @@ pub fn process_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Sends `requests` GETs over `connections` persistent connections; returns (completed, errors).
-pub fn keep_alive_load(port: u16, path: &str, connections: usize, requests: u64) -> (u64, u64) {
+/// Sends `requests` requests over `connections` persistent connections: GETs, or POSTs with a
+/// body of `body_bytes` when it is not 0. Returns (completed, errors).
+pub fn keep_alive_load(
+    port: u16,
+    path: &str,
+    body_bytes: usize,
+    connections: usize,
+    requests: u64,
+) -> (u64, u64) {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -91,7 +101,14 @@ pub fn keep_alive_load(port: u16, path: &str, connections: usize, requests: u64)
             let (next, done, errors) = (Arc::clone(&next), Arc::clone(&done), Arc::clone(&errors));
             let path = path.to_owned();
             std::thread::spawn(move || {
-                let request = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n");
+                let request = if body_bytes == 0 {
+                    format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n")
+                } else {
+                    format!(
+                        "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {body_bytes}\r\n\r\n{}",
+                        "x".repeat(body_bytes)
+                    )
+                };
                 let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
                 while next.fetch_add(1, Ordering::Relaxed) < requests {
                     if conn.is_none() {
@@ -226,7 +243,13 @@ pub fn measure(
             .map_err(|e| format!("{}: {e}", s.name))?;
         envoy.wait_listener(listener)?;
         // Warm up: connections, VMs, JIT.
-        keep_alive_load(listener, "/bench", connections, requests / 10 + 100);
+        keep_alive_load(
+            listener,
+            "/bench",
+            s.body_bytes,
+            connections,
+            requests / 10 + 100,
+        );
         envoys.push((envoy, listener));
     }
     let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
@@ -237,7 +260,8 @@ pub fn measure(
             progress(name, round);
             let before = process_cpu(envoy.pid())?;
             let started = Instant::now();
-            let (done, errs) = keep_alive_load(*listener, "/bench", connections, requests);
+            let body = subjects.get(i).map_or(0, |s| s.body_bytes);
+            let (done, errs) = keep_alive_load(*listener, "/bench", body, connections, requests);
             let _ = started.elapsed();
             let after = process_cpu(envoy.pid())?;
             if let Some(e) = errors.get_mut(i) {

@@ -39,40 +39,59 @@ const NATIVE_FILTER: &str = r#"- name: envoy.filters.http.admission_control
 
 const NATIVE_CLUSTER: &str = "outlier_detection:\n  consecutive_5xx: 5\n  interval: 10s\ncircuit_breakers:\n  thresholds:\n    - retry_budget:\n        budget_percent: { value: 20.0 }\n        min_retry_concurrency: 3\n";
 
+/// The body of the POST subjects: enough for Envoy to call body callbacks on every request.
+const POST_BODY_BYTES: usize = 4096;
+
+fn subject(name: &str, filters_yaml: String) -> Subject {
+    Subject {
+        name: name.into(),
+        filters_yaml,
+        cluster_yaml: String::new(),
+        body_bytes: 0,
+    }
+}
+
 fn subjects() -> Result<Vec<Subject>, String> {
+    let noop = bench::wasm_filter("noop-filter", "noop", "{}")?;
+    let headers_only = bench::wasm_filter("noop-headers-only", "noop_headers_only", "{}")?;
+    let post = |s: Subject| Subject {
+        name: format!("{}, POST {} KiB", s.name, POST_BODY_BYTES / 1024),
+        body_bytes: POST_BODY_BYTES,
+        ..s
+    };
     let mut out = vec![
-        Subject {
-            name: "bare Envoy".into(),
-            filters_yaml: String::new(),
-            cluster_yaml: String::new(),
-        },
-        Subject {
-            name: "no-op wasm filter".into(),
-            filters_yaml: bench::wasm_filter("noop-filter", "noop", "{}")?,
-            cluster_yaml: String::new(),
-        },
+        subject("bare Envoy", String::new()),
+        subject("no-op wasm filter", noop.clone()),
+        // The SDK exports every callback; this one only the header callbacks (see
+        // tests/noop-headers-only): the difference is what unused callbacks cost.
+        subject(
+            "no-op wasm filter, header callbacks only",
+            headers_only.clone(),
+        ),
+        post(subject("bare Envoy", String::new())),
+        post(subject("no-op wasm filter", noop)),
+        post(subject(
+            "no-op wasm filter, header callbacks only",
+            headers_only,
+        )),
     ];
     let mut chain = String::new();
     for (krate, root, config) in FILTERS {
         let f = bench::wasm_filter(krate, root, config)?;
         chain.push_str(&f);
-        out.push(Subject {
-            name: (*krate).into(),
-            filters_yaml: f,
-            cluster_yaml: String::new(),
-        });
+        out.push(subject(krate, f));
     }
     if FILTERS.len() > 1 {
-        out.push(Subject {
-            name: format!("all {} filters chained", FILTERS.len()),
-            filters_yaml: chain,
-            cluster_yaml: String::new(),
-        });
+        out.push(subject(
+            &format!("all {} filters chained", FILTERS.len()),
+            chain,
+        ));
     }
     out.push(Subject {
         name: "Envoy native (outlier + retry budget + admission control)".into(),
         filters_yaml: NATIVE_FILTER.into(),
         cluster_yaml: NATIVE_CLUSTER.into(),
+        body_bytes: 0,
     });
     Ok(out)
 }
@@ -82,7 +101,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let (rounds, requests) = if quick { (3, 3_000) } else { (7, 20_000) };
     println!("building the filters (wasm32-wasip1, release)...");
     crate::test::build_wasm()?;
-    harness::wasm::build(&["noop-filter"])?;
+    harness::wasm::build(&["noop-filter", "noop-headers-only"])?;
     harness::envoy::ensure_installed()?;
     let subjects = subjects()?;
     println!("{} configurations × {rounds} interleaved rounds × {requests} requests (8 keep-alive connections)", subjects.len());
@@ -90,9 +109,16 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         eprint!("\r  round {}/{rounds}: {name:<60}", round + 1);
     })?;
     eprintln!();
-    let bare = results
-        .first()
-        .map_or(1.0, |r| r.cpu_us_per_request.max(1e-9));
+    // Each subject is compared with bare Envoy under the same load (GET, or POST with a body).
+    let bare_for = |body: usize| {
+        subjects
+            .iter()
+            .zip(&results)
+            .find(|(s, _)| {
+                s.filters_yaml.is_empty() && s.cluster_yaml.is_empty() && s.body_bytes == body
+            })
+            .map_or(1.0, |(_, r)| r.cpu_us_per_request.max(1e-9))
+    };
     let mut md = String::new();
     let _ = writeln!(md, "Envoy {} at --concurrency 2, {rounds} interleaved rounds of {requests} requests, median CPU per request.\n", harness::ENVOY_VERSION);
     let _ = writeln!(
@@ -100,7 +126,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         "| configuration | Envoy CPU µs/request | × bare | errors | Envoy RSS | Envoy allocated (admin /memory) |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-    for r in &results {
+    for (s, r) in subjects.iter().zip(&results) {
+        let bare = bare_for(s.body_bytes);
         let _ = writeln!(
             md,
             "| {} | {:.1} | {:.2} | {} | {} | {} |",
@@ -126,6 +153,17 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
+        // The modules measured here, not the host-only crates a root-level wasm build leaves.
+        .filter(|e| {
+            let stem = e
+                .path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace('_', "-"));
+            stem.is_some_and(|stem| {
+                FILTERS.iter().any(|(k, _, _)| *k == stem)
+                    || ["noop-filter", "noop-headers-only"].contains(&stem.as_str())
+            })
+        })
         .collect();
     modules.sort_by_key(|e| e.file_name());
     for m in modules {
