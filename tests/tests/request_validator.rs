@@ -1749,7 +1749,11 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// A measurement, not a check: it asserts nothing and takes a minute of both cores, so the suite
+/// leaves it out (`cargo pack bench` is where cost is measured). Run it with `cargo test -p harness
+/// --test request_validator -- --ignored --nocapture validator_cost`.
 #[test]
+#[ignore = "a measurement that asserts nothing; run with --ignored"]
 fn validator_cost_on_the_healthy_path_and_per_body_size_against_bare_envoy() {
     let upstream = Upstream::start().unwrap();
     let start = |filters: &str| {

@@ -115,6 +115,12 @@ fn ensure_wasm_bindgen_runner() -> Result<(), String> {
     Err(format!("cargo install wasm-bindgen-cli {version} failed"))
 }
 
+/// The tests that measure time and must have the machine to themselves (a nextest filter): the
+/// lab's scenarios compare timings between variants, and failure padding's tests measure how
+/// precisely held responses are released. Under `cargo test` each binary runs alone and takes a
+/// lock per test; nextest runs each test in its own process, where that lock means nothing.
+const TIMING_TESTS: &str = "binary(lab) | binary(failure_padding)";
+
 /// Whether `cargo nextest` runs here.
 fn has_nextest() -> bool {
     cargo()
@@ -125,20 +131,21 @@ fn has_nextest() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The test runs, in order. With cargo-nextest, every test but the lab's from one queue
-/// (`.config/nextest.toml`), then the lab's scenarios one at a time on a machine nothing else
-/// loads, since they compare timings. Without it, `cargo test` (one binary at a time), which is
+/// The test runs, in order. With cargo-nextest, every test but the timing tests from one queue
+/// (`.config/nextest.toml`), then the timing tests one at a time on a machine nothing else
+/// loads. Without it, `cargo test` (one binary at a time), which is
 /// slower but asserts the same. Either way the e2e tests use the modules just built.
 fn test_commands() -> Vec<(&'static str, Command)> {
     let mut runs = Vec::new();
     if has_nextest() {
         let mut all = cargo();
-        all.args(["nextest", "run", "--workspace", "-E", "not binary(lab)"]);
+        all.args(["nextest", "run", "--workspace", "-E"]);
+        all.arg(format!("not ({TIMING_TESTS})"));
         runs.push(("tests (unit, property, real Envoy)", all));
-        let mut lab = cargo();
-        lab.args(["nextest", "run", "-p", "harness", "--test", "lab"]);
-        lab.args(["--test-threads", "1"]);
-        runs.push(("lab scenarios (quick, one at a time)", lab));
+        let mut timing = cargo();
+        timing.args(["nextest", "run", "--workspace", "-E", TIMING_TESTS]);
+        timing.args(["--test-threads", "1"]);
+        runs.push(("timing tests (lab, padding), one at a time", timing));
         // nextest does not run doctests; the workspace has none today, and this keeps it honest.
         let mut doc = cargo();
         doc.args(["test", "--workspace", "--doc"]);
