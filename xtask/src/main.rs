@@ -8,6 +8,9 @@
 //!   inside wasm under node.
 //! - `cargo pack lab` runs the failure lab (see `harness::lab`); `cargo pack bench` measures the
 //!   pack's cost (see `harness::bench`).
+//! - `cargo pack schema` writes each filter configuration's JSON Schema to `schemas/` (see
+//!   `schemas/README.md`).
+
 // On the host only: a wasm build of the whole workspace (`cargo build --target wasm32-wasip1`
 // at the root) compiles this program to an empty module rather than failing.
 #![cfg_attr(target_family = "wasm", no_main)]
@@ -16,6 +19,7 @@
 mod bench;
 mod lab;
 mod run;
+mod schema;
 mod test;
 
 use std::process::ExitCode;
@@ -29,7 +33,8 @@ fn usage() -> ExitCode {
          lab [--quick] [--scenario NAME] [--update-readme]\n                        \
          the failure lab: outages with and without the pack, HTML report in lab-results/\n  \
          bench [--quick]       Envoy CPU per request: bare, no-op wasm, each filter, chained, Envoy native\n  \
-         build                 build every filter for wasm32-wasip1 (release)"
+         build                 build every filter for wasm32-wasip1 (release)\n  \
+         schema [--check]      write each filter's configuration JSON Schema to schemas/ (--check: only compare)"
     );
     ExitCode::from(2)
 }
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
         Some("test") => test::test(rest),
         Some("lab") => lab::lab(rest),
         Some("bench") => bench::bench(rest),
+        Some("schema") => schema::schema(rest),
         Some("build") => test::build_wasm().map(|p| {
             println!("built {}", p.display());
         }),

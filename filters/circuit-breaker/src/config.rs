@@ -36,19 +36,30 @@ const RESERVED_HEADERS: &[&str] = &["retry-after", "content-type", DECISION_HEAD
 pub const DECISION_HEADER: &str = "x-resilience-circuit-breaker";
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
-    /// Key breakers by this request header's value too (bounded by `max_keys`).
+    /// Also key breakers by this request header's value (a header name, 1-128 token
+    /// characters), so one tenant's failures open only that tenant's breaker. Bounded by
+    /// `max_keys`.
     key_header: Option<String>,
+    /// Most breaker keys per filter instance (1-10000): shared data cannot delete, so the key
+    /// space is bounded. Past it, requests pass unguarded.
     #[serde(default = "default_max_keys")]
     max_keys: u32,
+    /// The tick (10ms-10s) that publishes outcomes, refreshes views and flushes stats.
     #[serde(default = "default_sync_interval")]
     sync_interval: DurationMs,
+    /// First segment of every stat name: 1-64 characters of [A-Za-z0-9_].
     #[serde(default = "default_stat_prefix")]
     stat_prefix: String,
+    /// Envoy route names that do not identify a destination (Istio names many routes
+    /// `default`): a request no route matched on one of them is keyed by its cluster instead.
+    /// At most 16 names.
     #[serde(default = "default_generic_route_names")]
     generic_route_names: Vec<String>,
-    /// The open-breaker governor: at most this share of the keys may be open at once.
+    /// The open-breaker governor: at most this share (1-100) of the keys may be open at once,
+    /// so a wide outage cannot open every breaker. Unset or 100 turns it off.
     max_open_percent: Option<Percent>,
 }
 
@@ -64,73 +75,135 @@ fn default_stat_prefix() -> String {
 
 /// `enforce` rejects, `dry_run` only counts and logs what it would reject, `disabled` does nothing.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Reject requests while the breaker is open.
     #[default]
     Enforce,
+    /// Never reject; count and mark what would have been rejected.
     DryRun,
+    /// Pass requests unguarded and uncounted.
     Disabled,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(feature = "schema", schemars(rename = "WindowType"))]
 #[serde(rename_all = "snake_case")]
 enum RawWindowType {
+    /// Rates over the last `window` of time.
     #[default]
     Time,
+    /// Rates over the last `window_size` outcomes.
     Count,
 }
 
+/// How a rejection looks on the wire; by default a 503 with an application/problem+json body.
 #[derive(Deserialize, Debug, Clone, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Rejection"))]
 #[serde(deny_unknown_fields)]
 struct RawRejection {
+    /// The status of a rejection, 200-599.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::rejection_status")
+    )]
     status: Option<u16>,
+    /// Extra headers, name to value. Names are token characters and not retry-after,
+    /// content-type or x-resilience-circuit-breaker (the filter sets those); values contain no
+    /// CR, LF or NUL.
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    /// A fixed body instead of the problem+json one.
     body: Option<String>,
+    /// The content type of `body` (text/plain when unset); only together with `body`.
     content_type: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// Whether the breaker acts, only counts, or does nothing.
     #[serde(default)]
     mode: Mode,
+    /// Rates over a span of time or over a number of outcomes.
     #[serde(default)]
     window_type: RawWindowType,
+    /// The time window (100ms-1h), in 10 buckets: an outcome is forgotten 90-100% of it later.
+    /// Checked only for the time window.
     #[serde(default = "d_window")]
     window: DurationMs,
+    /// The count window's size (1-10000 outcomes). Checked only for the count window, where
+    /// `minimum_requests` must not exceed it.
     #[serde(default = "d_window_size")]
     window_size: u32,
+    /// The rate signals wait until the window holds this many outcomes (at least 1).
     #[serde(default = "d_minimum_requests")]
     minimum_requests: u32,
+    /// Trip when failures / outcomes reach this percentage (above 0). null turns the signal off.
     #[serde(default = "d_failure_rate")]
     failure_rate_threshold: Option<Percent>,
+    /// A call is slow when its response headers take at least this long (at least 1ms). Unset
+    /// turns the slow-call signal off.
     slow_call_duration: Option<DurationMs>,
+    /// Trip when slow calls / outcomes reach this percentage (above 0); applies only with
+    /// `slow_call_duration`. null turns the signal off.
     #[serde(default = "d_slow_rate")]
     slow_call_rate_threshold: Option<Percent>,
+    /// Trip after this many failures in a row; 0 turns the signal off.
     #[serde(default)]
     consecutive_failures: u32,
+    /// HTTP statuses that count as failures.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::failure_statuses")
+    )]
     failure_statuses: Option<StatusSet>,
+    /// gRPC statuses that count as failures.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::grpc_failure_codes")
+    )]
     grpc_failure_codes: Option<GrpcCodeSet>,
+    /// Envoy-observed failures that count.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::local_failures")
+    )]
     local_failures: Option<LocalFailureSet>,
+    /// How long the first trip stays open (at least 1ms).
     #[serde(default = "d_open_duration")]
     open_duration: DurationMs,
+    /// Each further trip without a close multiplies the open time by this (1-100).
     #[serde(default = "d_multiplier")]
     open_duration_multiplier: f64,
+    /// Cap on the open time, upstream retry-after hints included; at least `open_duration`.
     #[serde(default = "d_max_open")]
     max_open_duration: DurationMs,
+    /// Shortens each open time by a random 0 to this percentage, so breakers opened together do
+    /// not probe together.
     #[serde(default = "d_jitter")]
     open_jitter_percent: Percent,
+    /// Probes admitted while half-open, across all workers (1-1000); all must succeed to close.
     #[serde(default = "d_probes")]
     half_open_probes: u32,
+    /// A probe permit that never reports back is returned after this long (at least 1ms).
     #[serde(default = "d_probe_timeout")]
     probe_timeout: DurationMs,
+    /// Stay open at least as long as the upstream's retry-after asked, up to
+    /// `max_open_duration`.
     #[serde(default)]
     honor_retry_after: bool,
+    /// Reject every request, whatever the breaker's state.
     #[serde(default)]
     force_open: bool,
+    /// Pass every request, unguarded and uncounted; not together with `force_open`.
     #[serde(default)]
     force_closed: bool,
+    /// How a rejection looks.
     #[serde(default)]
     rejection: RawRejection,
 }
@@ -168,6 +241,9 @@ fn d_probes() -> u32 {
 fn d_probe_timeout() -> DurationMs {
     DurationMs(10_000)
 }
+
+/// The status of a rejection unless `rejection.status` says otherwise.
+const DEFAULT_REJECTION_STATUS: u16 = 503;
 
 /// How a rejection looks on the wire.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,7 +435,7 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             "cannot be true together with force_open".to_owned(),
         ));
     }
-    let status = raw.rejection.status.unwrap_or(503);
+    let status = raw.rejection.status.unwrap_or(DEFAULT_REJECTION_STATUS);
     if !(200..=599).contains(&status) {
         return Err(err(
             "rejection.status",
@@ -439,6 +515,37 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             body,
         },
     })
+}
+
+/// Defaults the checks apply to fields left unset, for the schema: from the same sources.
+#[cfg(feature = "schema")]
+mod schema_default {
+    use super::*;
+
+    pub(super) fn rejection_status() -> Option<u16> {
+        Some(DEFAULT_REJECTION_STATUS)
+    }
+    pub(super) fn failure_statuses() -> Option<StatusSet> {
+        default_classifier_sets().ok().map(|(s, _, _)| s)
+    }
+    pub(super) fn grpc_failure_codes() -> Option<GrpcCodeSet> {
+        default_classifier_sets().ok().map(|(_, g, _)| g)
+    }
+    pub(super) fn local_failures() -> Option<LocalFailureSet> {
+        default_classifier_sets().ok().map(|(_, _, l)| l)
+    }
+}
+
+/// The configuration's JSON Schema (committed as `schemas/circuit-breaker.schema.json` by
+/// `cargo pack schema`), derived from the types this module parses with.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    resilience_core::schema::filter_schema::<RawGlobal, RawSettings>(
+        &resilience_core::schema::FilterSchema {
+            name: env!("CARGO_PKG_NAME"),
+            description: env!("CARGO_PKG_DESCRIPTION"),
+        },
+    )
 }
 
 /// Whether a local failure is one the breaker counts under these settings.

@@ -34,16 +34,26 @@ pub const DECISION_HEADER: &str = "x-resilience-failure-padding";
 const MAX_HEALTH_CHECKS: usize = 32;
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
+    /// Most route keys, each with its learned latency (1-10000): shared data cannot delete, so
+    /// the key space is bounded. Past it, requests are neither padded nor learned from.
     #[serde(default = "default_max_keys")]
     max_keys: u32,
+    /// The tick (10ms-10s) that publishes learned latencies, refreshes targets and flushes
+    /// stats. Release timing does not depend on it.
     #[serde(default = "default_sync_interval")]
     sync_interval: DurationMs,
+    /// First segment of every stat name: 1-64 characters of [A-Za-z0-9_].
     #[serde(default = "default_stat_prefix")]
     stat_prefix: String,
+    /// Envoy route names that do not identify a destination (Istio names many routes
+    /// `default`): a request no route matched on one of them is keyed by its cluster instead.
+    /// At most 16 names.
     #[serde(default = "default_generic_route_names")]
     generic_route_names: Vec<String>,
+    /// Most responses held at once, across all workers of this filter instance (1-100000).
     #[serde(default = "default_max_in_flight")]
     max_padded_in_flight: u32,
 }
@@ -64,38 +74,78 @@ fn default_max_in_flight() -> u32 {
 /// `enforce` holds failures, `dry_run` only counts and logs the padding it would add,
 /// `disabled` does nothing (and learns nothing).
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Hold failed responses to the learned success latency.
     #[default]
     Enforce,
+    /// Never hold; count and mark the padding that would have been added.
     DryRun,
+    /// Do nothing and learn nothing.
     Disabled,
 }
 
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// Whether the filter holds failures, only counts, or does nothing.
     #[serde(default)]
     mode: Mode,
+    /// The success latency to imitate (above 0): 50 is the median, 90 the 90th percentile.
     #[serde(default = "d_percentile")]
     percentile: Percent,
+    /// The hold target is the learned percentile times this (0.1-10).
     #[serde(default = "d_factor")]
     factor: f64,
+    /// Spreads each target uniformly over plus or minus this percentage.
     #[serde(default)]
     jitter_percent: Percent,
+    /// The longest hold, whatever the target (1ms-5m).
     #[serde(default = "d_max_padding")]
     max_padding: DurationMs,
+    /// Successes needed before the learned latency is trusted (1-1000000), counted across
+    /// workers.
     #[serde(default = "d_min_samples")]
     min_samples: u32,
+    /// The target before `min_samples` successes (at least 1ms); unset: no padding until then.
     fallback_target: Option<DurationMs>,
+    /// A success's weight halves after this many newer successes (10-1000000); time alone never
+    /// decays it.
     #[serde(default = "d_half_life")]
     half_life_samples: u32,
+    /// An extra request header holding the caller's deadline in milliseconds; grpc-timeout and
+    /// x-envoy-expected-rq-timeout-ms are always read.
     deadline_header: Option<String>,
+    /// Release this long before the caller's deadline (at most 1m), so the response reaches it
+    /// in time.
     #[serde(default = "d_margin")]
     deadline_margin: DurationMs,
+    /// Requests matching any of these (up to 32, in a route's `match` syntax) are health checks:
+    /// never padded, never learned from.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::health_checks")
+    )]
     health_checks: Option<Vec<RouteMatch>>,
+    /// HTTP statuses that are failures.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::failure_statuses")
+    )]
     failure_statuses: Option<StatusSet>,
+    /// gRPC statuses (in response headers) that are failures.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::grpc_failure_codes")
+    )]
     grpc_failure_codes: Option<GrpcCodeSet>,
+    /// Envoy-observed failures that count.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::local_failures")
+    )]
     local_failures: Option<LocalFailureSet>,
 }
 
@@ -323,6 +373,37 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             slow_call_ms: None,
         },
     })
+}
+
+/// Defaults the checks apply to fields left unset, for the schema: from the same sources.
+#[cfg(feature = "schema")]
+mod schema_default {
+    use super::*;
+
+    pub(super) fn health_checks() -> Option<Vec<RouteMatch>> {
+        Some(default_health_checks())
+    }
+    pub(super) fn failure_statuses() -> Option<StatusSet> {
+        default_classifier_sets().ok().map(|(s, _, _)| s)
+    }
+    pub(super) fn grpc_failure_codes() -> Option<GrpcCodeSet> {
+        default_classifier_sets().ok().map(|(_, g, _)| g)
+    }
+    pub(super) fn local_failures() -> Option<LocalFailureSet> {
+        default_classifier_sets().ok().map(|(_, _, l)| l)
+    }
+}
+
+/// The configuration's JSON Schema (committed as `schemas/failure-padding.schema.json` by
+/// `cargo pack schema`), derived from the types this module parses with.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    resilience_core::schema::filter_schema::<RawGlobal, RawSettings>(
+        &resilience_core::schema::FilterSchema {
+            name: env!("CARGO_PKG_NAME"),
+            description: env!("CARGO_PKG_DESCRIPTION"),
+        },
+    )
 }
 
 #[cfg(test)]

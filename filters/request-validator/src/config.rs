@@ -48,24 +48,37 @@ pub const DECISION_HEADER: &str = "x-resilience-request-validator";
 pub const DEFAULT_BUFFERED_BODY_BYTES: u64 = 1 << 20;
 /// Most body bytes a route may buffer: memory held per request, per worker.
 pub const MAX_BUFFERED_BODY_BYTES: u64 = 16 << 20;
+/// The draft of a `json_schema` that names none.
+const DEFAULT_JSON_DRAFT: JsonDraft = JsonDraft::V2020_12;
 /// Key used for requests that match no `routes` entry.
 pub const DEFAULT_KEY: &str = "default";
 /// Longest route key (stats and shared-data keys).
 pub const MAX_KEY_LEN: usize = 64;
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
+    /// First segment of every stat name: 1-64 characters of [A-Za-z0-9_].
     #[serde(default = "d_stat_prefix")]
     stat_prefix: String,
+    /// The tick (10ms-10s) that flushes stats, publishes latencies and refreshes in-flight
+    /// leases.
     #[serde(default = "d_sync")]
     sync_interval: DurationMs,
+    /// Requests that are health checks: never rejected or shed, whatever the rules.
     #[serde(default)]
     health_checks: RawHealthChecks,
+    /// A worker VM that has not refreshed its in-flight count for this long (it died) stops
+    /// counting; at least 1s and 4 sync intervals, at most 1h.
     #[serde(default = "d_lease")]
     in_flight_lease: DurationMs,
+    /// Hold a request's headers too until its body is checked, so the upstream sees nothing of a
+    /// rejected request. Needs allow_on_headers_stop_iteration: true in the Wasm filter's config.
     #[serde(default)]
     hold_headers_for_body_checks: bool,
+    /// Samples after which an observed latency weighs half (1-1000000); the estimator decays by
+    /// samples, never by the clock.
     #[serde(default = "d_half_life")]
     latency_half_life: u32,
 }
@@ -83,42 +96,68 @@ fn d_half_life() -> u32 {
     500
 }
 
+/// Requests that are health checks: a listed path, or a matching header.
 #[derive(Deserialize, Debug, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "HealthChecks"))]
 #[serde(deny_unknown_fields)]
 struct RawHealthChecks {
+    /// Exact paths (the query ignored) that are health checks; each starts with "/" and has no
+    /// query.
     #[serde(default)]
     paths: Vec<String>,
+    /// A request carrying a matching header is a health check.
     #[serde(default)]
     headers: Vec<RawHeaderProbe>,
 }
 
+/// A header that marks a health check: present, with exactly `value`, or starting with
+/// `prefix` (not both).
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "HeaderProbe"))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderProbe {
+    /// The header's name (1-128 token characters, any case).
     name: String,
+    /// The header's value equals this.
     value: Option<String>,
+    /// The header's value starts with this.
     prefix: Option<String>,
 }
 
 /// `enforce` rejects, `dry_run` only counts, marks and logs what it would reject, `disabled` does
 /// nothing.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Reject requests that break a rule, and shed past the concurrency limit.
     #[default]
     Enforce,
+    /// Never reject; count, log and mark what would have been rejected.
     DryRun,
+    /// Pass requests untouched and uncounted.
     Disabled,
 }
 
+/// A rule on one request header. Every occurrence of the header is checked.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "HeaderRule"))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderRule {
+    /// The header's name (1-128 token characters, any case).
     name: String,
+    /// Whether the header must be present; false constrains it only when present, and then
+    /// needs one of `value`, `one_of`, `pattern`.
     #[serde(default = "d_true")]
     required: bool,
+    /// The value must equal this. At most one of `value`, `one_of`, `pattern`.
     value: Option<String>,
+    /// The value must equal one of these (not empty).
     one_of: Option<Vec<String>>,
+    /// A regular expression searched in the value (anchor it with ^...$).
     pattern: Option<String>,
 }
 
@@ -126,37 +165,61 @@ fn d_true() -> bool {
     true
 }
 
+/// A rule on one query parameter; names and values are percent-decoded (`+` is a space), and
+/// every occurrence is checked. It must check something: `required`, `pattern` or `integer`.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "QueryRule"))]
 #[serde(deny_unknown_fields)]
 struct RawQueryRule {
+    /// The parameter's name (not empty).
     name: String,
+    /// Whether the parameter must be present.
     #[serde(default)]
     required: bool,
+    /// A regular expression searched in the value (anchor it with ^...$).
     pattern: Option<String>,
+    /// The value must be a decimal integer within these bounds.
     integer: Option<RawIntRange>,
 }
 
+/// Inclusive integer bounds; either may be left out.
 #[derive(Deserialize, Debug, Clone, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "IntRange"))]
 #[serde(deny_unknown_fields)]
 struct RawIntRange {
+    /// The smallest value allowed.
     min: Option<i64>,
+    /// The largest value allowed, at least `min`.
     max: Option<i64>,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(feature = "schema", schemars(rename = "UnknownOperations"))]
 #[serde(rename_all = "snake_case")]
 enum RawUnknown {
+    /// 404 or 405 for operations the document lacks.
     #[default]
     Reject,
+    /// Let them through unchecked.
     Pass,
 }
 
+/// Priority classes by request header: a class may fill only its share of
+/// `max_concurrent_requests`.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Priority"))]
 #[serde(deny_unknown_fields)]
 struct RawPriority {
+    /// The request header naming the class (1-128 token characters, any case).
     header: String,
+    /// Header value to the share of the limit, in percent, that requests of that class may fill.
     #[serde(default)]
     shares: BTreeMap<String, Percent>,
+    /// The share of requests whose value is not in `shares`, or that lack the header.
     #[serde(default = "d_hundred")]
     default_share: Percent,
 }
@@ -166,41 +229,82 @@ fn d_hundred() -> Percent {
 }
 
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// Whether the validator rejects, only counts, or does nothing.
     #[serde(default)]
     mode: Mode,
+    /// The methods allowed, matched exactly after uppercasing (not empty); unset allows any.
     allowed_methods: Option<Vec<String>>,
+    /// Longest path, query included, in bytes (at least 1); unset: no limit.
     max_path_bytes: Option<u32>,
+    /// Most request headers, pseudo-headers not counted (at least 1); unset: no limit.
     max_header_count: Option<u32>,
+    /// Most bytes of all request headers' names and values, pseudo-headers not counted (at
+    /// least 1); unset: no limit.
     max_header_bytes: Option<u32>,
+    /// Rules on request headers.
     #[serde(default)]
     required_headers: Vec<RawHeaderRule>,
+    /// Rules on query parameters.
     #[serde(default)]
     query_params: Vec<RawQueryRule>,
+    /// Media types accepted for requests with a body (application/json, text/*, */*,
+    /// application/*+json; parameters and case ignored). Unset accepts any, or the JSON types
+    /// with `json_schema`.
     content_types: Option<Vec<String>>,
+    /// 411 for a body without content-length.
     #[serde(default)]
     require_content_length: bool,
+    /// Most body bytes. Unset: no limit, or 1 MiB on a route that checks JSON, where at most
+    /// 16 MiB is allowed since those bodies are buffered.
     max_body_bytes: Option<u64>,
+    /// Check that JSON bodies are well-formed.
     #[serde(default)]
     json_body: bool,
+    /// A JSON Schema (an object or a boolean) request bodies must satisfy, compiled at load.
+    /// Implies `json_body`.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "schema_default::json_schema")
+    )]
     json_schema: Option<Value>,
+    /// The draft of a `json_schema` without `$schema` (a `$schema` in the schema wins).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "schema_default::json_schema_draft")
+    )]
     json_schema_draft: Option<String>,
+    /// Make `format` (email, date-time, ...) an assertion, not an annotation.
     #[serde(default)]
     assert_formats: bool,
+    /// An OpenAPI 3.0 or 3.1 document, inline as JSON, compiled at load: requests are checked
+    /// against the operation they call.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "schema_default::openapi"))]
     openapi: Option<Value>,
+    /// What happens to requests for operations the `openapi` document lacks.
     #[serde(default)]
     openapi_unknown_operations: RawUnknown,
+    /// 504 when the request's announced deadline is below this.
     min_remaining_deadline: Option<DurationMs>,
+    /// An extra header carrying the remaining milliseconds (e.g. x-request-deadline-ms).
     deadline_header: Option<String>,
+    /// 504 when the announced deadline is below the route's observed `deadline_percentile`.
     #[serde(default)]
     deadline_from_observed_latency: bool,
+    /// Which percentile of the route's response latency (above 0).
     #[serde(default = "d_fifty")]
     deadline_percentile: Percent,
+    /// Responses to see before the observed latency is trusted (at least 1).
     #[serde(default = "d_min_samples")]
     deadline_min_samples: u32,
+    /// Requests in flight on the route across all workers (1-1000000); past it, requests are
+    /// shed with a 503. Unset: no limit.
     max_concurrent_requests: Option<u32>,
+    /// Priority classes sharing `max_concurrent_requests` (needs it).
     priority: Option<RawPriority>,
+    /// retry-after of a shed request: 1s-1h, whole seconds, rounded up.
     #[serde(default = "d_retry_after")]
     shed_retry_after: DurationMs,
 }
@@ -544,7 +648,7 @@ fn check_settings(
     }
 
     let draft = match &raw.json_schema_draft {
-        None => JsonDraft::V2020_12,
+        None => DEFAULT_JSON_DRAFT,
         Some(d) => JsonDraft::parse(d).ok_or_else(|| {
             err(
                 "json_schema_draft",
@@ -786,6 +890,44 @@ fn compile_api(
     let api = Rc::new(api);
     cache.apis.push(((doc, formats), Rc::clone(&api)));
     Ok(api)
+}
+
+/// Schemas of the fields whose Rust type says too little, and defaults the checks apply to
+/// fields left unset, for the configuration's JSON Schema: from the same sources.
+#[cfg(feature = "schema")]
+mod schema_default {
+    use schemars::{json_schema, Schema, SchemaGenerator};
+
+    pub(super) fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["object", "boolean", "null"] })
+    }
+    pub(super) fn openapi(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": ["object", "null"] })
+    }
+    pub(super) fn json_schema_draft(_: &mut SchemaGenerator) -> Schema {
+        let mut spellings: Vec<serde_json::Value> = super::JsonDraft::SPELLINGS
+            .iter()
+            .map(|s| serde_json::Value::from(*s))
+            .collect();
+        spellings.push(serde_json::Value::Null);
+        json_schema!({
+            "type": ["string", "null"],
+            "enum": spellings,
+            "default": super::DEFAULT_JSON_DRAFT.name(),
+        })
+    }
+}
+
+/// The configuration's JSON Schema (committed as `schemas/request-validator.schema.json` by
+/// `cargo pack schema`), derived from the types this module parses with.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    resilience_core::schema::filter_schema::<RawGlobal, RawSettings>(
+        &resilience_core::schema::FilterSchema {
+            name: env!("CARGO_PKG_NAME"),
+            description: env!("CARGO_PKG_DESCRIPTION"),
+        },
+    )
 }
 
 #[cfg(test)]

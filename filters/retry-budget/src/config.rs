@@ -39,6 +39,11 @@ pub const WINDOW_BUCKETS: u32 = 10;
 /// Most header names in one list (each is a host call per request).
 const MAX_HEADER_NAMES: usize = 8;
 
+/// Envoy's router numbers attempts here (1 is the first).
+const DEFAULT_ATTEMPT_COUNT_HEADERS: &[&str] = &["x-envoy-attempt-count"];
+/// gRPC clients count earlier attempts here (0 is the first).
+const DEFAULT_PREVIOUS_ATTEMPTS_HEADERS: &[&str] = &["grpc-previous-rpc-attempts"];
+
 /// Retry conditions the router accepts in `x-envoy-retry-on`.
 const RETRY_ON_CONDITIONS: &[&str] = &[
     "5xx",
@@ -55,14 +60,23 @@ const RETRY_ON_CONDITIONS: &[&str] = &[
 ];
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
+    /// Most budget keys per filter instance (1-10000): shared data cannot delete, so the key
+    /// space is bounded. Past it, requests pass unguarded.
     #[serde(default = "default_max_keys")]
     max_keys: u32,
+    /// The tick (10ms-10s) that publishes counts and refunds, renews leases, shares latencies
+    /// and flushes stats; also how long a worker waits after finding the budget empty.
     #[serde(default = "default_sync_interval")]
     sync_interval: DurationMs,
+    /// First segment of every stat name: 1-64 characters of [A-Za-z0-9_].
     #[serde(default = "default_stat_prefix")]
     stat_prefix: String,
+    /// Envoy route names that do not identify a destination (Istio names many routes
+    /// `default`): a request no route matched on one of them is keyed by its cluster instead.
+    /// At most 16 names.
     #[serde(default = "default_generic_route_names")]
     generic_route_names: Vec<String>,
 }
@@ -79,6 +93,7 @@ fn default_stat_prefix() -> String {
 
 /// Which side of a hop the filter guards, and whether it acts or only counts.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Caller side, before the router: bounds the retries this Envoy makes.
@@ -118,37 +133,72 @@ impl Mode {
 }
 
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// Which side of a hop the filter guards, and whether it acts or only counts.
     #[serde(default)]
     mode: Mode,
+    /// Retries may be this share of the requests in the window; 0 leaves only the floor.
     #[serde(default = "d_budget_percent")]
     budget_percent: Percent,
+    /// The sliding window (1s-1h), in 10 buckets: a request or retry is forgotten 90-100% of it
+    /// later.
     #[serde(default = "d_window")]
     window: DurationMs,
+    /// The floor (0-100000): this many retries per second of `window` are allowed whatever the
+    /// traffic.
     #[serde(default = "d_min_rps")]
     min_retries_per_second: f64,
-    /// Required in outbound mode: see [`check_settings`].
+    /// Outbound: retries reserved for and granted to one request (0-100), sent as
+    /// x-envoy-max-retries, which replaces the route's num_retries: set it to that. Required in
+    /// the outbound modes, since any default would silently rewrite the route's retry count.
     max_retries: Option<u32>,
+    /// Outbound: x-envoy-retry-on for requests that may retry, a comma list of Envoy's router
+    /// retry conditions (5xx, gateway-error, reset, connect-failure, ...).
+    #[cfg_attr(feature = "schema", schemars(schema_with = "schema_default::retry_on"))]
     retry_on: Option<String>,
+    /// Outbound: x-envoy-upstream-rq-per-try-timeout-ms for requests that may retry (at least
+    /// 1ms).
     per_try_timeout: Option<DurationMs>,
+    /// Outbound: no retries for a request that arrived as a retry, which is marked
+    /// x-resilience-retried for the hops after.
     #[serde(default = "d_true")]
     hop_guard: bool,
+    /// Headers whose value is the attempt number (above 1 is a retry); at most 8.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::attempt_count_headers")
+    )]
     attempt_count_headers: Option<Vec<String>>,
+    /// Headers whose value counts earlier attempts (above 0 is a retry); at most 8.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::previous_attempts_headers")
+    )]
     previous_attempts_headers: Option<Vec<String>>,
+    /// Outbound: no retries when the remaining deadline is below the median latency.
     #[serde(default = "d_true")]
     deadline_aware: bool,
+    /// An extra request header holding the remaining deadline in milliseconds.
     deadline_header: Option<String>,
+    /// The median latency is trusted after this many samples across workers (1-1000000).
     #[serde(default = "d_min_latency_samples")]
     min_latency_samples: u32,
+    /// Inbound: the status of a shed request (400-599).
     #[serde(default = "d_shed_status")]
     shed_status: u16,
+    /// Lower bound of the jittered retry-after on sheds and hints: whole seconds, 1s-1h.
     #[serde(default = "d_retry_after_min")]
     retry_after_min: DurationMs,
+    /// Upper bound of the jittered retry-after: whole seconds, 1s-1h, at least
+    /// `retry_after_min`.
     #[serde(default = "d_retry_after_max")]
     retry_after_max: DurationMs,
+    /// Add a jittered retry-after to upstream 503 and 429 responses that have none.
     #[serde(default)]
     add_retry_after: bool,
+    /// Inbound: sheds carry x-envoy-ratelimited: true, so a calling Envoy does not retry them.
     #[serde(default = "d_true")]
     mark_ratelimited: bool,
 }
@@ -338,13 +388,13 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
         prefix,
         "attempt_count_headers",
         raw.attempt_count_headers,
-        &["x-envoy-attempt-count"],
+        DEFAULT_ATTEMPT_COUNT_HEADERS,
     )?;
     let previous_attempts_headers = header_list(
         prefix,
         "previous_attempts_headers",
         raw.previous_attempts_headers,
-        &["grpc-previous-rpc-attempts"],
+        DEFAULT_PREVIOUS_ATTEMPTS_HEADERS,
     )?;
     let deadline_header = raw
         .deadline_header
@@ -411,6 +461,41 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
         add_retry_after: raw.add_retry_after,
         mark_ratelimited: raw.mark_ratelimited,
     })
+}
+
+/// Defaults the checks apply to fields left unset, for the schema: from the same sources.
+#[cfg(feature = "schema")]
+mod schema_default {
+    fn owned(names: &[&str]) -> Option<Vec<String>> {
+        Some(names.iter().map(|n| (*n).to_owned()).collect())
+    }
+    pub(super) fn attempt_count_headers() -> Option<Vec<String>> {
+        owned(super::DEFAULT_ATTEMPT_COUNT_HEADERS)
+    }
+    pub(super) fn previous_attempts_headers() -> Option<Vec<String>> {
+        owned(super::DEFAULT_PREVIOUS_ATTEMPTS_HEADERS)
+    }
+    /// A comma list of [`super::RETRY_ON_CONDITIONS`], spaces around items allowed, as the
+    /// check splits and trims it.
+    pub(super) fn retry_on(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let item = format!(r"\s*({})\s*", super::RETRY_ON_CONDITIONS.join("|"));
+        schemars::json_schema!({
+            "type": ["string", "null"],
+            "pattern": format!("^{item}(,{item})*$"),
+        })
+    }
+}
+
+/// The configuration's JSON Schema (committed as `schemas/retry-budget.schema.json` by
+/// `cargo pack schema`), derived from the types this module parses with.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    resilience_core::schema::filter_schema::<RawGlobal, RawSettings>(
+        &resilience_core::schema::FilterSchema {
+            name: env!("CARGO_PKG_NAME"),
+            description: env!("CARGO_PKG_DESCRIPTION"),
+        },
+    )
 }
 
 #[cfg(test)]

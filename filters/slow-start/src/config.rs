@@ -52,6 +52,9 @@ pub const GLOBAL_FIELDS: &[&str] = &[
 /// The response header that explains a decision (`shed; reason=warming; ...`).
 pub const DECISION_HEADER: &str = "x-resilience-slow-start";
 
+/// What counts as a failure unless `failure_statuses` says otherwise.
+const DEFAULT_FAILURE_STATUSES: &[&str] = &["500", "502-599"];
+
 /// Most warm-up requests one configuration may list.
 pub const MAX_WARMUP_REQUESTS: usize = 1_000;
 
@@ -61,10 +64,15 @@ pub const DEFAULT_DESTINATION_HEADER: &str = "x-envoy-original-dst-host";
 /// Most endpoints a request may name after its pick, for retries (`alternates`).
 pub const MAX_ALTERNATES: usize = 4;
 
+/// One endpoint of the `ORIGINAL_DST` cluster the filter balances over.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Endpoint"))]
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
+    /// An IP address and port, "10.0.0.7:8080" or "[::1]:8080".
     address: String,
+    /// The endpoint's weight when warm (1-1000).
     #[serde(default = "d_weight")]
     weight: u32,
 }
@@ -73,14 +81,22 @@ fn d_weight() -> u32 {
     1
 }
 
+/// A priming request the filter sends a warming endpoint itself.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "WarmupRequest"))]
 #[serde(deny_unknown_fields)]
 struct RawRequest {
+    /// The HTTP method.
     #[serde(default = "d_get")]
     method: String,
+    /// The path, starting with "/", without spaces or control characters.
     path: String,
+    /// Extra headers, name to value (not host, the destination header or the decision header,
+    /// which the filter sets).
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    /// The request body.
     body: Option<String>,
 }
 
@@ -88,28 +104,45 @@ fn d_get() -> String {
     "GET".to_owned()
 }
 
+/// A request the filter sends every endpoint to probe it; it also gates new and unhealthy
+/// endpoints.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "ActiveHealthCheck"))]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
+    /// The HTTP method.
     #[serde(default = "d_get")]
     method: String,
+    /// The path, starting with "/", without spaces or control characters.
     path: String,
+    /// Extra headers, name to value (not host, the destination header or the decision header).
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    /// How often each endpoint is probed (at least 10ms).
     #[serde(default = "d_one_second")]
     interval: DurationMs,
+    /// Timeout of each probe (1ms-1h).
     #[serde(default = "d_one_second")]
     timeout: DurationMs,
 }
 
+/// Where the endpoint list is refreshed from: a JSON document fetched through a cluster.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "Discovery"))]
 #[serde(deny_unknown_fields)]
 struct RawDiscovery {
+    /// The cluster the document is fetched through.
     cluster: String,
+    /// The document's path.
     path: String,
+    /// The request's :authority; defaults to `cluster`.
     authority: Option<String>,
+    /// How often the document is fetched (100ms-1h).
     #[serde(default = "d_discovery_interval")]
     interval: DurationMs,
+    /// Timeout of each fetch (1ms-1h).
     #[serde(default = "d_discovery_timeout")]
     timeout: DurationMs,
 }
@@ -121,19 +154,31 @@ fn d_discovery_timeout() -> DurationMs {
     DurationMs(2_000)
 }
 
+/// Pause the ramp while a warming endpoint does worse than its warm peers. `{}` turns it on
+/// with the defaults.
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "ClosedLoop"))]
 #[serde(deny_unknown_fields)]
 struct RawClosedLoop {
+    /// Pause while the endpoint's latency exceeds its peers' times this (1-1000); null turns the
+    /// latency signal off.
     #[serde(default = "d_factor")]
     latency_factor: Option<f64>,
+    /// Pause while the endpoint's error rate exceeds its peers' times this (1-1000); null turns
+    /// the error signal off. Not both off.
     #[serde(default = "d_factor")]
     error_rate_factor: Option<f64>,
+    /// Requests the endpoint must have in the window before it is compared (at least 1).
     #[serde(default = "d_min_requests")]
     min_requests: u32,
+    /// The comparison window (100ms-10m).
     #[serde(default = "d_cl_window")]
     window: DurationMs,
+    /// Latencies below this never pause the ramp, however they compare.
     #[serde(default = "d_latency_floor")]
     latency_floor: DurationMs,
+    /// Error rates below this percentage never pause the ramp.
     #[serde(default = "d_error_floor")]
     error_floor_percent: Percent,
 }
@@ -154,65 +199,121 @@ fn d_error_floor() -> Percent {
     Percent::clamped(1.0)
 }
 
+/// Requests an admitting instance always lets through: an exact path (query ignored) or any
+/// header match.
 #[derive(Deserialize, Debug, Clone, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "HealthChecks"))]
 #[serde(deny_unknown_fields)]
 struct RawHealthChecks {
+    /// Exact paths, without the query string.
     #[serde(default)]
     paths: Vec<String>,
+    /// Header conditions, as in a route's `match`; any one matching is enough.
     #[serde(default)]
     headers: Vec<HeaderMatch>,
 }
 
 /// How endpoints are chosen among their effective weights.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(feature = "schema", schemars(rename = "Balancer"))]
 #[serde(rename_all = "snake_case")]
 enum RawBalancer {
+    /// Pick at random in proportion to the effective weights.
     #[default]
     WeightedRandom,
+    /// Of two endpoints drawn by effective weight, pick the one with fewer requests in flight
+    /// per unit of weight.
     LeastRequest,
 }
 
 #[derive(Deserialize, Debug)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGlobal {
+    /// First segment of every stat name: 1-64 characters of [A-Za-z0-9_].
     #[serde(default = "d_stat_prefix")]
     stat_prefix: String,
+    /// The tick (10ms-10s) that publishes outcomes, moves phases, sends due priming and
+    /// health-check requests and flushes stats.
     #[serde(default = "d_sync_interval")]
     sync_interval: DurationMs,
+    /// The endpoints to balance over (not empty, at most `max_endpoints`). Their presence, or
+    /// `discovery`'s, makes the instance balance; without either it admits.
     endpoints: Option<Vec<RawEndpoint>>,
+    /// Refresh the endpoints from a JSON document; makes the instance balance.
     discovery: Option<RawDiscovery>,
+    /// Slots of shared state for endpoints, configured plus discovered (1-1024).
     #[serde(default = "d_max_endpoints")]
     max_endpoints: u32,
+    /// The request header naming the picked endpoint: the cluster's
+    /// original_dst_lb_config.http_header_name, or the override_host policy's header.
     #[serde(default = "d_destination_header")]
     destination_header: String,
+    /// Balance mode: endpoints named after the pick, for retries through an override_host
+    /// cluster (0-4). Needs a `destination_header` other than the ORIGINAL_DST default.
     #[serde(default)]
     alternates: u32,
+    /// How endpoints are chosen among their effective weights.
     #[serde(default)]
     balancer: RawBalancer,
+    /// The cluster priming and health-check requests go through: the ORIGINAL_DST cluster in
+    /// balance mode, the local service's cluster in admit mode. Required with
+    /// `warmup_requests` or `active_health_check`.
     dispatch_cluster: Option<String>,
+    /// Failures in a row that make an endpoint unhealthy; 0 turns it off.
     #[serde(default = "d_unhealthy_after")]
     unhealthy_after: u32,
+    /// A success this long after the previous one restarts the ramp (at least 1ms); unset or
+    /// null: never.
     silence_timeout: Option<DurationMs>,
+    /// Pause the ramp while worse than warm peers; unset: off.
     closed_loop: Option<RawClosedLoop>,
+    /// HTTP statuses that count as failures, besides Envoy's connect failures, resets and
+    /// timeouts.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(default = "schema_default::failure_statuses")
+    )]
     failure_statuses: Option<StatusSet>,
+    /// Probe every endpoint; also gates new and unhealthy endpoints.
     active_health_check: Option<RawHealthCheck>,
+    /// How often a gated new or unhealthy endpoint is probed with the first warm-up request,
+    /// when there is no active health check.
     #[serde(default = "d_one_second")]
     recheck_interval: DurationMs,
+    /// Priming requests sent to a warming endpoint (at most 1000).
     #[serde(default)]
     warmup_requests: Vec<RawRequest>,
+    /// Priming pace in requests per second across all workers (above 0, at most 10000).
     #[serde(default = "d_warmup_rate")]
     warmup_rate: f64,
+    /// Priming ends after this even if answers are missing.
     #[serde(default = "d_warmup_deadline")]
     warmup_deadline: DurationMs,
+    /// Timeout of each priming request (1ms-1h).
     #[serde(default = "d_warmup_timeout")]
     warmup_timeout: DurationMs,
+    /// :authority of priming and health-check requests; defaults to the endpoint's address in
+    /// balance mode, localhost in admit mode.
     warmup_authority: Option<String>,
+    /// While priming, take no traffic; false takes the floor.
     #[serde(default = "d_true")]
     prime_before_traffic: bool,
-    /// Missing: the kind's default; `null`: never; a duration: that.
+    /// A gated new or unhealthy endpoint takes the floor after this long without its gate
+    /// opening, so a gate that can never open does not shed its traffic forever (at least 1ms).
+    /// Unset: 30s in admit mode, never in balance mode; null: wait for the gate forever.
     #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<DurationMs>", transform = schema_default::no_default)
+    )]
     gate_timeout: Option<Option<DurationMs>>,
+    /// Admit mode: requests that are always admitted.
     health_checks: Option<RawHealthChecks>,
+    /// Per-endpoint cap in requests per second while warming (above 0, at most 1000000); unset:
+    /// no cap.
     max_warmup_rps: Option<f64>,
 }
 
@@ -262,6 +363,7 @@ fn d_true() -> bool {
 
 /// What a route does with its requests.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Pick the endpoint by ramped weight (instances with `endpoints`).
@@ -286,15 +388,23 @@ impl Mode {
 }
 
 #[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
+    /// What the route does; unset: the instance's kind, `balance` with `endpoints` or
+    /// `discovery`, else `admit`.
     mode: Option<Mode>,
+    /// Ramp time to full weight (100ms-1h).
     #[serde(default = "d_window")]
     slow_start_window: DurationMs,
+    /// The curve's exponent is 1/aggression (above 0, at most 100): above 1 it rises fast, then
+    /// flattens.
     #[serde(default = "d_aggression")]
     aggression: f64,
+    /// The floor of the curve.
     #[serde(default = "d_min_weight")]
     min_weight_percent: Percent,
+    /// retry-after on a shed request: 1s-1h, whole seconds rounded up.
     #[serde(default = "d_one_second")]
     retry_after: DurationMs,
 }
@@ -801,7 +911,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
     };
     let statuses = match raw.failure_statuses {
         Some(s) => s,
-        None => StatusSet::from_strs(&["500", "502-599"])
+        None => StatusSet::from_strs(DEFAULT_FAILURE_STATUSES)
             .map_err(|e| ConfigError::new("failure_statuses", e))?,
     };
     let local: LocalFailureSet =
@@ -919,6 +1029,30 @@ fn check_alternates(n: u32, kind: Kind, header: &str) -> Result<usize, ConfigErr
         ));
     }
     Ok(n as usize)
+}
+
+/// Defaults the checks apply to fields left unset, for the schema: from the same sources.
+#[cfg(feature = "schema")]
+mod schema_default {
+    /// For a field whose serde default (`None`) is not the value it ends up with.
+    pub(super) fn no_default(schema: &mut schemars::Schema) {
+        schema.remove("default");
+    }
+    pub(super) fn failure_statuses() -> Option<super::StatusSet> {
+        super::StatusSet::from_strs(super::DEFAULT_FAILURE_STATUSES).ok()
+    }
+}
+
+/// The configuration's JSON Schema (committed as `schemas/slow-start.schema.json` by
+/// `cargo pack schema`), derived from the types this module parses with.
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    resilience_core::schema::filter_schema::<RawGlobal, RawSettings>(
+        &resilience_core::schema::FilterSchema {
+            name: env!("CARGO_PKG_NAME"),
+            description: env!("CARGO_PKG_DESCRIPTION"),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@
 //! - [`rate_cap`]: an absolute requests-per-second cap shared by all workers (GCRA).
 //! - [`directory`]: the balancer's endpoint list with stable slots of shared state, and the
 //!   discovery document it is refreshed from.
+//! - `schema` (feature `schema`): JSON Schemas of the filter configurations, derived from the
+//!   configuration types.
 
 pub mod backoff;
 pub mod balance;
@@ -51,5 +53,7 @@ pub mod problem;
 pub mod ramp;
 pub mod rate_cap;
 pub mod routes;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod shedding;
 pub mod window;

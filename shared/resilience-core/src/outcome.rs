@@ -445,6 +445,7 @@ pub fn parse_grpc_status(v: &[u8]) -> Option<u32> {
 
 /// A failure Envoy observed itself, before or instead of an upstream response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LocalFailure {
     /// The connection to the upstream could not be established (refused, TLS error, connect

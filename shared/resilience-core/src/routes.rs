@@ -55,16 +55,20 @@ pub trait RequestView {
 
 /// A condition on one request header.
 #[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
-    /// Lowercase header name (lowercased when read from configuration).
+    /// The header's name, in any case (header names are compared ignoring case).
     #[serde(deserialize_with = "lowercase")]
+    #[cfg_attr(feature = "schema", schemars(with = "String", length(min = 1)))]
     pub name: String,
     /// When set, the header must be present with exactly this value.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub value: Option<String>,
     /// `true` (the default): the header must be present; `false`: it must be absent.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub present: Option<bool>,
 }
 
@@ -97,24 +101,32 @@ impl HeaderMatch {
     }
 }
 
-/// Which requests a route applies to. Every given criterion must hold.
+/// Which requests a route applies to. Every given criterion must hold, and at least one must be
+/// given: an empty match is refused rather than silently matching everything.
 #[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(feature = "schema", schemars(extend("minProperties" = 1)))]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Envoy's route name equals this.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub route_name: Option<String>,
     /// The path (query string removed) starts with this.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub prefix: Option<String>,
     /// The path (query string removed) equals this.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub exact: Option<String>,
     /// The method equals this, ignoring ASCII case.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub method: Option<String>,
     /// Every header condition holds.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Vec::is_empty"))]
     pub headers: Vec<HeaderMatch>,
 }
 

@@ -35,16 +35,32 @@ pub enum JsonDraft {
     V2020_12,
 }
 
-impl JsonDraft {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "4" | "draft-04" => Some(JsonDraft::V4),
-            "6" | "draft-06" => Some(JsonDraft::V6),
-            "7" | "draft-07" => Some(JsonDraft::V7),
-            "2019-09" => Some(JsonDraft::V2019_09),
-            "2020-12" => Some(JsonDraft::V2020_12),
-            _ => None,
+/// `JsonDraft::parse` and `JsonDraft::SPELLINGS` from one list, so the configuration's JSON
+/// Schema names exactly the spellings the parser takes; `parse` stays a plain `match`.
+macro_rules! draft_spellings {
+    ($($spelling:literal => $draft:ident),* $(,)?) => {
+        /// Every spelling `json_schema_draft` accepts.
+        pub const SPELLINGS: &'static [&'static str] = &[$($spelling),*];
+
+        pub fn parse(s: &str) -> Option<Self> {
+            match s {
+                $($spelling => Some(JsonDraft::$draft),)*
+                _ => None,
+            }
         }
+    };
+}
+
+impl JsonDraft {
+    draft_spellings! {
+        "4" => V4,
+        "draft-04" => V4,
+        "6" => V6,
+        "draft-06" => V6,
+        "7" => V7,
+        "draft-07" => V7,
+        "2019-09" => V2019_09,
+        "2020-12" => V2020_12,
     }
 
     pub fn name(self) -> &'static str {
