@@ -18,6 +18,8 @@
 //! - [`backoff`]: jittered exponential backoff and full jitter.
 //! - [`problem`]: RFC 9457 `application/problem+json` local replies.
 //! - [`deadline`]: reading a request's remaining deadline from its headers.
+//! - [`grpc`]: the gRPC answer to a refused call (status, message, pushback, binary details),
+//!   and the gRPC request facts filters check (content type, message framing, method paths).
 //! - [`breaker`]: the circuit breaker's state machine.
 //! - [`governor`]: caps how many of one filter's breakers may be open at once.
 //! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
@@ -47,6 +49,7 @@ pub mod deadline;
 pub mod directory;
 pub mod estimator;
 pub mod governor;
+pub mod grpc;
 pub mod outcome;
 pub mod padding;
 pub mod problem;
