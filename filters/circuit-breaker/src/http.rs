@@ -17,6 +17,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use resilience_core::breaker::{Admission, ProbeGrant, ProbeOutcome, Rejection, State};
 use resilience_core::deadline::parse_millis;
+use resilience_core::grpc::{Code, Pushback, Refusal};
 use resilience_core::outcome::{
     local_failure_from_flags, parse_grpc_status, Classifier, LocalFailure, ResponseFacts,
 };
@@ -186,8 +187,14 @@ impl<H: Host + Clone> BreakerHttp<H> {
         for (k, v) in &settings.rejection.headers {
             headers.push((k.as_str(), v.as_str()));
         }
+        let reason = if forced {
+            "forced_open"
+        } else {
+            r.reason().map_or("unknown", |x| x.as_str())
+        };
+        let wire = reply::request_wire_on(&self.host);
         match &settings.rejection.body {
-            Some((body, content_type)) => {
+            Some((body, content_type)) if wire.is_none() => {
                 headers.push(("content-type", content_type.as_str()));
                 reply::send_on(
                     &self.host,
@@ -196,12 +203,7 @@ impl<H: Host + Clone> BreakerHttp<H> {
                     body.as_bytes(),
                 );
             }
-            None => {
-                let reason = if forced {
-                    "forced_open"
-                } else {
-                    r.reason().map_or("unknown", |x| x.as_str())
-                };
+            _ => {
                 let problem = Problem {
                     status: settings.rejection.status,
                     kind: "circuit-open",
@@ -222,7 +224,10 @@ impl<H: Host + Clone> BreakerHttp<H> {
                         ("retry_after", serde_json::Value::from(r.retry_after_s())),
                     ],
                 };
-                reply::send_problem_on(&self.host, &problem, &headers);
+                let ms = r.retry_after_s().saturating_mul(1000);
+                let refusal = Refusal::new(Code::Unavailable, "circuit_breaker", reason)
+                    .with_pushback(Pushback::After { ms });
+                reply::send_problem_to_on(&self.host, wire, &problem, &refusal, &headers);
             }
         }
         Action::Pause

@@ -440,6 +440,40 @@ fn a_rejection_is_a_503_problem_with_the_remaining_open_time_as_retry_after() {
 }
 
 #[test]
+fn a_grpc_call_on_an_open_breaker_gets_unavailable_with_the_open_time_as_pushback() {
+    let proxy = Proxy::new(&BASE.replace(r#""open_duration": "1s""#, r#""open_duration": "5s""#));
+    let w = proxy.worker();
+    trip(&w, "orders");
+    proxy.advance_ms(2_500);
+    w.host.set_map(
+        MapType::HttpRequestHeaders,
+        &[
+            (":method", "POST"),
+            (":path", "/shop.Orders/Get"),
+            ("content-type", "application/grpc"),
+        ],
+    );
+    w.host.set_property(&["xds", "route_name"], b"orders");
+    let mut http = BreakerHttp::on(w.host.clone(), Some(Rc::clone(&w.worker)));
+    assert_eq!(http.on_http_request_headers(3, false), Action::Pause);
+
+    let reply = w.last_reply();
+    assert_eq!((reply.status, reply.grpc_status), (200, Some(14)));
+    assert!(reply.body.is_empty(), "trailers-only");
+    assert_eq!(reply.header("content-type"), Some("application/grpc"));
+    assert_eq!(reply.header("grpc-status"), Some("14"));
+    assert_eq!(reply.header("grpc-retry-pushback-ms"), Some("3000"));
+    assert_eq!(reply.header("retry-after"), Some("3"));
+    assert_eq!(
+        reply.header(DECISION_HEADER),
+        Some("open; reason=consecutive_failures")
+    );
+    assert!(reply
+        .header("grpc-message")
+        .is_some_and(|m| m.starts_with("Requests for orders are rejected") && !m.contains('{')));
+}
+
+#[test]
 fn a_healthy_request_on_a_closed_breaker_makes_four_host_calls_and_none_to_shared_data() {
     let proxy = Proxy::new(BASE);
     let w = proxy.worker();

@@ -59,6 +59,16 @@ const RETRY_ON_CONDITIONS: &[&str] = &[
     "http3-post-connect-failure",
 ];
 
+/// gRPC retry conditions: the router accepts them in `x-envoy-retry-grpc-on`, and retries a
+/// gRPC answer whose status is one of them.
+const RETRY_GRPC_ON_CONDITIONS: &[&str] = &[
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
 #[derive(Deserialize, Debug)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -235,8 +245,12 @@ pub struct Settings {
     pub policy: BudgetPolicy,
     /// Outbound: retries reserved for, and allowed to, one request (`x-envoy-max-retries`).
     pub max_retries: u32,
-    /// Outbound: `x-envoy-retry-on` set on requests that may retry.
+    /// Outbound: `x-envoy-retry-on` set on requests that may retry (the HTTP conditions of
+    /// `retry_on`).
     pub retry_on: Option<String>,
+    /// Outbound: `x-envoy-retry-grpc-on` set on requests that may retry (the gRPC conditions of
+    /// `retry_on`).
+    pub retry_grpc_on: Option<String>,
     /// Outbound: `x-envoy-upstream-rq-per-try-timeout-ms` set on requests that may retry.
     pub per_try_timeout_ms: Option<u64>,
     pub hop_guard: bool,
@@ -354,25 +368,31 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             format!("must be between 0 and 100, got {m}"),
         ));
     }
-    let retry_on = match raw.retry_on {
-        None => None,
+    let (retry_on, retry_grpc_on) = match raw.retry_on {
+        None => (None, None),
         Some(s) => {
-            let mut items = Vec::new();
+            let mut http = Vec::new();
+            let mut grpc = Vec::new();
             for item in s.split(',') {
                 let item = item.trim();
-                if !RETRY_ON_CONDITIONS.contains(&item) {
+                if RETRY_ON_CONDITIONS.contains(&item) {
+                    http.push(item);
+                } else if RETRY_GRPC_ON_CONDITIONS.contains(&item) {
+                    grpc.push(item);
+                } else {
                     return Err(err(
                         "retry_on",
                         format!(
-                            "{:?} is not a retry condition Envoy's router knows (one of {})",
+                            "{:?} is not a retry condition Envoy's router knows (one of {}, or for gRPC {})",
                             resilience_core::problem::bounded(item, 40),
-                            RETRY_ON_CONDITIONS.join(", ")
+                            RETRY_ON_CONDITIONS.join(", "),
+                            RETRY_GRPC_ON_CONDITIONS.join(", ")
                         ),
                     ));
                 }
-                items.push(item);
             }
-            Some(items.join(","))
+            let joined = |v: Vec<&str>| (!v.is_empty()).then(|| v.join(","));
+            (joined(http), joined(grpc))
         }
     };
     let per_try_timeout_ms = match raw.per_try_timeout {
@@ -448,6 +468,7 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
         },
         max_retries,
         retry_on,
+        retry_grpc_on,
         per_try_timeout_ms,
         hop_guard: raw.hop_guard,
         attempt_count_headers,
@@ -646,5 +667,34 @@ mod tests {
         assert_eq!(s.retry_on.as_deref(), Some("5xx,reset"));
         assert_eq!(s.deadline_header.as_deref(), Some("x-deadline-ms"));
         assert_eq!(s.previous_attempts_headers, ["x-retry"]);
+    }
+
+    #[test]
+    fn grpc_retry_conditions_go_to_their_own_header_and_typos_are_refused() {
+        let c = parse(br#"{"retry_on": "unavailable, 5xx,resource-exhausted", "max_retries": 3}"#)
+            .unwrap();
+        let s = &c.routes.defaults;
+        assert_eq!(s.retry_on.as_deref(), Some("5xx"));
+        assert_eq!(
+            s.retry_grpc_on.as_deref(),
+            Some("unavailable,resource-exhausted")
+        );
+        let c = parse(
+            br#"{"retry_on": "cancelled,deadline-exceeded,internal,resource-exhausted,unavailable", "max_retries": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(c.routes.defaults.retry_on, None);
+        assert_eq!(
+            c.routes.defaults.retry_grpc_on.as_deref(),
+            Some("cancelled,deadline-exceeded,internal,resource-exhausted,unavailable")
+        );
+        let e = err(
+            r#"{"max_retries": 1, "routes": [{"match": {"prefix": "/"}, "retry_on": "unavailble"}]}"#,
+        );
+        assert!(
+            e.starts_with(r#"routes[0].retry_on: "unavailble" is not a retry condition"#)
+                && e.contains("or for gRPC cancelled, deadline-exceeded"),
+            "{e}"
+        );
     }
 }

@@ -27,6 +27,7 @@ use proxy_wasm::types::Action;
 use resilience_core::backoff::{jitter_between, random_u64};
 use resilience_core::budget::{parse_attempts, Reservation};
 use resilience_core::deadline::{parse_grpc_timeout, parse_millis};
+use resilience_core::grpc::{Code, Pushback, Refusal};
 use resilience_core::problem::{bounded, Problem};
 use resilience_host::request::{self, HostRequest};
 use resilience_host::{clock, props, reply};
@@ -257,6 +258,9 @@ impl RetryBudgetHttp {
             if let Some(on) = &settings.retry_on {
                 request::set_request_header("x-envoy-retry-on", on);
             }
+            if let Some(on) = &settings.retry_grpc_on {
+                request::set_request_header("x-envoy-retry-grpc-on", on);
+            }
             if let Some(ms) = settings.per_try_timeout_ms {
                 request::set_request_header(
                     "x-envoy-upstream-rq-per-try-timeout-ms",
@@ -319,7 +323,11 @@ impl RetryBudgetHttp {
                 ("retry_after", serde_json::Value::from(retry_after)),
             ],
         };
-        reply::send_problem(&problem, &headers);
+        // The shed request is itself a retry: tell a gRPC client's retry policy to stop, with a
+        // status no standard policy retries.
+        let refusal = Refusal::new(Code::ResourceExhausted, "retry_budget", "budget")
+            .with_pushback(Pushback::Stop);
+        reply::send_problem(&problem, &refusal, &headers);
         Action::Pause
     }
 

@@ -26,6 +26,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use resilience_core::grpc::{Code, Pushback, Refusal};
 use resilience_core::outcome::{local_failure_from_flags, ResponseFacts};
 use resilience_core::problem::{bounded, Problem};
 use resilience_core::ramp::admits;
@@ -261,8 +262,13 @@ impl SlowStartHttp {
                 ("retry_after", serde_json::Value::from(s.retry_after_s)),
             ],
         };
+        let refusal =
+            Refusal::new(Code::Unavailable, "slow_start", reason).with_pushback(Pushback::After {
+                ms: s.retry_after_s.saturating_mul(1000),
+            });
         reply::send_problem(
             &problem,
+            &refusal,
             &[
                 ("retry-after", retry_after.as_str()),
                 (DECISION_HEADER, decision.as_str()),
@@ -291,8 +297,13 @@ impl SlowStartHttp {
                 ("retry_after", serde_json::Value::from(s.retry_after_s)),
             ],
         };
+        let refusal =
+            Refusal::new(Code::Unavailable, "slow_start", reason).with_pushback(Pushback::After {
+                ms: s.retry_after_s.saturating_mul(1000),
+            });
         reply::send_problem(
             &problem,
+            &refusal,
             &[
                 ("retry-after", retry_after.as_str()),
                 (DECISION_HEADER, decision.as_str()),

@@ -284,6 +284,21 @@ pub fn send_local_response(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), HostStatus> {
+    local_response(status, headers, body, -1)
+}
+
+/// Answers the current gRPC request locally: HTTP 200, `headers` (which carry `grpc-status`
+/// and the rest of a trailers-only answer), no body, and `code` as the call's gRPC status.
+pub fn send_grpc_local_response(headers: &[(&str, &str)], code: u8) -> Result<(), HostStatus> {
+    local_response(200, headers, &[], i32::from(code))
+}
+
+fn local_response(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    grpc_status: i32,
+) -> Result<(), HostStatus> {
     let map = serialize_pairs(headers);
     // SAFETY: every pointer and length comes from a live slice (no details: null and 0); the
     // host copies the bytes.
@@ -296,7 +311,7 @@ pub fn send_local_response(
             body.len(),
             map.as_ptr(),
             map.len(),
-            -1,
+            grpc_status,
         )
     })
 }

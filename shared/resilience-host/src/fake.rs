@@ -281,6 +281,8 @@ pub struct LocalReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The gRPC status argument: `Some` for a gRPC answer.
+    pub grpc_status: Option<u8>,
 }
 
 impl LocalReply {
@@ -602,6 +604,29 @@ impl Host for FakeHost {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             body: body.to_vec(),
+            grpc_status: None,
+        });
+        Ok(())
+    }
+
+    fn send_grpc_local_response(
+        &self,
+        headers: &[(&str, &str)],
+        code: u8,
+    ) -> Result<(), HostStatus> {
+        self.count_call();
+        let mut w = self.worker.borrow_mut();
+        if let Some(refusal) = w.reply_refusal {
+            return Err(refusal);
+        }
+        w.replies.push(LocalReply {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: Vec::new(),
+            grpc_status: Some(code),
         });
         Ok(())
     }
@@ -951,9 +976,15 @@ mod tests {
             detail: "down".to_owned(),
             extensions: Vec::new(),
         };
+        let refusal = resilience_core::grpc::Refusal::new(
+            resilience_core::grpc::Code::Unavailable,
+            "circuit_breaker",
+            "failure_rate",
+        );
         assert!(reply::send_problem_on(
             &host,
             &problem,
+            &refusal,
             &[("retry-after", "2")]
         ));
         let replies = host.take_replies();
@@ -963,6 +994,7 @@ mod tests {
         assert!(replies[0].body_text().contains("circuit-open"));
         host.refuse_replies(Some(HostStatus::BAD_ARGUMENT));
         assert!(!reply::send_on(&host, 503, &[], b""));
+        assert!(!reply::send_grpc_on(&host, &problem, &refusal, &[]));
         assert!(host.replies().is_empty());
     }
 

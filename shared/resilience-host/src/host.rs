@@ -80,6 +80,14 @@ pub trait Host {
         body: &[u8],
     ) -> Result<(), HostStatus>;
 
+    /// Answers the current gRPC request locally: HTTP 200, `headers` (a trailers-only answer,
+    /// `grpc-status` included), no body, and `code` as the call's gRPC status.
+    fn send_grpc_local_response(
+        &self,
+        headers: &[(&str, &str)],
+        code: u8,
+    ) -> Result<(), HostStatus>;
+
     /// Defines (or finds) the metric `name` of `kind`; returns its id.
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostStatus>;
 
@@ -172,6 +180,14 @@ impl<H: Host + ?Sized> Host for &H {
         body: &[u8],
     ) -> Result<(), HostStatus> {
         (**self).send_local_response(status, headers, body)
+    }
+    #[inline]
+    fn send_grpc_local_response(
+        &self,
+        headers: &[(&str, &str)],
+        code: u8,
+    ) -> Result<(), HostStatus> {
+        (**self).send_grpc_local_response(headers, code)
     }
     #[inline]
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostStatus> {

@@ -94,6 +94,15 @@ impl Host for WasmHost {
     }
 
     #[inline]
+    fn send_grpc_local_response(
+        &self,
+        headers: &[(&str, &str)],
+        code: u8,
+    ) -> Result<(), HostStatus> {
+        abi::send_grpc_local_response(headers, code)
+    }
+
+    #[inline]
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostStatus> {
         abi::define_metric(kind, name)
     }
