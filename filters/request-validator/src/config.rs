@@ -22,6 +22,7 @@ use resilience_host::metrics::sanitize_segment;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::rules::grpc::{GrpcRules, MethodPattern};
 use crate::rules::head::{HeadRules, HeaderRule, JsonSchemaRule, Unknown};
 use crate::rules::health::{HeaderProbe, HealthChecks};
 use crate::rules::json::{JsonDraft, SchemaSet};
@@ -54,6 +55,8 @@ const DEFAULT_JSON_DRAFT: JsonDraft = JsonDraft::V2020_12;
 pub const DEFAULT_KEY: &str = "default";
 /// Longest route key (stats and shared-data keys).
 pub const MAX_KEY_LEN: usize = 64;
+/// Most `grpc_methods` entries on one route (each is compared per gRPC call).
+pub const MAX_GRPC_METHODS: usize = 256;
 
 #[derive(Deserialize, Debug)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -307,6 +310,11 @@ struct RawSettings {
     /// retry-after of a shed request: 1s-1h, whole seconds, rounded up.
     #[serde(default = "d_retry_after")]
     shed_retry_after: DurationMs,
+    grpc_methods: Option<Vec<String>>,
+    #[serde(default)]
+    require_grpc_timeout: bool,
+    #[serde(default)]
+    grpc_framing: bool,
 }
 
 fn d_fifty() -> Percent {
@@ -719,6 +727,41 @@ fn check_settings(
         None => None,
     };
 
+    let grpc_methods = match &raw.grpc_methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(err(
+                "grpc_methods",
+                "must list at least one method (leave it out to allow every method)".to_owned(),
+            ))
+        }
+        Some(list) if list.len() > MAX_GRPC_METHODS => {
+            return Err(err(
+                "grpc_methods",
+                format!(
+                    "must list at most {MAX_GRPC_METHODS} methods or services, got {}",
+                    list.len()
+                ),
+            ))
+        }
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, m) in list.iter().enumerate() {
+                let pattern = MethodPattern::parse(m).ok_or_else(|| {
+                    err(
+                        &format!("grpc_methods[{i}]"),
+                        format!(
+                            "must be \"/package.Service/Method\" or \"/package.Service/*\", got {:?}",
+                            resilience_core::problem::bounded(m, 80)
+                        ),
+                    )
+                })?;
+                out.push(pattern);
+            }
+            Some(out)
+        }
+    };
+
     let head = HeadRules {
         allowed_methods,
         allow,
@@ -736,6 +779,11 @@ fn check_settings(
         openapi_unknown: match raw.openapi_unknown_operations {
             RawUnknown::Reject => Unknown::Reject,
             RawUnknown::Pass => Unknown::Pass,
+        },
+        grpc: GrpcRules {
+            methods: grpc_methods,
+            require_timeout: raw.require_grpc_timeout,
+            framing: raw.grpc_framing,
         },
     };
 
@@ -1086,5 +1134,42 @@ mod tests {
         assert_eq!(d.min_remaining_ms, Some(50));
         assert_eq!(d.header.as_deref(), Some("x-deadline-ms"));
         assert_eq!(d.observed.map(|o| o.percentile), Some(90.0));
+    }
+
+    #[test]
+    fn grpc_rules_are_read_and_bad_method_names_are_refused_by_index() {
+        let c = parse(
+            br#"{"grpc_methods": ["/shop.Orders/Get", "/grpc.health.v1.Health/*"],
+                 "require_grpc_timeout": true, "grpc_framing": true, "max_body_bytes": 4096}"#,
+        )
+        .unwrap();
+        let g = &c.routes.defaults.head.grpc;
+        assert_eq!(
+            g.methods,
+            Some(vec![
+                MethodPattern::Exact("/shop.Orders/Get".to_owned()),
+                MethodPattern::Service("/grpc.health.v1.Health/".to_owned())
+            ])
+        );
+        assert!(g.require_timeout && g.framing);
+        assert_eq!(
+            parse(b"").unwrap().routes.defaults.head.grpc,
+            GrpcRules::default()
+        );
+        assert!(err(r#"{"grpc_methods": []}"#).starts_with("grpc_methods: must list"));
+        assert_eq!(
+            err(r#"{"routes": [{"match": {"prefix": "/"}, "grpc_methods": ["/a.B/C", "a.B/C"]}]}"#),
+            r#"routes[0].grpc_methods[1]: must be "/package.Service/Method" or "/package.Service/*", got "a.B/C""#
+        );
+        assert!(err(r#"{"grpc_methods": ["/a.B/*/x"]}"#).starts_with("grpc_methods[0]: must be"));
+        let many: Vec<String> = (0..=MAX_GRPC_METHODS)
+            .map(|i| format!("\"/a.B/M{i}\""))
+            .collect();
+        assert!(err(&format!(r#"{{"grpc_methods": [{}]}}"#, many.join(",")))
+            .starts_with("grpc_methods: must list at most"));
+        assert!(err(r#"{"grpc_framing": "yes"}"#).starts_with("grpc_framing: invalid type"));
+        assert!(
+            err(r#"{"require_grpc_timeout": 1}"#).starts_with("require_grpc_timeout: invalid type")
+        );
     }
 }

@@ -11,13 +11,19 @@
 //! with only `max_body_bytes`, they count; with a JSON rule, the body is held (at most
 //! `max_body_bytes`) until it is complete and then checked once. With
 //! `hold_headers_for_body_checks`, the headers are held too, so the upstream sees nothing of a
-//! request whose body is rejected.
+//! request whose body is rejected. With `grpc_framing`, a gRPC call's message prefixes are read
+//! from each chunk as it passes (a few bytes per message, nothing held).
+//!
+//! A rejection of a gRPC call is a gRPC answer ([`resilience_host::reply`]): the status comes from
+//! [`Rule::grpc_code`], shedding sends its `retry-after` as pushback, and a deadline refusal tells
+//! the client's retry policy not to retry (a retry would have even less time).
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use resilience_core::grpc::{self, Code, Pushback, Refusal, Wire};
 use resilience_core::routes::RequestView;
 use resilience_core::shedding::class_limit;
 use resilience_host::{clock, props, reply, request, stream};
@@ -54,6 +60,8 @@ pub struct ValidatorHttp {
     /// Paused at the headers, waiting for the body (hold mode).
     held: bool,
     latency_start_ms: Option<u64>,
+    /// How the request speaks gRPC (read at its headers): rejections answer it in gRPC.
+    wire: Option<Wire>,
 }
 
 impl ValidatorHttp {
@@ -72,6 +80,7 @@ impl ValidatorHttp {
             shadow: Vec::new(),
             held: false,
             latency_start_ms: None,
+            wire: None,
         }
     }
 
@@ -205,7 +214,14 @@ impl ValidatorHttp {
         if let Some(r) = &retry {
             headers.push(("retry-after", r.as_str()));
         }
-        reply::send_problem(&v.problem(), &headers);
+        let mut refusal = Refusal::new(v.rule.grpc_code(), "request_validator", v.rule.name());
+        if let Some(ms) = retry_after_s.map(|s| s.saturating_mul(1000)) {
+            refusal = refusal.with_pushback(Pushback::After { ms });
+        } else if v.rule.grpc_code() == Code::DeadlineExceeded {
+            // A retry has even less time left: it would be refused too.
+            refusal = refusal.with_pushback(Pushback::Stop);
+        }
+        reply::send_problem_to(self.wire, &v.problem(), &refusal, &headers);
         Some(Action::Pause)
     }
 
@@ -268,6 +284,7 @@ impl HttpContext for ValidatorHttp {
             headers,
             end_of_stream,
         };
+        self.wire = head.get("content-type").and_then(grpc::wire);
         self.with_worker(|this, w| this.decide(w, &head))
             .unwrap_or(Action::Continue)
     }
@@ -279,12 +296,42 @@ impl HttpContext for ValidatorHttp {
         self.release_hold();
         let size = body_size as u64;
         let holding = self.plan.buffers() && !self.dry_run;
+        let before = self.body_seen;
         // While the body is held, Envoy reports the whole buffered size; otherwise each chunk.
         self.body_seen = if holding {
             size
         } else {
             self.body_seen.saturating_add(size)
         };
+        // The prefixes first: a message that announces too much is named as such.
+        if self.plan.frames.is_some() {
+            // The bytes new in this callback: the chunk, or the end of the held buffer.
+            let (offset, fresh) = if holding {
+                (before, size.saturating_sub(before))
+            } else {
+                (0, size)
+            };
+            let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+            let fresh = usize::try_from(fresh).unwrap_or(0);
+            let mut result = self.plan.check_frames(fresh, |at, n| {
+                stream::request_body(offset.saturating_add(at), n)
+            });
+            if result.is_ok() && end_of_stream {
+                result = self.plan.check_frames_complete();
+            }
+            if let Err(v) = result {
+                // One violation per body: in dry run the body goes on unchecked.
+                self.plan.frames = None;
+                let action = self
+                    .with_worker(|this, w| this.violate(w, &v, None))
+                    .flatten();
+                if let Some(action) = action {
+                    self.body_done = true;
+                    self.shadow = Vec::new();
+                    return action;
+                }
+            }
+        }
         if let Err(v) = self.plan.check_size(self.body_seen) {
             self.body_done = true;
             self.shadow = Vec::new();
@@ -312,6 +359,18 @@ impl HttpContext for ValidatorHttp {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.state == State::Checked && !self.body_done {
+            if let Err(v) = self.plan.check_frames_complete() {
+                self.plan.frames = None;
+                if let Some(action) = self
+                    .with_worker(|this, w| this.violate(w, &v, None))
+                    .flatten()
+                {
+                    self.body_done = true;
+                    return action;
+                }
+            }
+        }
         if self.state == State::Checked && !self.body_done && self.plan.buffers() {
             self.release_hold();
             let action = self.finish_body();

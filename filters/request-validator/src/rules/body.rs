@@ -8,9 +8,14 @@
 //! Counting costs nothing and holds nothing back. Only a route whose rules need to *see* the body
 //! (`json_body`, `json_schema`, an OpenAPI request body schema), and only for a JSON media type,
 //! holds the body until it is complete, never more than `max_body_bytes` of it, and checks it once.
+//! A gRPC call on a route with `grpc_framing` has its 5-byte message prefixes read as the body
+//! streams ([`super::grpc`]): a few bytes per message, nothing held.
 
 use std::rc::Rc;
 
+use resilience_core::grpc::FrameReader;
+
+use super::grpc;
 use super::head::JsonSchemaRule;
 use super::json::{parse_body, SchemaRef};
 use super::openapi::Api;
@@ -34,6 +39,8 @@ pub struct BodyPlan {
     pub max_bytes: Option<u64>,
     /// A check on the complete body (the body is then buffered).
     pub check: Option<BodyCheck>,
+    /// A gRPC call's message prefixes, read as the body streams (`grpc_framing`).
+    pub frames: Option<FrameReader>,
 }
 
 impl BodyPlan {
@@ -44,7 +51,28 @@ impl BodyPlan {
 
     /// Whether the body needs any attention at all.
     pub fn is_passive(&self) -> bool {
-        self.max_bytes.is_none() && self.check.is_none()
+        self.max_bytes.is_none() && self.check.is_none() && self.frames.is_none()
+    }
+
+    /// Reads the message prefixes in the next `len` body bytes (`read(offset, n)` hands over `n`
+    /// bytes of them from `offset`). Without `grpc_framing`, nothing is read.
+    pub fn check_frames(
+        &mut self,
+        len: usize,
+        read: impl FnMut(usize, usize) -> Option<Vec<u8>>,
+    ) -> Result<(), Violation> {
+        match self.frames.as_mut() {
+            Some(frames) => frames.feed_with(len, read).map_err(grpc::violation),
+            None => Ok(()),
+        }
+    }
+
+    /// The body ended: the last gRPC message must be complete.
+    pub fn check_frames_complete(&self) -> Result<(), Violation> {
+        match &self.frames {
+            Some(frames) => frames.finish().map(|_| ()).map_err(grpc::violation),
+            None => Ok(()),
+        }
     }
 
     /// Checks the running total of body bytes seen so far.
@@ -84,6 +112,7 @@ mod tests {
         let plan = BodyPlan {
             max_bytes: Some(10),
             check: None,
+            frames: None,
         };
         assert!(plan.check_size(10).is_ok());
         let v = plan.check_size(11).unwrap_err();
@@ -109,6 +138,7 @@ mod tests {
         let plan = BodyPlan {
             max_bytes: Some(100),
             check: Some(BodyCheck::JsonSchema(Rc::new(JsonSchemaRule { set, root }))),
+            frames: None,
         };
         assert!(plan.buffers());
         assert!(plan.check_complete(br#"{"a": 1}"#).is_ok());
@@ -120,6 +150,7 @@ mod tests {
         let wf = BodyPlan {
             max_bytes: None,
             check: Some(BodyCheck::WellFormed),
+            frames: None,
         };
         assert!(wf.check_complete(b"[1, 2]").is_ok());
         assert_eq!(wf.check_complete(b"\xff").unwrap_err().rule, Rule::JsonBody);

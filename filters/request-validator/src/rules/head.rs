@@ -1,7 +1,7 @@
 //! The rules that need only the request head, checked cheapest first.
 //!
 //! Order: method (405), URL length (414), header count and size (431), required headers (400),
-//! query parameters (400), the OpenAPI operation (404, 405, 400, 415), the media type (415), a
+//! query parameters (400), the gRPC method and deadline (for gRPC calls), the OpenAPI operation (404, 405, 400, 415), the media type (415), a
 //! declared length when one is required (411) and the declared length against `max_body_bytes`
 //! (413, before any body byte arrives). The first broken rule decides. What passes comes back as
 //! a [`BodyPlan`]: how many body bytes to allow, and whether the body must be buffered and checked.
@@ -9,6 +9,7 @@
 use std::rc::Rc;
 
 use super::body::{BodyCheck, BodyPlan};
+use super::grpc::{self, GrpcRules};
 use super::json::{SchemaRef, SchemaSet};
 use super::media::{essence, is_json, MediaRange};
 use super::openapi::{no_method_violation, no_path_violation, Api, Lookup};
@@ -92,6 +93,7 @@ pub struct HeadRules {
     pub json_schema: Option<Rc<JsonSchemaRule>>,
     pub openapi: Option<Rc<Api>>,
     pub openapi_unknown: Unknown,
+    pub grpc: GrpcRules,
 }
 
 impl HeadRules {
@@ -166,10 +168,21 @@ pub fn check(rules: &HeadRules, head: &RequestHead) -> Result<BodyPlan, Violatio
     if !rules.query_params.is_empty() {
         query::check(&rules.query_params, head.query())?;
     }
+    let mut frames = None;
+    if rules.grpc.any() {
+        let wire = head
+            .get("content-type")
+            .and_then(resilience_core::grpc::wire);
+        grpc::check_head(&rules.grpc, head, wire)?;
+        if head.has_body() {
+            frames = grpc::frame_reader(&rules.grpc, head, wire, rules.max_body_bytes);
+        }
+    }
 
     let mut plan = BodyPlan {
         max_bytes: rules.max_body_bytes,
         check: None,
+        frames,
     };
     let media = if head.has_body() {
         head.get("content-type").and_then(essence)

@@ -22,6 +22,7 @@
 
 pub mod body;
 pub mod deadline;
+pub mod grpc;
 pub mod head;
 pub mod health;
 pub mod json;
@@ -30,6 +31,7 @@ pub mod openapi;
 pub mod pattern;
 pub mod query;
 
+use resilience_core::grpc::Code;
 use serde_json::Value;
 
 /// Longest excerpt of request-derived text (paths, names) quoted in a problem body.
@@ -60,11 +62,14 @@ pub enum Rule {
     MinRemainingDeadline,
     ObservedLatency,
     MaxConcurrentRequests,
+    GrpcMethods,
+    RequireGrpcTimeout,
+    GrpcFraming,
 }
 
 impl Rule {
     /// Every rule, for defining stats up front.
-    pub const ALL: [Rule; 20] = [
+    pub const ALL: [Rule; 23] = [
         Rule::AllowedMethods,
         Rule::MaxPathBytes,
         Rule::MaxHeaderCount,
@@ -85,6 +90,9 @@ impl Rule {
         Rule::MinRemainingDeadline,
         Rule::ObservedLatency,
         Rule::MaxConcurrentRequests,
+        Rule::GrpcMethods,
+        Rule::RequireGrpcTimeout,
+        Rule::GrpcFraming,
     ];
 
     /// The stable name: the configuration field, the decision header's `reason`, the stat suffix.
@@ -110,6 +118,9 @@ impl Rule {
             Rule::MinRemainingDeadline => "min_remaining_deadline",
             Rule::ObservedLatency => "deadline_from_observed_latency",
             Rule::MaxConcurrentRequests => "max_concurrent_requests",
+            Rule::GrpcMethods => "grpc_methods",
+            Rule::RequireGrpcTimeout => "require_grpc_timeout",
+            Rule::GrpcFraming => "grpc_framing",
         }
     }
 
@@ -122,14 +133,16 @@ impl Rule {
             Rule::RequiredHeaders
             | Rule::QueryParams
             | Rule::OpenapiParameters
-            | Rule::OpenapiBodyRequired => 400,
+            | Rule::OpenapiBodyRequired
+            | Rule::RequireGrpcTimeout
+            | Rule::GrpcFraming => 400,
             Rule::ContentTypes | Rule::OpenapiContentType => 415,
             Rule::RequireContentLength => 411,
             Rule::MaxBodyBytes => 413,
             // RFC 9110 §15.5.21: 422 is for content whose syntax is correct; broken JSON is 400.
             Rule::JsonBody => 400,
             Rule::JsonSchema | Rule::OpenapiRequestBody => 422,
-            Rule::OpenapiPath => 404,
+            Rule::OpenapiPath | Rule::GrpcMethods => 404,
             Rule::MinRemainingDeadline | Rule::ObservedLatency => 504,
             Rule::MaxConcurrentRequests => 503,
         }
@@ -155,6 +168,39 @@ impl Rule {
             Rule::OpenapiBodyRequired => "missing-body",
             Rule::MinRemainingDeadline | Rule::ObservedLatency => "deadline-too-short",
             Rule::MaxConcurrentRequests => "overloaded",
+            Rule::GrpcMethods => "unknown-grpc-method",
+            Rule::RequireGrpcTimeout => "missing-deadline",
+            Rule::GrpcFraming => "malformed-grpc-message",
+        }
+    }
+
+    /// The gRPC status a rejection of a gRPC call carries: what the client's library should make
+    /// of it. Malformed → `INVALID_ARGUMENT`, too large → `RESOURCE_EXHAUSTED`, a method or path
+    /// the API does not have → `UNIMPLEMENTED`, a deadline too short → `DEADLINE_EXCEEDED` (which
+    /// no standard retry policy retries), shed → `UNAVAILABLE` (retried, after the pushback).
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Rule::AllowedMethods | Rule::OpenapiMethod | Rule::OpenapiPath | Rule::GrpcMethods => {
+                Code::Unimplemented
+            }
+            Rule::MaxHeaderCount | Rule::MaxHeaderBytes | Rule::MaxBodyBytes => {
+                Code::ResourceExhausted
+            }
+            Rule::MaxPathBytes
+            | Rule::RequiredHeaders
+            | Rule::QueryParams
+            | Rule::OpenapiParameters
+            | Rule::OpenapiBodyRequired
+            | Rule::ContentTypes
+            | Rule::OpenapiContentType
+            | Rule::RequireContentLength
+            | Rule::JsonBody
+            | Rule::JsonSchema
+            | Rule::OpenapiRequestBody
+            | Rule::RequireGrpcTimeout
+            | Rule::GrpcFraming => Code::InvalidArgument,
+            Rule::MinRemainingDeadline | Rule::ObservedLatency => Code::DeadlineExceeded,
+            Rule::MaxConcurrentRequests => Code::Unavailable,
         }
     }
 
@@ -177,6 +223,9 @@ impl Rule {
             Rule::OpenapiBodyRequired => "Request body required",
             Rule::MinRemainingDeadline | Rule::ObservedLatency => "Deadline too short",
             Rule::MaxConcurrentRequests => "Too many requests in flight",
+            Rule::GrpcMethods => "Unknown gRPC method",
+            Rule::RequireGrpcTimeout => "gRPC deadline required",
+            Rule::GrpcFraming => "Malformed gRPC message",
         }
     }
 }
@@ -377,6 +426,7 @@ mod properties {
     use serde_json::json;
 
     use super::body::{BodyCheck, BodyPlan};
+    use super::grpc::{GrpcRules, MethodPattern};
     use super::head::{self, HeadRules, HeaderRule, JsonSchemaRule};
     use super::json::{JsonDraft, SchemaSet};
     use super::media::{essence, MediaRange};
@@ -415,6 +465,11 @@ mod properties {
             json_schema: None,
             openapi: None,
             openapi_unknown: head::Unknown::Reject,
+            grpc: GrpcRules {
+                methods: Some(vec![MethodPattern::parse("/a.B/*").unwrap()]),
+                require_timeout: true,
+                framing: true,
+            },
         }
     }
 
@@ -438,6 +493,41 @@ mod properties {
         }
 
         #[test]
+        fn grpc_rules_never_panic_on_arbitrary_calls(
+            path in prop_oneof![bytes(), "/a\\.B/[A-Za-z_]{0,4}".prop_map(String::into_bytes)],
+            timeout in prop_oneof![bytes(), "[0-9]{1,9}[HMSmun]".prop_map(String::into_bytes)],
+            encoding in bytes(),
+            body in bytes(),
+            chunk in 1usize..8,
+        ) {
+            let head = RequestHead {
+                headers: vec![
+                    (b":method".to_vec(), b"POST".to_vec()),
+                    (b":path".to_vec(), path),
+                    (b"content-type".to_vec(), b"application/grpc".to_vec()),
+                    (b"grpc-timeout".to_vec(), timeout),
+                    (b"grpc-encoding".to_vec(), encoding),
+                ],
+                end_of_stream: false,
+            };
+            let rules = HeadRules {
+                max_body_bytes: Some(100),
+                grpc: rules().grpc,
+                ..HeadRules::default()
+            };
+            if let Ok(mut plan) = head::check(&rules, &head) {
+                for part in body.chunks(chunk) {
+                    let r = plan.check_frames(part.len(), |at, n| part.get(at..at + n).map(<[u8]>::to_vec));
+                    if let Err(v) = r {
+                        prop_assert!(v.detail.len() <= super::MAX_DETAIL);
+                        break;
+                    }
+                }
+                let _ = plan.check_frames_complete();
+            }
+        }
+
+        #[test]
         fn query_and_media_parsing_never_panic(q in bytes(), ct in bytes()) {
             let _ = query::pairs(&q).count();
             let _ = query::check(&rules().query_params, Some(&q));
@@ -457,6 +547,7 @@ mod properties {
             let plan = BodyPlan {
                 max_bytes: Some(1_000),
                 check: Some(BodyCheck::JsonSchema(Rc::new(JsonSchemaRule { set, root }))),
+                frames: None,
             };
             for candidate in [body, serde_json::to_vec(&json!({ "a": text.clone(), text.clone(): text })).unwrap()] {
                 if let Err(v) = plan.check_complete(&candidate) {
