@@ -303,20 +303,18 @@ impl RetryBudgetHttp {
             headers.push(("x-envoy-ratelimited", "true"));
         }
         let p = &settings.policy;
+        let limits = format!(
+            "Retries for {} are shed: they may be at most {}% of recent requests plus {} per second over {} s",
+            self.key,
+            p.budget_percent,
+            p.min_retries_per_second,
+            p.window_ms / 1000
+        );
         let problem = Problem {
             status: settings.shed_status,
             kind: "retry-budget-exhausted",
             title: "Retry budget exhausted",
-            detail: bounded(
-                &format!(
-                    "Retries for {} are shed: they may be at most {}% of recent requests plus {} per second over {} s; retry after {retry_after} s.",
-                    self.key,
-                    p.budget_percent,
-                    p.min_retries_per_second,
-                    p.window_ms / 1000
-                ),
-                256,
-            ),
+            detail: bounded(&format!("{limits}; retry after {retry_after} s."), 256),
             extensions: vec![
                 ("budget", serde_json::Value::from(self.key.clone())),
                 ("reason", serde_json::Value::from("budget")),
@@ -326,7 +324,8 @@ impl RetryBudgetHttp {
         // The shed request is itself a retry: tell a gRPC client's retry policy to stop, with a
         // status no standard policy retries.
         let refusal = Refusal::new(Code::ResourceExhausted, "retry_budget", "budget")
-            .with_pushback(Pushback::Stop);
+            .with_pushback(Pushback::Stop)
+            .with_message(format!("{limits}; do not retry."));
         reply::send_problem(&problem, &refusal, &headers);
         Action::Pause
     }

@@ -193,6 +193,9 @@ pub struct Refusal {
     /// `ErrorInfo.metadata["reason"]`.
     pub reason: String,
     pub pushback: Option<Pushback>,
+    /// The message, when the problem's detail would say something else to a gRPC client (a
+    /// `retry after` that the pushback contradicts); bounded like any message.
+    pub message: Option<String>,
 }
 
 impl Refusal {
@@ -202,7 +205,13 @@ impl Refusal {
             filter,
             reason: reason.into(),
             pushback: None,
+            message: None,
         }
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(bounded(&message.into(), MAX_MESSAGE_BYTES));
+        self
     }
 
     pub fn with_pushback(mut self, pushback: Pushback) -> Self {
@@ -225,11 +234,11 @@ impl Refusal {
     }
 
     /// The trailers-only response headers for `problem`: `content-type`, `grpc-status`,
-    /// `grpc-message` (percent-encoded), `grpc-retry-pushback-ms` when there is pushback, and
+    /// `grpc-message` (the [`message`], or the refusal's own, percent-encoded), `grpc-retry-pushback-ms` when there is pushback, and
     /// `grpc-status-details-bin` (base64, unpadded) with the same code and message, a
     /// `RetryInfo` when the pushback is a delay, and the [`Refusal::error_info`].
     pub fn headers(&self, problem: &Problem) -> Vec<(&'static str, String)> {
-        let text = message(problem);
+        let text = self.message.clone().unwrap_or_else(|| message(problem));
         let delay = match self.pushback {
             Some(Pushback::After { ms }) => Some(ms.min(MAX_PUSHBACK_MS)),
             _ => None,
@@ -749,6 +758,16 @@ mod tests {
         assert!(!details
             .windows(RETRY_INFO_TYPE.len())
             .any(|w| w == RETRY_INFO_TYPE.as_bytes()));
+    }
+
+    #[test]
+    fn a_refusal_may_say_its_own_message() {
+        let r = Refusal::new(Code::ResourceExhausted, "retry_budget", "budget")
+            .with_message("Shed; do not retry.");
+        let h = r.headers(&problem());
+        assert!(h.contains(&("grpc-message", "Shed; do not retry.".to_owned())));
+        let long = Refusal::new(Code::Internal, "f", "r").with_message("x".repeat(1000));
+        assert!(long.message.unwrap().len() <= MAX_MESSAGE_BYTES);
     }
 
     #[test]
