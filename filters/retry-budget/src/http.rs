@@ -12,7 +12,8 @@
 //! **Inbound** (server side, in front of the app). A request that arrived as a retry
 //! (`x-envoy-attempt-count` > 1, `grpc-previous-rpc-attempts` > 0, the hop-guard header or a
 //! configured one) takes one token; without one it is shed with a 503, a jittered `retry-after`,
-//! a problem+json body and the decision header. First attempts are never shed: they only count
+//! a problem+json body and the decision header (a gRPC call: `RESOURCE_EXHAUSTED` with pushback
+//! -1, which stops the client's retry policy). First attempts are never shed: they only count
 //! towards the allowance.
 //!
 //! Dry-run modes decide and count exactly the same way but never touch the request: the verdict

@@ -26,7 +26,7 @@
 //! - [`counters`]: per-worker event counts declared once (names, counts, flush).
 //! - [`props`]: typed reads of Envoy properties.
 //! - [`request`]: a lazy, cached view of the request for route matching.
-//! - [`reply`]: `application/problem+json` local replies.
+//! - [`reply`]: local replies: `application/problem+json`, or a gRPC answer to a gRPC call.
 //! - [`root`]: the root context all filters share (configuration, tick, HTTP contexts).
 //! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
 //! - [`clock`]: the host's time in milliseconds.
