@@ -29,8 +29,17 @@ pub const GLOBAL_FIELDS: &[&str] = &[
     "max_open_percent",
 ];
 
-/// Headers every rejection carries and configuration must not duplicate.
-const RESERVED_HEADERS: &[&str] = &["retry-after", "content-type", DECISION_HEADER];
+/// Headers every rejection carries (an HTTP one, or the gRPC answer to a gRPC call) and
+/// configuration must not duplicate.
+const RESERVED_HEADERS: &[&str] = &[
+    "retry-after",
+    "content-type",
+    DECISION_HEADER,
+    "grpc-status",
+    "grpc-message",
+    "grpc-retry-pushback-ms",
+    "grpc-status-details-bin",
+];
 
 /// The response header that explains a rejection (and, in dry-run, a would-be rejection).
 pub const DECISION_HEADER: &str = "x-resilience-circuit-breaker";
@@ -703,6 +712,20 @@ mod tests {
     fn rejection_headers_may_not_replace_the_ones_the_filter_sets() {
         assert!(err(r#"{"rejection": {"headers": {"Retry-After": "1"}}}"#)
             .starts_with("rejection.headers: \"Retry-After\" is set by the filter itself"));
+        for grpc in [
+            "grpc-status",
+            "Grpc-Message",
+            "grpc-retry-pushback-ms",
+            "grpc-status-details-bin",
+        ] {
+            assert!(
+                err(&format!(
+                    r#"{{"rejection": {{"headers": {{"{grpc}": "1"}}}}}}"#
+                ))
+                .contains("is set by the filter itself"),
+                "{grpc}"
+            );
+        }
     }
 
     #[test]
