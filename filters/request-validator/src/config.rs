@@ -310,9 +310,18 @@ struct RawSettings {
     /// retry-after of a shed request: 1s-1h, whole seconds, rounded up.
     #[serde(default = "d_retry_after")]
     shed_retry_after: DurationMs,
+    /// gRPC methods the route serves, each "/package.Service/Method" or "/package.Service/*"
+    /// (not empty, at most 256); a gRPC call for any other is UNIMPLEMENTED. Unset allows any.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "schema_default::grpc_methods")
+    )]
     grpc_methods: Option<Vec<String>>,
+    /// gRPC calls must carry a valid grpc-timeout; one without is INVALID_ARGUMENT.
     #[serde(default)]
     require_grpc_timeout: bool,
+    /// Read each gRPC message's 5-byte prefix as the body streams: a bad prefix is
+    /// INVALID_ARGUMENT, a message announcing more than `max_body_bytes` RESOURCE_EXHAUSTED.
     #[serde(default)]
     grpc_framing: bool,
 }
@@ -962,6 +971,20 @@ mod schema_default {
             "type": ["string", "null"],
             "enum": spellings,
             "default": super::DEFAULT_JSON_DRAFT.name(),
+        })
+    }
+    /// The form `MethodPattern::parse` accepts: `/` + dot-separated identifiers + `/` + an
+    /// identifier or `*`.
+    pub(super) fn grpc_methods(_: &mut SchemaGenerator) -> Schema {
+        let ident = "[A-Za-z_][A-Za-z0-9_]*";
+        json_schema!({
+            "type": ["array", "null"],
+            "minItems": 1,
+            "maxItems": super::MAX_GRPC_METHODS,
+            "items": {
+                "type": "string",
+                "pattern": format!("^/{ident}(\\.{ident})*/({ident}|\\*)$"),
+            },
         })
     }
 }

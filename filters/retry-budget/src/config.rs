@@ -164,8 +164,10 @@ struct RawSettings {
     /// x-envoy-max-retries, which replaces the route's num_retries: set it to that. Required in
     /// the outbound modes, since any default would silently rewrite the route's retry count.
     max_retries: Option<u32>,
-    /// Outbound: x-envoy-retry-on for requests that may retry, a comma list of Envoy's router
-    /// retry conditions (5xx, gateway-error, reset, connect-failure, ...).
+    /// Outbound: for requests that may retry, a comma list of Envoy's router retry conditions:
+    /// HTTP ones (5xx, gateway-error, reset, connect-failure, ...) are sent as x-envoy-retry-on,
+    /// gRPC ones (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable) as
+    /// x-envoy-retry-grpc-on.
     #[cfg_attr(feature = "schema", schemars(schema_with = "schema_default::retry_on"))]
     retry_on: Option<String>,
     /// Outbound: x-envoy-upstream-rq-per-try-timeout-ms for requests that may retry (at least
@@ -496,10 +498,15 @@ mod schema_default {
     pub(super) fn previous_attempts_headers() -> Option<Vec<String>> {
         owned(super::DEFAULT_PREVIOUS_ATTEMPTS_HEADERS)
     }
-    /// A comma list of [`super::RETRY_ON_CONDITIONS`], spaces around items allowed, as the
-    /// check splits and trims it.
+    /// A comma list of [`super::RETRY_ON_CONDITIONS`] and [`super::RETRY_GRPC_ON_CONDITIONS`],
+    /// spaces around items allowed, as the check splits and trims it.
     pub(super) fn retry_on(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        let item = format!(r"\s*({})\s*", super::RETRY_ON_CONDITIONS.join("|"));
+        let all: Vec<&str> = super::RETRY_ON_CONDITIONS
+            .iter()
+            .chain(super::RETRY_GRPC_ON_CONDITIONS)
+            .copied()
+            .collect();
+        let item = format!(r"\s*({})\s*", all.join("|"));
         schemars::json_schema!({
             "type": ["string", "null"],
             "pattern": format!("^{item}(,{item})*$"),
