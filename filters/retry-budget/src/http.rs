@@ -19,18 +19,23 @@
 //! Dry-run modes decide and count exactly the same way but never touch the request: the verdict
 //! is only logged, counted in `dry_run_would_deny` and shown in the response's decision header.
 //! Their budget is charged as if the verdict had been enforced.
+//!
+//! The context reads headers, properties and the clock through its [`Host`], the same calls and
+//! as many as before the trait existed: the per-request path pays nothing for being testable.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use resilience_core::backoff::{jitter_between, random_u64};
 use resilience_core::budget::{parse_attempts, Reservation};
 use resilience_core::deadline::{parse_grpc_timeout, parse_millis};
 use resilience_core::grpc::{Code, Pushback, Refusal};
 use resilience_core::problem::{bounded, Problem};
+use resilience_host::host::Host;
 use resilience_host::request::{self, HostRequest};
+use resilience_host::wasm::WasmHost;
 use resilience_host::{clock, props, reply};
 
 use crate::config::{Settings, Side, DECISION_HEADER, HOP_GUARD_HEADER};
@@ -115,9 +120,11 @@ enum Role {
     Shed,
 }
 
-/// The HTTP context of the retry-budget filter.
-pub struct RetryBudgetHttp {
-    worker: Option<Rc<RefCell<Worker>>>,
+/// The HTTP context of the retry-budget filter, on host `H` (the real proxy unless a test says
+/// otherwise).
+pub struct RetryBudgetHttp<H: Host = WasmHost> {
+    host: H,
+    worker: Option<Rc<RefCell<Worker<H>>>>,
     role: Role,
     key: String,
     start_ms: u64,
@@ -126,8 +133,17 @@ pub struct RetryBudgetHttp {
 }
 
 impl RetryBudgetHttp {
+    /// A stream on the real proxy.
     pub fn new(worker: Option<Rc<RefCell<Worker>>>) -> Self {
+        RetryBudgetHttp::on(WasmHost, worker)
+    }
+}
+
+impl<H: Host + Clone> RetryBudgetHttp<H> {
+    /// A stream on `host`, deciding with `worker`'s budgets.
+    pub fn on(host: H, worker: Option<Rc<RefCell<Worker<H>>>>) -> Self {
         RetryBudgetHttp {
+            host,
             worker,
             role: Role::Unguarded,
             key: String::new(),
@@ -137,25 +153,24 @@ impl RetryBudgetHttp {
         }
     }
 
-    fn decide(&mut self, w: &mut Worker) -> Action {
-        let mut req = HostRequest::new();
+    fn decide(&mut self, w: &mut Worker<H>) -> Action {
+        let mut req = HostRequest::on(&self.host);
         let config = Rc::clone(&w.config);
         let selected = config.routes.select(&mut req);
         let settings: &Settings = selected.settings;
         let Some(side) = settings.mode.side() else {
             return Action::Continue;
         };
-        let base = selected.key(
-            &mut req,
-            &config.global.generic_route_names,
-            props::cluster_name,
-        );
-        self.key = Worker::key(&base);
-        let now = clock::now_ms();
+        let base = selected.key(&mut req, &config.global.generic_route_names, || {
+            props::cluster_name_on(&self.host)
+        });
+        self.key = Worker::<H>::key(&base);
+        let now = clock::now_ms_on(&self.host);
         self.start_ms = now;
         let dry_run = settings.mode.dry_run();
         let needs_evidence = side == Side::Inbound || settings.hop_guard;
-        let arrived_as_retry = needs_evidence && arrived_as_retry(settings, &mut w.global_pending);
+        let arrived_as_retry =
+            needs_evidence && arrived_as_retry(&self.host, settings, &mut w.global_pending);
         let Some(entry) = w.entry(&self.key, selected.index) else {
             return Action::Continue;
         };
@@ -170,9 +185,9 @@ impl RetryBudgetHttp {
                 };
                 let refused = if settings.hop_guard && arrived_as_retry {
                     Some(Reason::HopGuard)
-                } else if median
-                    .is_some_and(|m| remaining_deadline(settings).is_some_and(|d| d < m))
-                {
+                } else if median.is_some_and(|m| {
+                    remaining_deadline(&self.host, settings).is_some_and(|d| d < m)
+                }) {
                     Some(Reason::Deadline)
                 } else {
                     None
@@ -216,7 +231,7 @@ impl RetryBudgetHttp {
 
     fn outbound(
         &mut self,
-        w: &mut Worker,
+        w: &mut Worker<H>,
         settings: &Settings,
         reservation: Reservation,
         verdict: Verdict,
@@ -254,28 +269,28 @@ impl RetryBudgetHttp {
             }
             return Action::Continue;
         }
-        request::set_request_header("x-envoy-max-retries", &reservation.tokens.to_string());
+        let set = |name, value: &str| {
+            request::set_header_on(&self.host, MapType::HttpRequestHeaders, name, value)
+        };
+        set("x-envoy-max-retries", &reservation.tokens.to_string());
         if reservation.tokens > 0 {
             if let Some(on) = &settings.retry_on {
-                request::set_request_header("x-envoy-retry-on", on);
+                set("x-envoy-retry-on", on);
             }
             if let Some(on) = &settings.retry_grpc_on {
-                request::set_request_header("x-envoy-retry-grpc-on", on);
+                set("x-envoy-retry-grpc-on", on);
             }
             if let Some(ms) = settings.per_try_timeout_ms {
-                request::set_request_header(
-                    "x-envoy-upstream-rq-per-try-timeout-ms",
-                    &ms.to_string(),
-                );
+                set("x-envoy-upstream-rq-per-try-timeout-ms", &ms.to_string());
             }
         }
         if settings.hop_guard && arrived_as_retry {
-            request::set_request_header(HOP_GUARD_HEADER, "1");
+            set(HOP_GUARD_HEADER, "1");
         }
         Action::Continue
     }
 
-    fn shed(&mut self, w: &mut Worker, settings: &Settings, dry_run: bool) -> Action {
+    fn shed(&mut self, w: &mut Worker<H>, settings: &Settings, dry_run: bool) -> Action {
         let Some(entry) = w.entries.get_mut(&self.key) else {
             return Action::Continue;
         };
@@ -327,17 +342,21 @@ impl RetryBudgetHttp {
         let refusal = Refusal::new(Code::ResourceExhausted, "retry_budget", "budget")
             .with_pushback(Pushback::Stop)
             .with_message(format!("{limits}; do not retry."));
-        reply::send_problem(&problem, &refusal, &headers);
+        reply::send_problem_on(&self.host, &problem, &refusal, &headers);
         Action::Pause
     }
 
     /// Explains the verdict and adds the optional `retry-after` hint.
-    fn on_response(&mut self, w: &mut Worker) {
+    fn on_response(&mut self, w: &mut Worker<H>) {
         let config = Rc::clone(&w.config);
         let Some(entry) = w.entries.get_mut(&self.key) else {
             return;
         };
         let settings = route_settings(&config, entry.route_index);
+        let host = &self.host;
+        let set = |name, value: &str| {
+            request::set_header_on(host, MapType::HttpResponseHeaders, name, value)
+        };
         let dry_run = match self.role {
             Role::Outbound {
                 verdict, dry_run, ..
@@ -348,12 +367,12 @@ impl RetryBudgetHttp {
                     } else {
                         verdict.explain()
                     };
-                    request::set_response_header(DECISION_HEADER, &text);
+                    set(DECISION_HEADER, &text);
                 }
                 dry_run
             }
             Role::InboundWouldShed => {
-                request::set_response_header(DECISION_HEADER, "dry_run; would_shed=budget");
+                set(DECISION_HEADER, "dry_run; would_shed=budget");
                 true
             }
             Role::InboundPassed => settings.mode.dry_run(),
@@ -362,29 +381,35 @@ impl RetryBudgetHttp {
         if settings.add_retry_after
             && !dry_run
             && matches!(self.status, 503 | 429)
-            && request::response_header_bytes("retry-after").is_none()
+            && request::map_value_on(host, MapType::HttpResponseHeaders, "retry-after").is_none()
         {
             let s = jitter_between(
                 settings.retry_after_min_s,
                 settings.retry_after_max_s,
                 random_u64(),
             );
-            request::set_response_header("retry-after", &s.to_string());
+            set("retry-after", &s.to_string());
             entry.pending.retry_after_added += 1;
         }
     }
 
     /// Charges the retries the router made and learns the latency of a single good attempt.
-    fn on_end(&mut self, w: &mut Worker, reservation: Reservation, dry_run: bool) {
+    fn on_end(&mut self, w: &mut Worker<H>, reservation: Reservation, dry_run: bool) {
         let config = Rc::clone(&w.config);
-        let now = clock::now_ms();
+        let now = clock::now_ms_on(&self.host);
         let Some(entry) = w.entries.get_mut(&self.key) else {
             return;
         };
         let settings = route_settings(&config, entry.route_index);
-        let attempts = props::u64(&["upstream", "request_attempt_count"]).or_else(|| {
-            request::response_header_bytes("x-envoy-attempt-count").and_then(|v| parse_attempts(&v))
-        });
+        let attempts =
+            props::u64_on(&self.host, &["upstream", "request_attempt_count"]).or_else(|| {
+                request::map_value_on(
+                    &self.host,
+                    MapType::HttpResponseHeaders,
+                    "x-envoy-attempt-count",
+                )
+                .and_then(|v| parse_attempts(&v))
+            });
         let used = match attempts {
             Some(n) => u32::try_from(n.saturating_sub(1).min(MAX_BELIEVED_RETRIES)).unwrap_or(0),
             // Unknown: keep the whole reservation charged (never under-charge).
@@ -412,9 +437,9 @@ impl RetryBudgetHttp {
 
 /// Whether the request says it is a retry. Unparseable values (negative, huge, non-numeric,
 /// non-UTF-8) do not make a request a retry; they are counted in `attempt_headers_invalid`.
-fn arrived_as_retry(settings: &Settings, g: &mut GlobalPending) -> bool {
+fn arrived_as_retry<H: Host>(host: &H, settings: &Settings, g: &mut GlobalPending) -> bool {
     let mut check = |name: &str, threshold: u64| -> bool {
-        match request::request_header_bytes(name) {
+        match request::map_value_on(host, MapType::HttpRequestHeaders, name) {
             None => false,
             Some(v) => match parse_attempts(&v) {
                 Some(n) => n > threshold,
@@ -434,21 +459,21 @@ fn arrived_as_retry(settings: &Settings, g: &mut GlobalPending) -> bool {
 }
 
 /// The smallest remaining deadline the request announces, in ms.
-fn remaining_deadline(settings: &Settings) -> Option<u64> {
-    let grpc = request::request_header_bytes("grpc-timeout").and_then(|v| parse_grpc_timeout(&v));
-    let envoy = request::request_header_bytes("x-envoy-upstream-rq-timeout-ms")
-        .and_then(|v| parse_millis(&v));
+fn remaining_deadline<H: Host>(host: &H, settings: &Settings) -> Option<u64> {
+    let header = |name: &str| request::map_value_on(host, MapType::HttpRequestHeaders, name);
+    let grpc = header("grpc-timeout").and_then(|v| parse_grpc_timeout(&v));
+    let envoy = header("x-envoy-upstream-rq-timeout-ms").and_then(|v| parse_millis(&v));
     let custom = settings
         .deadline_header
         .as_deref()
-        .and_then(request::request_header_bytes)
+        .and_then(header)
         .and_then(|v| parse_millis(&v));
     [grpc, envoy, custom].into_iter().flatten().min()
 }
 
-impl Context for RetryBudgetHttp {}
+impl<H: Host + Clone> Context for RetryBudgetHttp<H> {}
 
-impl HttpContext for RetryBudgetHttp {
+impl<H: Host + Clone> HttpContext for RetryBudgetHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
@@ -463,8 +488,8 @@ impl HttpContext for RetryBudgetHttp {
         if matches!(self.role, Role::Unguarded | Role::Shed) {
             return Action::Continue;
         }
-        self.first_byte_ms = clock::now_ms();
-        self.status = request::response_status().unwrap_or(0);
+        self.first_byte_ms = clock::now_ms_on(&self.host);
+        self.status = request::response_status_on(&self.host).unwrap_or(0);
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
         };

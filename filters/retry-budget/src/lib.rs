@@ -21,6 +21,9 @@ pub mod root;
 pub mod stats;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use http::RetryBudgetHttp;
 pub use root::RetryBudgetRoot;
 

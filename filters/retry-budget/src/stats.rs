@@ -11,6 +11,7 @@
 //! workers add up to the level of the last write.
 
 use resilience_host::counters;
+use resilience_host::host::Host;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
@@ -42,19 +43,19 @@ counters! {
     }
 }
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
+pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
     m.define_counters::<GlobalPending>(prefix);
 }
 
-pub fn define_entry(m: &mut Metrics, base: &str) {
+pub fn define_entry<H: Host>(m: &mut Metrics<H>, base: &str) {
     m.define_counters::<Pending>(base);
     m.define_gauge(&format!("{base}.{BUDGET_GAUGE}"));
 }
 
-pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending) {
+pub fn flush_entry<H: Host>(m: &mut Metrics<H>, base: &str, pending: &mut Pending) {
     m.flush(base, pending);
 }
 
-pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
+pub fn flush_global<H: Host>(m: &mut Metrics<H>, prefix: &str, g: &mut GlobalPending) {
     m.flush(prefix, g);
 }

@@ -12,6 +12,10 @@
 //! back to the cluster name). Shared data cannot delete keys, so the number of keys is capped by
 //! `max_keys` through a registry kept in shared data; a request whose key does not fit passes
 //! unguarded and is counted as `keys_overflow`.
+//!
+//! Every host call goes through the worker's [`Host`] (`H`, the real proxy by default), so the
+//! leases, refunds and CAS retries also run natively, on several fake workers sharing one
+//! in-memory store (see `tests.rs`).
 
 use std::rc::Rc;
 
@@ -20,9 +24,11 @@ use resilience_core::budget::{
     Applied, BudgetPolicy, LocalBudget, Reservation, Reserve, SharedBudget,
 };
 use resilience_core::estimator::{LatencyHistogram, LatencySamples};
+use resilience_host::host::Host;
 use resilience_host::metrics::{sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
-use resilience_host::shared::{cas_update, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::shared::{cas_update_on, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::wasm::WasmHost;
 
 use crate::config::{FilterConfig, Settings, Side};
 use crate::stats;
@@ -61,13 +67,15 @@ impl Entry {
     }
 }
 
-/// All of one worker's budgets for one filter instance.
-pub struct Worker {
+/// All of one worker's budgets for one filter instance, on host `H` (the real proxy unless a
+/// test says otherwise).
+pub struct Worker<H: Host = WasmHost> {
+    host: H,
     pub config: Rc<FilterConfig>,
     pub entries: HashMap<String, Entry>,
-    pub metrics: Metrics,
+    pub metrics: Metrics<H>,
     namespace: String,
-    registry: KeyRegistry,
+    registry: KeyRegistry<H>,
     pub global_pending: stats::GlobalPending,
 }
 
@@ -87,15 +95,25 @@ fn min_useful(settings: &Settings) -> u32 {
 }
 
 impl Worker {
+    /// The worker's budgets on the real proxy.
     pub fn new(config: Rc<FilterConfig>, plugin: &str) -> Self {
+        Worker::on(WasmHost, config, plugin)
+    }
+}
+
+impl<H: Host + Clone> Worker<H> {
+    /// The worker's budgets on `host`.
+    pub fn on(host: H, config: Rc<FilterConfig>, plugin: &str) -> Self {
         let namespace = format!("rpack/rb/{}", sanitize_segment(plugin, MAX_KEY_SEGMENT));
-        let registry = KeyRegistry::new(
+        let registry = KeyRegistry::on(
+            host.clone(),
             format!("{namespace}/#keys"),
             config.global.max_keys as usize,
         );
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::on(host.clone());
         stats::define_global(&mut metrics, &config.global.stat_prefix);
         Worker {
+            host,
             config,
             entries: HashMap::new(),
             metrics,
@@ -162,6 +180,7 @@ impl Worker {
             Reserve::NeedRefill => {
                 let settings = route_settings(&config, entry.route_index);
                 if publish_budget(
+                    &self.host,
                     entry,
                     settings,
                     now_ms,
@@ -190,6 +209,7 @@ impl Worker {
             let settings = route_settings(&config, entry.route_index);
             if entry.local.needs_publish(now_ms) {
                 publish_budget(
+                    &self.host,
                     entry,
                     settings,
                     now_ms,
@@ -198,7 +218,7 @@ impl Worker {
                 );
             }
             if settings.deadline_aware && settings.mode.side() == Some(Side::Outbound) {
-                sync_latency(entry, &mut self.global_pending);
+                sync_latency(&self.host, entry, &mut self.global_pending);
             }
             stats::flush_entry(&mut self.metrics, &entry.stat_base, &mut entry.pending);
         }
@@ -223,17 +243,18 @@ fn decode_budget(cur: Option<&[u8]>, policy: &BudgetPolicy) -> (SharedBudget, bo
 
 /// Publish the entry's news and take a new lease (one CAS). False on a shared-data error, which
 /// is counted; the news stays pending for the next try.
-fn publish_budget(
+fn publish_budget<H: Host>(
+    host: &H,
     entry: &mut Entry,
     settings: &Settings,
     now_ms: u64,
-    metrics: &mut Metrics,
+    metrics: &mut Metrics<H>,
     g: &mut stats::GlobalPending,
 ) -> bool {
     let policy = &settings.policy;
     let min = min_useful(settings);
     let publication = entry.local.publication(min);
-    let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+    let result = cas_update_on(host, &entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let (mut b, reset) = decode_budget(cur, policy);
         let applied: Applied = b.apply(&publication, now_ms, policy);
         Update::Write(b.encode(), (applied, reset))
@@ -259,7 +280,7 @@ fn publish_budget(
 
 /// Absorb this worker's latency samples into the key's shared histogram (or just read it when
 /// there are none; garbage is replaced by an empty histogram) and cache the median.
-fn sync_latency(entry: &mut Entry, g: &mut stats::GlobalPending) {
+fn sync_latency<H: Host>(host: &H, entry: &mut Entry, g: &mut stats::GlobalPending) {
     let decode = |cur: Option<&[u8]>| -> (LatencyHistogram, bool) {
         match cur {
             None | Some([]) => (LatencyHistogram::new(LATENCY_HALF_LIFE), false),
@@ -270,7 +291,7 @@ fn sync_latency(entry: &mut Entry, g: &mut stats::GlobalPending) {
         }
     };
     let samples = &entry.samples;
-    let result = cas_update(&entry.latency_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+    let result = cas_update_on(host, &entry.latency_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let (mut h, reset) = decode(cur);
         let answer_after = |h: &LatencyHistogram| (h.percentile(50.0), h.total_seen(), reset);
         if samples.is_empty() && !reset {
