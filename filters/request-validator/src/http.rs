@@ -17,15 +17,20 @@
 //! A rejection of a gRPC call is a gRPC answer ([`resilience_host::reply`]): the status comes from
 //! [`Rule::grpc_code`], shedding sends its `retry-after` as pushback, and a deadline refusal tells
 //! the client's retry policy not to retry (a retry would have even less time).
+//!
+//! The context reads headers, the body, the route name and the clock, and replies, through its
+//! [`Host`]: the same calls, in the same order and as many as before the trait existed.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use resilience_core::grpc::{self, Code, Pushback, Refusal, Wire};
 use resilience_core::routes::RequestView;
 use resilience_core::shedding::class_limit;
+use resilience_host::host::Host;
+use resilience_host::wasm::WasmHost;
 use resilience_host::{clock, props, reply, request, stream};
 
 use crate::config::{Mode, Settings, DECISION_HEADER};
@@ -41,9 +46,11 @@ enum State {
     Rejected,
 }
 
-/// The HTTP context of the request-validator filter.
-pub struct ValidatorHttp {
-    worker: Option<Rc<RefCell<Worker>>>,
+/// The HTTP context of the request-validator filter, on host `H` (the real proxy unless a test
+/// says otherwise).
+pub struct ValidatorHttp<H: Host = WasmHost> {
+    host: H,
+    worker: Option<Rc<RefCell<Worker<H>>>>,
     context_id: u32,
     entry: usize,
     state: State,
@@ -65,8 +72,17 @@ pub struct ValidatorHttp {
 }
 
 impl ValidatorHttp {
+    /// A stream on the real proxy.
     pub fn new(worker: Option<Rc<RefCell<Worker>>>, context_id: u32) -> Self {
+        ValidatorHttp::on(WasmHost, worker, context_id)
+    }
+}
+
+impl<H: Host + Clone> ValidatorHttp<H> {
+    /// Stream `context_id` on `host`, deciding with `worker`'s state.
+    pub fn on(host: H, worker: Option<Rc<RefCell<Worker<H>>>>, context_id: u32) -> Self {
         ValidatorHttp {
+            host,
             worker,
             context_id,
             entry: 0,
@@ -84,13 +100,13 @@ impl ValidatorHttp {
         }
     }
 
-    fn decide(&mut self, w: &mut Worker, head: &RequestHead) -> Action {
+    fn decide(&mut self, w: &mut Worker<H>, head: &RequestHead) -> Action {
         let config = Rc::clone(&w.config);
         if config.global.health_checks.matches(head) {
             w.global_pending.health_checks += 1;
             return Action::Continue;
         }
-        let mut view = HeadView::new(head);
+        let mut view = HeadView::new(&self.host, head);
         let selected = config.routes.select(&mut view);
         let settings: &Settings = selected.settings;
         if settings.mode == Mode::Disabled {
@@ -137,7 +153,7 @@ impl ValidatorHttp {
             || settings.deadline.observed.is_some()
             || config.global.hold_headers_for_body_checks
         {
-            clock::now_ms()
+            clock::now_ms_on(&self.host)
         } else {
             0
         };
@@ -181,7 +197,7 @@ impl ValidatorHttp {
     /// run: remembers the first broken rule, logs it, and returns `None` (the request goes on).
     fn violate(
         &mut self,
-        w: &mut Worker,
+        w: &mut Worker<H>,
         v: &Violation,
         retry_after_s: Option<u64>,
     ) -> Option<Action> {
@@ -221,11 +237,11 @@ impl ValidatorHttp {
             // A retry has even less time left: it would be refused too.
             refusal = refusal.with_pushback(Pushback::Stop);
         }
-        reply::send_problem_to(self.wire, &v.problem(), &refusal, &headers);
+        reply::send_problem_to_on(&self.host, self.wire, &v.problem(), &refusal, &headers);
         Some(Action::Pause)
     }
 
-    fn with_worker<T>(&mut self, f: impl FnOnce(&mut Self, &mut Worker) -> T) -> Option<T> {
+    fn with_worker<T>(&mut self, f: impl FnOnce(&mut Self, &mut Worker<H>) -> T) -> Option<T> {
         let worker = self.worker.as_ref().map(Rc::clone)?;
         let mut w = worker.try_borrow_mut().ok()?;
         Some(f(self, &mut w))
@@ -238,7 +254,7 @@ impl ValidatorHttp {
             std::mem::take(&mut self.shadow)
         } else {
             let len = usize::try_from(self.body_seen).unwrap_or(usize::MAX);
-            stream::request_body(0, len).unwrap_or_default()
+            stream::request_body_on(&self.host, 0, len).unwrap_or_default()
         };
         let result = self.plan.check_complete(&body);
         self.with_worker(|this, w| {
@@ -273,11 +289,11 @@ fn shed_violation(in_flight: u32, limit: u32, retry_after_s: u64) -> Violation {
     .with("retry_after", retry_after_s)
 }
 
-impl Context for ValidatorHttp {}
+impl<H: Host + Clone> Context for ValidatorHttp<H> {}
 
-impl HttpContext for ValidatorHttp {
+impl<H: Host + Clone> HttpContext for ValidatorHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(headers) = stream::request_headers() else {
+        let Some(headers) = stream::request_headers_on(&self.host) else {
             return Action::Continue;
         };
         let head = RequestHead {
@@ -313,8 +329,9 @@ impl HttpContext for ValidatorHttp {
             };
             let offset = usize::try_from(offset).unwrap_or(usize::MAX);
             let fresh = usize::try_from(fresh).unwrap_or(0);
+            let host = &self.host;
             let mut result = self.plan.check_frames(fresh, |at, n| {
-                stream::request_body(offset.saturating_add(at), n)
+                stream::request_body_on(host, offset.saturating_add(at), n)
             });
             if result.is_ok() && end_of_stream {
                 result = self.plan.check_frames_complete();
@@ -344,7 +361,7 @@ impl HttpContext for ValidatorHttp {
             return Action::Continue;
         }
         if self.dry_run {
-            if let Some(chunk) = stream::request_body(0, body_size) {
+            if let Some(chunk) = stream::request_body_on(&self.host, 0, body_size) {
                 self.shadow.extend_from_slice(&chunk);
             }
             if end_of_stream {
@@ -388,14 +405,16 @@ impl HttpContext for ValidatorHttp {
             return Action::Continue;
         }
         if let Some(rule) = self.would_reject {
-            request::set_response_header(
+            request::set_header_on(
+                &self.host,
+                MapType::HttpResponseHeaders,
                 DECISION_HEADER,
                 &format!("dry_run; would_reject={}", rule.name()),
             );
         }
         if let Some(start) = self.latency_start_ms.take() {
-            if request::response_status().is_some_and(|s| s < 500) {
-                let latency = clock::now_ms().saturating_sub(start);
+            if request::response_status_on(&self.host).is_some_and(|s| s < 500) {
+                let latency = clock::now_ms_on(&self.host).saturating_sub(start);
                 let entry = self.entry;
                 self.with_worker(|_, w| w.record_latency(entry, latency));
             }
@@ -408,22 +427,24 @@ impl HttpContext for ValidatorHttp {
         if self.permit {
             self.permit = false;
             let entry = self.entry;
-            self.with_worker(|_, w| w.release(entry, clock::now_ms()));
+            self.with_worker(|this, w| w.release(entry, clock::now_ms_on(&this.host)));
         }
     }
 }
 
 /// The request head as the core's route matcher sees it; the route name is read only if a
 /// route matches on it, once.
-struct HeadView<'a> {
+struct HeadView<'a, H: Host> {
+    host: &'a H,
     head: &'a RequestHead,
     route_name: Option<Option<String>>,
     scratch: Vec<(String, Option<String>)>,
 }
 
-impl<'a> HeadView<'a> {
-    fn new(head: &'a RequestHead) -> Self {
+impl<'a, H: Host> HeadView<'a, H> {
+    fn new(host: &'a H, head: &'a RequestHead) -> Self {
         HeadView {
+            host,
             head,
             route_name: None,
             scratch: Vec::new(),
@@ -431,10 +452,11 @@ impl<'a> HeadView<'a> {
     }
 }
 
-impl RequestView for HeadView<'_> {
+impl<H: Host> RequestView for HeadView<'_, H> {
     fn route_name(&mut self) -> Option<&str> {
+        let host = self.host;
         self.route_name
-            .get_or_insert_with(props::route_name)
+            .get_or_insert_with(|| props::route_name_on(host))
             .as_deref()
     }
 

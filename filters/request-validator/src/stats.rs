@@ -11,6 +11,7 @@
 
 use resilience_host::counters;
 use resilience_host::counters::Counters;
+use resilience_host::host::Host;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
@@ -74,17 +75,22 @@ counters! {
     }
 }
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
+pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
     m.define_counters::<GlobalPending>(prefix);
 }
 
-pub fn define_entry(m: &mut Metrics, base: &str) {
+pub fn define_entry<H: Host>(m: &mut Metrics<H>, base: &str) {
     m.define_counters::<Pending>(base);
     m.define_gauge(&format!("{base}.{IN_FLIGHT_GAUGE}"));
 }
 
 /// Flush the counts, and move the in-flight gauge by this worker's change since the last flush.
-pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending, in_flight_delta: &mut i64) {
+pub fn flush_entry<H: Host>(
+    m: &mut Metrics<H>,
+    base: &str,
+    pending: &mut Pending,
+    in_flight_delta: &mut i64,
+) {
     m.flush(base, pending);
     let delta = std::mem::take(in_flight_delta);
     if delta != 0 {
@@ -92,6 +98,6 @@ pub fn flush_entry(m: &mut Metrics, base: &str, pending: &mut Pending, in_flight
     }
 }
 
-pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
+pub fn flush_global<H: Host>(m: &mut Metrics<H>, prefix: &str, g: &mut GlobalPending) {
     m.flush(prefix, g);
 }

@@ -19,14 +19,22 @@
 //!
 //! Keys come only from the configuration (at most 257), so the key space is bounded by it and no
 //! registry is needed. A shared-data error fails open (the request is admitted) and is counted.
+//!
+//! Every host call goes through the worker's [`Host`] (`H`, the real proxy by default), so
+//! admission, release, the lease refresh and the held-request fallback also run natively, on
+//! several fake workers sharing one in-memory store (see `tests.rs`).
 
 use std::rc::Rc;
 
+use proxy_wasm::types::StreamType;
 use resilience_core::backoff::random_u64;
 use resilience_core::estimator::{LatencyHistogram, LatencySamples};
 use resilience_core::shedding::{Admission, InFlight};
+use resilience_host::host::Host;
 use resilience_host::metrics::{sanitize_segment, Metrics};
-use resilience_host::shared::{self, cas_update, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::resume::{resume_on, Resumed};
+use resilience_host::shared::{self, cas_update_on, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::wasm::WasmHost;
 
 use crate::config::FilterConfig;
 use crate::stats;
@@ -75,25 +83,35 @@ struct Held {
 /// the ordinary way.
 pub const HOLD_GRACE_MS: u64 = 1_000;
 
-/// All of one worker's entries for one filter instance.
-pub struct Worker {
+/// All of one worker's entries for one filter instance, on host `H` (the real proxy unless a
+/// test says otherwise).
+pub struct Worker<H: Host = WasmHost> {
+    host: H,
     pub config: Rc<FilterConfig>,
     /// This worker VM's id in the shared in-flight slots.
     pub owner: u64,
     pub entries: Vec<Entry>,
-    pub metrics: Metrics,
+    pub metrics: Metrics<H>,
     pub global_pending: stats::GlobalPending,
     held: Vec<Held>,
     warned_hold: bool,
 }
 
 impl Worker {
+    /// The worker's state on the real proxy.
     pub fn new(config: Rc<FilterConfig>, plugin: &str) -> Self {
+        Worker::on(WasmHost, config, plugin)
+    }
+}
+
+impl<H: Host + Clone> Worker<H> {
+    /// The worker's state on `host`.
+    pub fn on(host: H, config: Rc<FilterConfig>, plugin: &str) -> Self {
         let namespace = format!(
             "rpack/rv/{}",
             sanitize_segment(plugin, MAX_NAMESPACE_SEGMENT)
         );
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::on(host.clone());
         let prefix = config.global.stat_prefix.clone();
         stats::define_global(&mut metrics, &prefix);
         let entries = config
@@ -117,6 +135,7 @@ impl Worker {
             })
             .collect();
         Worker {
+            host,
             config,
             owner: random_u64(),
             entries,
@@ -141,22 +160,29 @@ impl Worker {
             return Admit::Admitted;
         };
         let own = entry.in_flight;
-        let result = cas_update(&entry.in_flight_key, DEFAULT_CAS_ATTEMPTS, |cur| {
-            let (mut state, reset) = decode(cur);
-            let answer = if dry_run {
-                state.admit_anyway(owner, own, limit, now_ms, lease)
-            } else {
-                state.try_admit(owner, own, limit, now_ms, lease)
-            };
-            match answer {
-                Ok(a @ Admission::Admitted { .. }) => Update::Write(state.encode(), (Ok(a), reset)),
-                Ok(a @ Admission::Shed { .. }) if dry_run => {
-                    Update::Write(state.encode(), (Ok(a), reset))
+        let result = cas_update_on(
+            &self.host,
+            &entry.in_flight_key,
+            DEFAULT_CAS_ATTEMPTS,
+            |cur| {
+                let (mut state, reset) = decode(cur);
+                let answer = if dry_run {
+                    state.admit_anyway(owner, own, limit, now_ms, lease)
+                } else {
+                    state.try_admit(owner, own, limit, now_ms, lease)
+                };
+                match answer {
+                    Ok(a @ Admission::Admitted { .. }) => {
+                        Update::Write(state.encode(), (Ok(a), reset))
+                    }
+                    Ok(a @ Admission::Shed { .. }) if dry_run => {
+                        Update::Write(state.encode(), (Ok(a), reset))
+                    }
+                    Ok(a) => Update::Keep((Ok(a), reset)),
+                    Err(full) => Update::Keep((Err(full), reset)),
                 }
-                Ok(a) => Update::Keep((Ok(a), reset)),
-                Err(full) => Update::Keep((Err(full), reset)),
-            }
-        });
+            },
+        );
         let g = &mut self.global_pending;
         let admitted = |entry: &mut Entry, wrote: bool| {
             entry.in_flight = entry.in_flight.saturating_add(1);
@@ -205,7 +231,7 @@ impl Worker {
         entry.in_flight = entry.in_flight.saturating_sub(1);
         entry.in_flight_delta = entry.in_flight_delta.saturating_sub(1);
         let owner = self.owner;
-        write_own(entry, owner, now_ms, &mut self.global_pending);
+        write_own(&self.host, entry, owner, now_ms, &mut self.global_pending);
     }
 
     /// Records one response latency for `deadline_from_observed_latency`.
@@ -240,10 +266,16 @@ impl Worker {
             let refresh_due =
                 entry.in_flight > 0 && now_ms.saturating_sub(entry.last_write_ms) >= lease / 4;
             if entry.in_flight_dirty || refresh_due {
-                write_own(entry, owner, now_ms, &mut self.global_pending);
+                write_own(&self.host, entry, owner, now_ms, &mut self.global_pending);
             }
             if let Some(observed) = config.settings(index).deadline.observed {
-                publish_latency(entry, half_life, observed, &mut self.global_pending);
+                publish_latency(
+                    &self.host,
+                    entry,
+                    half_life,
+                    observed,
+                    &mut self.global_pending,
+                );
             } else {
                 entry.samples.clear();
             }
@@ -270,9 +302,7 @@ impl Worker {
             .partition(|h| now_ms.saturating_sub(h.since_ms) >= HOLD_GRACE_MS);
         self.held = keep;
         for h in due {
-            if resilience_host::resume::resume_http_request(h.context_id)
-                == resilience_host::resume::Resumed::Continued
-            {
+            if resume_on(&self.host, h.context_id, StreamType::HttpRequest) == Resumed::Continued {
                 self.global_pending.hold_fallbacks += 1;
                 if !self.warned_hold {
                     self.warned_hold = true;
@@ -298,9 +328,15 @@ fn decode(cur: Option<&[u8]>) -> (InFlight, bool) {
 }
 
 /// Writes this worker's exact count into its slot (one CAS); on failure, retried on the tick.
-fn write_own(entry: &mut Entry, owner: u64, now_ms: u64, g: &mut stats::GlobalPending) {
+fn write_own<H: Host>(
+    host: &H,
+    entry: &mut Entry,
+    owner: u64,
+    now_ms: u64,
+    g: &mut stats::GlobalPending,
+) {
     let own = entry.in_flight;
-    let result = cas_update(&entry.in_flight_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+    let result = cas_update_on(host, &entry.in_flight_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let (mut state, reset) = decode(cur);
         match state.set_own(owner, own, now_ms) {
             Ok(()) => Update::Write(state.encode(), Ok(reset)),
@@ -328,7 +364,8 @@ fn write_own(entry: &mut Entry, owner: u64, now_ms: u64, g: &mut stats::GlobalPe
 
 /// Absorbs this worker's batch into the shared histogram (or just reads it when the batch is
 /// empty) and caches the percentile once enough samples were seen.
-fn publish_latency(
+fn publish_latency<H: Host>(
+    host: &H,
     entry: &mut Entry,
     half_life: u32,
     observed: crate::config::Observed,
@@ -344,13 +381,13 @@ fn publish_latency(
         }
     };
     let result = if entry.samples.is_empty() {
-        shared::get(&entry.latency_key).map(|v| {
+        shared::get_on(host, &entry.latency_key).map(|v| {
             let (h, reset) = decode_hist(v.value.as_deref());
             (h, reset)
         })
     } else {
         let batch = &entry.samples;
-        cas_update(&entry.latency_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        cas_update_on(host, &entry.latency_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let (mut h, reset) = decode_hist(cur);
             h.absorb(batch);
             Update::Write(h.encode(), (h, reset))
