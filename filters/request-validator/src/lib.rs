@@ -25,6 +25,9 @@ pub mod rules;
 pub mod stats;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use http::ValidatorHttp;
 pub use root::ValidatorRoot;
 
