@@ -11,27 +11,34 @@
 //!
 //! The latency measured is this proxy's: from the request headers to the response headers, the
 //! same clock for what is learned and what is padded.
+//!
+//! The context reads headers, properties and the clock through its [`Host`], the same calls and
+//! as many as before the trait existed: the per-request path pays nothing for being testable.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use resilience_core::backoff::random_u64;
 use resilience_core::deadline::{parse_grpc_timeout, parse_millis};
 use resilience_core::outcome::{
     local_failure_from_flags, parse_grpc_status, Classifier, Outcome, ResponseFacts,
 };
 use resilience_core::padding::{decide, Cap, Decision, Skip};
+use resilience_host::host::Host;
 use resilience_host::request::{self, HostRequest};
+use resilience_host::wasm::WasmHost;
 use resilience_host::{clock, props};
 
 use crate::config::{Mode, Settings, DECISION_HEADER};
 use crate::worker::Worker;
 
-/// The HTTP context of the failure-padding filter.
-pub struct PaddingHttp {
-    worker: Option<Rc<RefCell<Worker>>>,
+/// The HTTP context of the failure-padding filter, on host `H` (the real proxy unless a test
+/// says otherwise).
+pub struct PaddingHttp<H: Host = WasmHost> {
+    host: H,
+    worker: Option<Rc<RefCell<Worker<H>>>>,
     context_id: u32,
     /// The request was seen, has a key and its route is not disabled.
     active: bool,
@@ -48,8 +55,17 @@ pub struct PaddingHttp {
 }
 
 impl PaddingHttp {
+    /// A stream on the real proxy.
     pub fn new(worker: Option<Rc<RefCell<Worker>>>, context_id: u32) -> Self {
+        PaddingHttp::on(WasmHost, worker, context_id)
+    }
+}
+
+impl<H: Host> PaddingHttp<H> {
+    /// Stream `context_id` on `host`, padding with `worker`'s targets and slots.
+    pub fn on(host: H, worker: Option<Rc<RefCell<Worker<H>>>>, context_id: u32) -> Self {
         PaddingHttp {
+            host,
             worker,
             context_id,
             active: false,
@@ -64,35 +80,33 @@ impl PaddingHttp {
         }
     }
 
-    fn on_request(&mut self, w: &mut Worker) {
-        let mut req = HostRequest::new();
+    fn on_request(&mut self, w: &mut Worker<H>) {
+        let mut req = HostRequest::on(&self.host);
         let config = Rc::clone(&w.config);
         let selected = config.routes.select(&mut req);
         let settings: &Settings = selected.settings;
         if settings.mode == Mode::Disabled {
             return;
         }
-        let base = selected.key(
-            &mut req,
-            &config.global.generic_route_names,
-            props::cluster_name,
-        );
-        self.key = Worker::key(&base);
+        let base = selected.key(&mut req, &config.global.generic_route_names, || {
+            props::cluster_name_on(&self.host)
+        });
+        self.key = Worker::<H>::key(&base);
         if w.entry(&self.key, selected.index).is_none() {
             return;
         }
         self.health_check = settings.health_checks.iter().any(|m| m.matches(&mut req));
         if !self.health_check {
-            self.deadline_ms = Self::deadline_ms(settings);
+            self.deadline_ms = Self::deadline_ms(&self.host, settings);
         }
-        self.start_ms = clock::now_ms();
+        self.start_ms = clock::now_ms_on(&self.host);
         self.active = true;
     }
 
     /// Whether the response so far is a failure under `classifier`.
     fn is_failure(&self, classifier: &Classifier) -> bool {
         let local = if self.status == 0 || self.status >= 500 {
-            props::u64(&["response", "flags"]).and_then(local_failure_from_flags)
+            props::u64_on(&self.host, &["response", "flags"]).and_then(local_failure_from_flags)
         } else {
             None
         };
@@ -108,21 +122,20 @@ impl PaddingHttp {
     /// The caller's whole budget in ms, counted from when it sent the request: the smallest of
     /// `grpc-timeout`, `x-envoy-expected-rq-timeout-ms` and the configured header. Read with the
     /// request: Envoy 1.40 refuses request-header reads once the response is under way.
-    fn deadline_ms(settings: &Settings) -> Option<u64> {
-        let grpc =
-            request::request_header_bytes("grpc-timeout").and_then(|v| parse_grpc_timeout(&v));
-        let envoy = request::request_header_bytes("x-envoy-expected-rq-timeout-ms")
-            .and_then(|v| parse_millis(&v));
+    fn deadline_ms(host: &H, settings: &Settings) -> Option<u64> {
+        let header = |name: &str| request::map_value_on(host, MapType::HttpRequestHeaders, name);
+        let grpc = header("grpc-timeout").and_then(|v| parse_grpc_timeout(&v));
+        let envoy = header("x-envoy-expected-rq-timeout-ms").and_then(|v| parse_millis(&v));
         let custom = settings
             .deadline_header
             .as_deref()
-            .and_then(request::request_header_bytes)
+            .and_then(header)
             .and_then(|v| parse_millis(&v));
         [grpc, envoy, custom].into_iter().flatten().min()
     }
 
     /// Decide on a failed response; `Pause` when it is held.
-    fn on_failure(&mut self, w: &mut Worker, now_ms: u64) -> Action {
+    fn on_failure(&mut self, w: &mut Worker<H>, now_ms: u64) -> Action {
         let config = Rc::clone(&w.config);
         let Some(entry) = w.entries.get_mut(&self.key) else {
             return Action::Continue;
@@ -131,7 +144,7 @@ impl PaddingHttp {
         entry.pending.failures += 1;
         if self.health_check {
             entry.pending.skip(Skip::HealthCheck);
-            skipped_header(Skip::HealthCheck);
+            skipped_header(&self.host, Skip::HealthCheck);
             return Action::Continue;
         }
         let elapsed = now_ms.saturating_sub(self.start_ms);
@@ -144,7 +157,7 @@ impl PaddingHttp {
         let hold = match decide(&settings.policy, entry.target_ms, elapsed, deadline, random) {
             Decision::Skip(s) => {
                 entry.pending.skip(s);
-                skipped_header(s);
+                skipped_header(&self.host, s);
                 return Action::Continue;
             }
             Decision::Hold(h) => h,
@@ -158,7 +171,9 @@ impl PaddingHttp {
                 hold.hold_ms,
                 hold.target_ms
             );
-            request::set_response_header(
+            request::set_header_on(
+                &self.host,
+                MapType::HttpResponseHeaders,
                 DECISION_HEADER,
                 &format!(
                     "dry_run; would_pad_ms={}; target={}",
@@ -184,14 +199,19 @@ impl PaddingHttp {
                     value.push_str(c.as_str());
                 }
                 // Header maps are gone after a resume: the header goes on before the pause.
-                request::set_response_header(DECISION_HEADER, &value);
+                request::set_header_on(
+                    &self.host,
+                    MapType::HttpResponseHeaders,
+                    DECISION_HEADER,
+                    &value,
+                );
                 Action::Pause
             }
             Err(s) => {
                 if let Some(entry) = w.entries.get_mut(&self.key) {
                     entry.pending.skip(s);
                 }
-                skipped_header(s);
+                skipped_header(&self.host, s);
                 Action::Continue
             }
         }
@@ -211,7 +231,7 @@ impl PaddingHttp {
         };
         if self.held {
             self.held = false;
-            w.abandon(self.context_id, clock::now_ms());
+            w.abandon(self.context_id, clock::now_ms_on(&self.host));
         }
         if self.health_check || self.first_byte_ms == 0 || !(100..400).contains(&self.status) {
             return;
@@ -236,13 +256,18 @@ impl PaddingHttp {
     }
 }
 
-fn skipped_header(s: Skip) {
-    request::set_response_header(DECISION_HEADER, &format!("skipped; reason={}", s.as_str()));
+fn skipped_header<H: Host>(host: &H, s: Skip) {
+    request::set_header_on(
+        host,
+        MapType::HttpResponseHeaders,
+        DECISION_HEADER,
+        &format!("skipped; reason={}", s.as_str()),
+    );
 }
 
-impl Context for PaddingHttp {}
+impl<H: Host> Context for PaddingHttp<H> {}
 
-impl HttpContext for PaddingHttp {
+impl<H: Host> HttpContext for PaddingHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
@@ -257,11 +282,12 @@ impl HttpContext for PaddingHttp {
         if !self.active || self.first_byte_ms != 0 {
             return Action::Continue;
         }
-        let now = clock::now_ms();
+        let now = clock::now_ms_on(&self.host);
         self.first_byte_ms = now.max(1);
-        self.status = request::response_status().unwrap_or(0);
+        self.status = request::response_status_on(&self.host).unwrap_or(0);
         self.grpc_status =
-            request::response_header_bytes("grpc-status").and_then(|v| parse_grpc_status(&v));
+            request::map_value_on(&self.host, MapType::HttpResponseHeaders, "grpc-status")
+                .and_then(|v| parse_grpc_status(&v));
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
         };
@@ -281,7 +307,8 @@ impl HttpContext for PaddingHttp {
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         if self.active {
             if let Some(g) =
-                request::response_trailer_bytes("grpc-status").and_then(|v| parse_grpc_status(&v))
+                request::map_value_on(&self.host, MapType::HttpResponseTrailers, "grpc-status")
+                    .and_then(|v| parse_grpc_status(&v))
             {
                 self.grpc_status = Some(g);
             }
@@ -294,7 +321,7 @@ impl HttpContext for PaddingHttp {
     }
 }
 
-impl Drop for PaddingHttp {
+impl<H: Host> Drop for PaddingHttp<H> {
     /// A backstop: should a stream end without `on_log`, its slot still comes back.
     fn drop(&mut self) {
         if self.held {

@@ -20,6 +20,9 @@ pub mod root;
 pub mod stats;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use http::PaddingHttp;
 pub use root::PaddingRoot;
 

@@ -14,6 +14,7 @@
 use resilience_core::padding::Skip;
 use resilience_host::counters;
 use resilience_host::counters::Counters;
+use resilience_host::host::Host;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
@@ -74,20 +75,20 @@ counters! {
     }
 }
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
+pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
     m.define_counters::<GlobalPending>(prefix);
     m.define_gauge(&format!("{prefix}.in_flight"));
 }
 
-pub fn define_entry(m: &mut Metrics, base: &str) {
+pub fn define_entry<H: Host>(m: &mut Metrics<H>, base: &str) {
     m.define_counters::<Pending>(base);
     m.define_gauge(&format!("{base}.target_ms"));
 }
 
-pub fn flush_entry(m: &mut Metrics, base: &str, p: &mut Pending) {
+pub fn flush_entry<H: Host>(m: &mut Metrics<H>, base: &str, p: &mut Pending) {
     m.flush(base, p);
 }
 
-pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
+pub fn flush_global<H: Host>(m: &mut Metrics<H>, prefix: &str, g: &mut GlobalPending) {
     m.flush(prefix, g);
 }

@@ -28,6 +28,13 @@
 //! (the tick that resumes it, or the stream's end when the client went away first) gives its slot
 //! back, so every hold is released exactly once.
 //!
+//! # On a host
+//!
+//! Every host call goes through the worker's [`Host`] (`H`, the real proxy by default): the same
+//! calls in the same order as before, so the in-flight cap, the release on the tick and the
+//! shared target also run natively, on several fake workers sharing one in-memory store (see
+//! `tests.rs`).
+//!
 //! # Keys
 //!
 //! Keys are the matched `routes` entry's name, else the Envoy route name, else the cluster name,
@@ -37,13 +44,16 @@
 use std::rc::Rc;
 
 use hashbrown::HashMap;
+use proxy_wasm::types::StreamType;
 use resilience_core::backoff::random_u64;
 use resilience_core::estimator::{LatencyHistogram, LatencySamples};
 use resilience_core::padding::{next_tick_ms, Hold, HoldQueue, InFlight, Skip};
+use resilience_host::host::Host;
 use resilience_host::metrics::{sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
 use resilience_host::resume::{self, Resumed};
-use resilience_host::shared::{self, cas_update, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::shared::{self, cas_update_on, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::wasm::WasmHost;
 
 use crate::config::{FilterConfig, Settings};
 use crate::stats;
@@ -69,13 +79,15 @@ struct HeldInfo {
     since_ms: u64,
 }
 
-/// All of one worker's state for one filter instance.
-pub struct Worker {
+/// All of one worker's state for one filter instance, on host `H` (the real proxy unless a test
+/// says otherwise).
+pub struct Worker<H: Host = WasmHost> {
+    host: H,
     pub config: Rc<FilterConfig>,
     pub entries: HashMap<String, Entry>,
-    metrics: Metrics,
+    metrics: Metrics<H>,
     namespace: String,
-    registry: KeyRegistry,
+    registry: KeyRegistry<H>,
     in_flight_key: String,
     worker_id: u64,
     held: HoldQueue<HeldInfo>,
@@ -90,16 +102,26 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The worker's state on the real proxy.
     pub fn new(config: Rc<FilterConfig>, plugin: &str, now_ms: u64) -> Self {
+        Worker::on(WasmHost, config, plugin, now_ms)
+    }
+}
+
+impl<H: Host + Clone> Worker<H> {
+    /// The worker's state on `host`.
+    pub fn on(host: H, config: Rc<FilterConfig>, plugin: &str, now_ms: u64) -> Self {
         let namespace = format!("rpack/fp/{}", sanitize_segment(plugin, MAX_KEY_SEGMENT));
-        let registry = KeyRegistry::new(
+        let registry = KeyRegistry::on(
+            host.clone(),
             format!("{namespace}/#keys"),
             config.global.max_keys as usize,
         );
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::on(host.clone());
         stats::define_global(&mut metrics, &config.global.stat_prefix);
         let sync = config.global.sync_interval_ms;
         Worker {
+            host,
             in_flight_key: format!("{namespace}/#in_flight"),
             stale_after_ms: sync.saturating_mul(4).saturating_add(1_000),
             config,
@@ -116,7 +138,9 @@ impl Worker {
             global_pending: stats::GlobalPending::default(),
         }
     }
+}
 
+impl<H: Host> Worker<H> {
     /// The tick period last set (the sync interval for a new worker, which the root starts the
     /// timer with; shorter while a held response is due sooner).
     pub fn period_ms(&self) -> u64 {
@@ -148,7 +172,7 @@ impl Worker {
                 pending: stats::Pending::default(),
             };
             let settings = self.config.settings(route_index);
-            refresh(&mut entry, settings, &mut self.global_pending);
+            refresh(&self.host, &mut entry, settings, &mut self.global_pending);
             self.entries.insert(key.to_owned(), entry);
         }
         self.entries.get_mut(key)
@@ -210,7 +234,7 @@ impl Worker {
         );
         if release_at < self.armed_at_ms {
             let period = release_at.saturating_sub(now_ms).max(1);
-            if resume::set_tick_period_ms(period) {
+            if resume::set_tick_period_ms_on(&self.host, period) {
                 self.period_ms = period;
                 self.armed_at_ms = now_ms.saturating_add(period);
             }
@@ -241,7 +265,7 @@ impl Worker {
         }
         let period = next_tick_ms(now_ms, self.held.earliest(), self.next_sync_ms);
         self.armed_at_ms = now_ms.saturating_add(period);
-        if period != self.period_ms && resume::set_tick_period_ms(period) {
+        if period != self.period_ms && resume::set_tick_period_ms_on(&self.host, period) {
             self.period_ms = period;
         }
     }
@@ -253,7 +277,7 @@ impl Worker {
         }
         let n = due.len();
         for h in due {
-            let outcome = resume::resume_http_response(h.id);
+            let outcome = resume::resume_on(&self.host, h.id, StreamType::HttpResponse);
             let entry = self.entries.get_mut(&h.data.key);
             let held_ms = now_ms.saturating_sub(h.data.since_ms);
             match (outcome, entry) {
@@ -301,20 +325,25 @@ impl Worker {
         &mut self,
         mut f: impl FnMut(&mut InFlight) -> bool,
     ) -> Result<bool, SharedError> {
-        let (ok, reset) = cas_update(&self.in_flight_key, DEFAULT_CAS_ATTEMPTS, |cur| {
-            let (mut table, reset) = match cur {
-                None | Some([]) => (InFlight::new(), false),
-                Some(bytes) => match InFlight::decode(bytes) {
-                    Ok(t) => (t, false),
-                    Err(_) => (InFlight::new(), true),
-                },
-            };
-            if f(&mut table) {
-                Update::Write(table.encode(), (true, reset))
-            } else {
-                Update::Keep((false, reset))
-            }
-        })?;
+        let (ok, reset) = cas_update_on(
+            &self.host,
+            &self.in_flight_key,
+            DEFAULT_CAS_ATTEMPTS,
+            |cur| {
+                let (mut table, reset) = match cur {
+                    None | Some([]) => (InFlight::new(), false),
+                    Some(bytes) => match InFlight::decode(bytes) {
+                        Ok(t) => (t, false),
+                        Err(_) => (InFlight::new(), true),
+                    },
+                };
+                if f(&mut table) {
+                    Update::Write(table.encode(), (true, reset))
+                } else {
+                    Update::Keep((false, reset))
+                }
+            },
+        )?;
         if reset {
             self.global_pending.shared.state_resets += 1;
         }
@@ -326,9 +355,15 @@ impl Worker {
         for entry in self.entries.values_mut() {
             let settings = config.settings(entry.route_index);
             if entry.samples.is_empty() {
-                refresh(entry, settings, &mut self.global_pending);
+                refresh(&self.host, entry, settings, &mut self.global_pending);
             } else {
-                publish(entry, settings, &mut self.metrics, &mut self.global_pending);
+                publish(
+                    &self.host,
+                    entry,
+                    settings,
+                    &mut self.metrics,
+                    &mut self.global_pending,
+                );
             }
             stats::flush_entry(&mut self.metrics, &entry.stat_base, &mut entry.pending);
         }
@@ -373,8 +408,13 @@ fn decode(cur: Option<&[u8]>, half_life: u32) -> (LatencyHistogram, bool) {
 }
 
 /// Re-read the shared histogram into the cached target (one read, no write).
-fn refresh(entry: &mut Entry, settings: &Settings, g: &mut stats::GlobalPending) {
-    match shared::get(&entry.shared_key) {
+fn refresh<H: Host>(
+    host: &H,
+    entry: &mut Entry,
+    settings: &Settings,
+    g: &mut stats::GlobalPending,
+) {
+    match shared::get_on(host, &entry.shared_key) {
         Ok(v) => {
             let (h, reset) = decode(v.value.as_deref(), settings.half_life_samples);
             if reset {
@@ -388,14 +428,15 @@ fn refresh(entry: &mut Entry, settings: &Settings, g: &mut stats::GlobalPending)
 
 /// Absorb this worker's batch into the shared histogram (one CAS) and adopt the new target. The
 /// `target_ms` gauge moves by the change this write made, so it adds up across workers.
-fn publish(
+fn publish<H: Host>(
+    host: &H,
     entry: &mut Entry,
     settings: &Settings,
-    metrics: &mut Metrics,
+    metrics: &mut Metrics<H>,
     g: &mut stats::GlobalPending,
 ) {
     let batch = &entry.samples;
-    let result = cas_update(&entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+    let result = cas_update_on(host, &entry.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
         let (mut h, reset) = decode(cur, settings.half_life_samples);
         let before = learned_of(&h, settings);
         h.absorb(batch);
