@@ -15,19 +15,26 @@ use harness::wasm::WASM_TARGET;
 const WASM_CRATES: &[&str] = &[
     "resilience-core",
     "resilience-host",
+    "circuit-breaker-filter",
+    "retry-budget-filter",
+    "failure-padding-filter",
+    "request-validator-filter",
+    "slow-start-filter",
     "circuit-breaker",
     "retry-budget",
     "failure-padding",
     "request-validator",
     "slow-start",
+    "resilience-pack",
 ];
-/// The filter crates whose `.wasm` modules Envoy loads.
+/// The module crates whose `.wasm` files Envoy loads: each filter alone, and the pack.
 pub const FILTERS: &[&str] = &[
     "circuit-breaker",
     "retry-budget",
     "failure-padding",
     "request-validator",
     "slow-start",
+    "resilience-pack",
 ];
 
 fn cargo() -> Command {

@@ -23,11 +23,3 @@ mod tests;
 
 pub use http::BreakerHttp;
 pub use root::BreakerRoot;
-
-#[cfg(feature = "entrypoint")]
-proxy_wasm::main! {{
-    resilience_host::logging::init("circuit_breaker");
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(BreakerRoot::new())
-    });
-}}

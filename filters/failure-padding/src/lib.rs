@@ -25,11 +25,3 @@ mod tests;
 
 pub use http::PaddingHttp;
 pub use root::PaddingRoot;
-
-#[cfg(feature = "entrypoint")]
-proxy_wasm::main! {{
-    resilience_host::logging::init("failure_padding");
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(PaddingRoot::new())
-    });
-}}

@@ -7,8 +7,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::traits::HttpContext;
 use resilience_core::config::ConfigError;
+use resilience_host::host::Host;
 use resilience_host::root::{Filter, FilterRoot};
 
 use crate::config;
@@ -21,27 +21,30 @@ pub struct PaddingFilter;
 /// The root context of the failure-padding filter.
 pub type PaddingRoot = FilterRoot<PaddingFilter>;
 
-impl Filter for PaddingFilter {
+impl<H: Host + Clone + 'static> Filter<H> for PaddingFilter {
     const NAME: &'static str = "failure_padding";
-    type Worker = Worker;
+    type Worker = Worker<H>;
+    type Stream = PaddingHttp<H>;
 
-    fn configure(config: &[u8], plugin: &str, now_ms: u64) -> Result<Worker, ConfigError> {
+    fn configure(
+        host: H,
+        config: &[u8],
+        plugin: &str,
+        now_ms: u64,
+    ) -> Result<Worker<H>, ConfigError> {
         let cfg = config::parse(config)?;
-        Ok(Worker::new(Rc::new(cfg), plugin, now_ms))
+        Ok(Worker::on(host, Rc::new(cfg), plugin, now_ms))
     }
 
-    fn tick_period_ms(worker: &Worker) -> u64 {
+    fn tick_period_ms(worker: &Worker<H>) -> u64 {
         worker.period_ms()
     }
 
-    fn on_tick(worker: &mut Worker, now_ms: u64) {
+    fn on_tick(worker: &mut Worker<H>, now_ms: u64) {
         worker.tick(now_ms);
     }
 
-    fn create_http_context(
-        worker: Option<Rc<RefCell<Worker>>>,
-        context_id: u32,
-    ) -> Box<dyn HttpContext> {
-        Box::new(PaddingHttp::new(worker, context_id))
+    fn stream(host: H, worker: Option<Rc<RefCell<Worker<H>>>>, context_id: u32) -> PaddingHttp<H> {
+        PaddingHttp::on(host, worker, context_id)
     }
 }

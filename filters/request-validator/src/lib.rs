@@ -30,11 +30,3 @@ mod tests;
 
 pub use http::ValidatorHttp;
 pub use root::ValidatorRoot;
-
-#[cfg(feature = "entrypoint")]
-proxy_wasm::main! {{
-    resilience_host::logging::init("request_validator");
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(ValidatorRoot::new())
-    });
-}}

@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::traits::HttpContext;
 use resilience_core::config::ConfigError;
+use resilience_host::host::Host;
 use resilience_host::root::{Filter, FilterRoot};
 
 use crate::config;
@@ -19,27 +19,34 @@ pub struct ValidatorFilter;
 /// The root context of the request-validator filter.
 pub type ValidatorRoot = FilterRoot<ValidatorFilter>;
 
-impl Filter for ValidatorFilter {
+impl<H: Host + Clone + 'static> Filter<H> for ValidatorFilter {
     const NAME: &'static str = "request_validator";
-    type Worker = Worker;
+    type Worker = Worker<H>;
+    type Stream = ValidatorHttp<H>;
 
-    fn configure(config: &[u8], plugin: &str, _now_ms: u64) -> Result<Worker, ConfigError> {
+    fn configure(
+        host: H,
+        config: &[u8],
+        plugin: &str,
+        _now_ms: u64,
+    ) -> Result<Worker<H>, ConfigError> {
         let cfg = config::parse(config)?;
-        Ok(Worker::new(Rc::new(cfg), plugin))
+        Ok(Worker::on(host, Rc::new(cfg), plugin))
     }
 
-    fn tick_period_ms(worker: &Worker) -> u64 {
+    fn tick_period_ms(worker: &Worker<H>) -> u64 {
         worker.config.global.sync_interval_ms
     }
 
-    fn on_tick(worker: &mut Worker, now_ms: u64) {
+    fn on_tick(worker: &mut Worker<H>, now_ms: u64) {
         worker.tick(now_ms);
     }
 
-    fn create_http_context(
-        worker: Option<Rc<RefCell<Worker>>>,
+    fn stream(
+        host: H,
+        worker: Option<Rc<RefCell<Worker<H>>>>,
         context_id: u32,
-    ) -> Box<dyn HttpContext> {
-        Box::new(ValidatorHttp::new(worker, context_id))
+    ) -> ValidatorHttp<H> {
+        ValidatorHttp::on(host, worker, context_id)
     }
 }

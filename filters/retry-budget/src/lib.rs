@@ -26,11 +26,3 @@ mod tests;
 
 pub use http::RetryBudgetHttp;
 pub use root::RetryBudgetRoot;
-
-#[cfg(feature = "entrypoint")]
-proxy_wasm::main! {{
-    resilience_host::logging::init("retry_budget");
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(RetryBudgetRoot::new())
-    });
-}}

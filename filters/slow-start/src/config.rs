@@ -1049,7 +1049,7 @@ mod schema_default {
 pub fn json_schema() -> serde_json::Value {
     resilience_core::schema::filter_schema::<RawGlobal, RawSettings>(
         &resilience_core::schema::FilterSchema {
-            name: env!("CARGO_PKG_NAME"),
+            name: "slow-start",
             description: env!("CARGO_PKG_DESCRIPTION"),
         },
     )

@@ -31,11 +31,3 @@ pub mod worker;
 
 pub use http::SlowStartHttp;
 pub use root::SlowStartRoot;
-
-#[cfg(feature = "entrypoint")]
-proxy_wasm::main! {{
-    resilience_host::logging::init("slow_start");
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(SlowStartRoot::new())
-    });
-}}

@@ -7,9 +7,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use proxy_wasm::traits::HttpContext;
 use resilience_core::config::ConfigError;
 use resilience_host::root::{Filter, FilterRoot};
+use resilience_host::wasm::WasmHost;
 use resilience_host::{callout, clock};
 
 use crate::config;
@@ -28,8 +28,14 @@ pub type SlowStartRoot = FilterRoot<SlowStartFilter>;
 impl Filter for SlowStartFilter {
     const NAME: &'static str = "slow_start";
     type Worker = Worker;
+    type Stream = SlowStartHttp;
 
-    fn configure(config: &[u8], plugin: &str, _now_ms: u64) -> Result<Worker, ConfigError> {
+    fn configure(
+        _host: WasmHost,
+        config: &[u8],
+        plugin: &str,
+        _now_ms: u64,
+    ) -> Result<Worker, ConfigError> {
         let cfg = config::parse(config)?;
         Ok(Worker::new(Rc::new(cfg), plugin))
     }
@@ -42,11 +48,12 @@ impl Filter for SlowStartFilter {
         send_due(worker, now_ms);
     }
 
-    fn create_http_context(
+    fn stream(
+        _host: WasmHost,
         worker: Option<Rc<RefCell<Worker>>>,
         _context_id: u32,
-    ) -> Box<dyn HttpContext> {
-        Box::new(SlowStartHttp::new(worker))
+    ) -> SlowStartHttp {
+        SlowStartHttp::new(worker)
     }
 
     fn on_http_call_response(w: &mut Worker, token_id: u32, body_size: usize) {

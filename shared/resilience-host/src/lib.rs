@@ -28,6 +28,7 @@
 //! - [`request`]: a lazy, cached view of the request for route matching.
 //! - [`reply`]: local replies: `application/problem+json`, or a gRPC answer to a gRPC call.
 //! - [`root`]: the root context all filters share (configuration, tick, HTTP contexts).
+//! - [`stage`]: several filters as stages of one module (one chain, one timer, facts read once).
 //! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log forwarding to the proxy and a panic hook that logs before the VM traps.
@@ -48,5 +49,6 @@ pub mod request;
 pub mod resume;
 pub mod root;
 pub mod shared;
+pub mod stage;
 pub mod stream;
 pub mod wasm;

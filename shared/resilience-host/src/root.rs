@@ -20,20 +20,37 @@ use proxy_wasm::types::{BufferType, ContextType};
 use resilience_core::config::ConfigError;
 
 use crate::abi::{self, HostStatus};
+use crate::host::Host;
+use crate::wasm::WasmHost;
 use crate::{clock, props, resume};
 
-/// What a filter adds to the shared root context. Implemented by a unit type per filter; the
-/// filter's root context is then `FilterRoot<ThatType>`.
-pub trait Filter: 'static {
-    /// The filter's name as it appears in log lines (`circuit_breaker`).
+/// What a filter adds to the shared root context, on host `H`. Implemented by a unit type per
+/// filter; the filter's root context is then `FilterRoot<ThatType>` (on the real proxy), and the
+/// pack module hosts the same type as one stage of its own root (on the pack's host).
+///
+/// Why generic over the host: the worker and the stream are the filter's own `Worker<H>` and
+/// `…Http<H>`, so the same filter runs alone on [`WasmHost`], as a stage of the pack on a host that
+/// shares facts and timers between stages, and natively on the fake host in tests.
+pub trait Filter<H: Host + Clone + 'static = WasmHost>: 'static {
+    /// The filter's name as it appears in log lines and as its member of the pack configuration
+    /// (`circuit_breaker`).
     const NAME: &'static str;
 
     /// One worker's state, shared by the root context and the worker's HTTP contexts.
     type Worker: 'static;
 
-    /// Parse the plugin configuration and build the worker's state: `plugin` is the plugin's name
-    /// (`"default"` when it has none), `now_ms` the host's time. The error names the bad field.
-    fn configure(config: &[u8], plugin: &str, now_ms: u64) -> Result<Self::Worker, ConfigError>;
+    /// One stream's state: the filter's HTTP context.
+    type Stream: HttpContext + 'static;
+
+    /// Parse the plugin configuration and build the worker's state on `host`: `plugin` is the
+    /// plugin's name (`"default"` when it has none), `now_ms` the host's time. The error names
+    /// the bad field.
+    fn configure(
+        host: H,
+        config: &[u8],
+        plugin: &str,
+        now_ms: u64,
+    ) -> Result<Self::Worker, ConfigError>;
 
     /// The tick period to start with, in milliseconds.
     fn tick_period_ms(worker: &Self::Worker) -> u64;
@@ -41,13 +58,9 @@ pub trait Filter: 'static {
     /// The timer fired.
     fn on_tick(worker: &mut Self::Worker, now_ms: u64);
 
-    /// The HTTP context for a new stream. `worker` is `None` only if the configuration was
-    /// refused (Envoy does not normally create streams then); the context must pass the request
-    /// through.
-    fn create_http_context(
-        worker: Option<Rc<RefCell<Self::Worker>>>,
-        context_id: u32,
-    ) -> Box<dyn HttpContext>;
+    /// The state of a new stream. `worker` is `None` only if the configuration was refused
+    /// (Envoy does not normally create streams then); the stream must pass the request through.
+    fn stream(host: H, worker: Option<Rc<RefCell<Self::Worker>>>, context_id: u32) -> Self::Stream;
 
     /// The answer to a callout this root sent (`dispatch_http_call` belongs to the context that
     /// sent it, so the answer arrives here). `body_size` is as the host reported it; the status
@@ -115,7 +128,7 @@ impl<F: Filter> RootContext for FilterRoot<F> {
             }
         };
         let plugin = props::plugin_name().unwrap_or_else(|| "default".to_owned());
-        let worker = match F::configure(&bytes, &plugin, clock::now_ms()) {
+        let worker = match F::configure(WasmHost, &bytes, &plugin, clock::now_ms()) {
             Ok(worker) => worker,
             Err(e) => {
                 log::error!("{}: invalid configuration: {e}", F::NAME);
@@ -135,10 +148,11 @@ impl<F: Filter> RootContext for FilterRoot<F> {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(F::create_http_context(
+        Some(Box::new(F::stream(
+            WasmHost,
             self.worker.as_ref().map(Rc::clone),
             context_id,
-        ))
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,0 +1,9 @@
+//! `circuit_breaker.wasm`: a circuit breaker, alone in its module. The filter is the library `circuit-breaker-filter`; the
+//! same code also runs as a stage of `resilience_pack.wasm`.
+
+proxy_wasm::main! {{
+    resilience_host::logging::init("circuit_breaker");
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(resilience_host::root::FilterRoot::<filter::root::BreakerFilter>::new())
+    });
+}}

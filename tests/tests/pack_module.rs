@@ -1,0 +1,177 @@
+//! `resilience_pack.wasm` in a real Envoy (`--concurrency 2`): the filters as stages of one
+//! module do what each does alone, and what only the pack can do (stages that see each other's
+//! decisions) holds across workers.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::{Duration, Instant};
+
+use harness::config::wasm_filter_yaml;
+use harness::{
+    filter_wasm, free_port, get, parallel, request, Behavior, ClusterSpec, Envoy, EnvoyOptions,
+    ProxyConfig, RouteSpec, Upstream,
+};
+
+const BREAKER: &str = "x-resilience-circuit-breaker";
+
+struct Rig {
+    envoy: Envoy,
+    upstream: Upstream,
+    port: u16,
+}
+
+impl Rig {
+    fn start(pack_json: &str) -> Rig {
+        let upstream = Upstream::start().expect("upstream");
+        let wasm = filter_wasm("resilience-pack").expect("resilience_pack.wasm");
+        let port = free_port();
+        let filter = wasm_filter_yaml("pack", "resilience_pack", "pack", &wasm, pack_json);
+        let config = ProxyConfig::new(port, free_port())
+            .with_http_filters(&filter)
+            .cluster(ClusterSpec::new("upstream", &[upstream.port()]))
+            .route(RouteSpec::new("api", "/", "upstream").with_timeout(Duration::from_secs(5)))
+            .render();
+        let envoy = Envoy::start(
+            &config,
+            &EnvoyOptions {
+                concurrency: 2,
+                ..EnvoyOptions::default()
+            },
+        )
+        .expect("envoy starts with the pack");
+        envoy.wait_listener(port).expect("listener");
+        Rig {
+            envoy,
+            upstream,
+            port,
+        }
+    }
+
+    fn wait_stat(&self, name: &str, n: u64) -> u64 {
+        self.envoy
+            .wait_stat(&format!("wasmcustom.{name}"), n, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.envoy.log_tail(40)))
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        self.envoy.stat(&format!("wasmcustom.{name}"))
+    }
+
+    fn assert_no_vm_failure(&self) {
+        if let Some(failure) = self.envoy.vm_failure() {
+            panic!("{failure}");
+        }
+    }
+}
+
+/// Every stage on, each with settings a test can reach quickly.
+const ALL: &str = r#"{
+    "request_validator": { "allowed_methods": ["GET", "POST"], "sync_interval": "50ms" },
+    "circuit_breaker": {
+        "consecutive_failures": 3, "open_duration": "1s", "open_jitter_percent": 0,
+        "half_open_probes": 1, "sync_interval": "50ms"
+    },
+    "retry_budget": { "max_retries": 2, "sync_interval": "50ms", "deadline_aware": false },
+    "failure_padding": {
+        "sync_interval": "50ms", "min_samples": 1000, "fallback_target": "150ms",
+        "max_padded_in_flight": 8
+    }
+}"#;
+
+#[test]
+fn healthy_traffic_passes_every_stage_on_two_workers_and_each_stage_counts_it() {
+    let rig = Rig::start(ALL);
+    let statuses = parallel(4, 200, |_| get(rig.port, "/ok").unwrap().status);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(rig.upstream.requests(), 200);
+    rig.wait_stat("request_validator.default.requests", 200);
+    rig.wait_stat("circuit_breaker.api.requests", 200);
+    rig.wait_stat("retry_budget.api.requests", 200);
+    assert_eq!(rig.stat("circuit_breaker.api.failures"), 0);
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn a_request_the_validator_rejects_never_reaches_the_upstream_nor_the_breakers_counts() {
+    let rig = Rig::start(ALL);
+    for _ in 0..5 {
+        let r = request(rig.port, "DELETE", "/x", &[], None).unwrap();
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    }
+    assert_eq!(rig.upstream.requests(), 0);
+    rig.wait_stat("request_validator.default.rejected", 5);
+    // Five rejections are more than the breaker's three consecutive failures: had it counted
+    // them, it would be open now.
+    assert_eq!(get(rig.port, "/ok").unwrap().status, 200);
+    rig.wait_stat("circuit_breaker.api.requests", 1);
+    assert_eq!(rig.stat("circuit_breaker.api.requests"), 1);
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn padded_fast_failures_open_the_breaker_which_then_admits_exactly_one_probe_across_workers() {
+    let rig = Rig::start(ALL);
+    rig.upstream.set_default(Behavior::status(503));
+    // Fast failures are held to the padding target, and still count for the breaker.
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(get(rig.port, "/x").unwrap().status, 503);
+    }
+    let per_failure = started.elapsed() / 3;
+    assert!(
+        per_failure >= Duration::from_millis(140),
+        "padded to the 150 ms target: {per_failure:?}"
+    );
+    rig.wait_stat("failure_padding.api.padded", 3);
+    rig.wait_stat("circuit_breaker.api.failures", 3);
+    std::thread::sleep(Duration::from_millis(150));
+    let r = get(rig.port, "/x").unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.header(BREAKER).unwrap().starts_with("open"), "{r:?}");
+    let before = rig.upstream.requests();
+
+    // After the open duration, a burst from both workers lets exactly one probe through.
+    rig.upstream
+        .set_default(Behavior::status(200).with_latency(Duration::from_millis(300)));
+    std::thread::sleep(Duration::from_millis(1_100));
+    let statuses = parallel(8, 16, |_| get(rig.port, "/x").unwrap().status);
+    assert_eq!(rig.upstream.requests() - before, 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1);
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn a_bad_member_refuses_the_pack_naming_the_member_and_the_field() {
+    let upstream = Upstream::start().expect("upstream");
+    let wasm = filter_wasm("resilience-pack").expect("resilience_pack.wasm");
+    for (json, expected) in [
+        (
+            r#"{"circuit_breaker": {"failure_rate_threshold": 200}}"#,
+            "circuit_breaker.failure_rate_threshold",
+        ),
+        (
+            r#"{"circuit_braker": {}}"#,
+            "circuit_braker: unknown member",
+        ),
+    ] {
+        let filter = wasm_filter_yaml("pack", "resilience_pack", "pack", &wasm, json);
+        let config = ProxyConfig::new(free_port(), free_port())
+            .with_http_filters(&filter)
+            .route(RouteSpec::new("default", "/", "upstream"))
+            .cluster(ClusterSpec::new("upstream", &[upstream.port()]))
+            .render();
+        let log = harness::envoy::start_expect_failure(&config, &EnvoyOptions::default())
+            .expect("envoy refuses the config");
+        let line = log
+            .lines()
+            .find(|l| l.contains("resilience_pack: invalid configuration"))
+            .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
+        assert!(line.contains(expected), "{line}");
+    }
+}
