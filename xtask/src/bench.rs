@@ -25,6 +25,14 @@ const FILTERS: &[(&str, &str, &str)] = &[
     ("failure-padding", "failure_padding", "{}"),
 ];
 
+/// The filters the pack module runs as stages (slow start joins once its glue is on the host seam).
+const PACK_STAGES: &[&str] = &[
+    "request_validator",
+    "circuit_breaker",
+    "retry_budget",
+    "failure_padding",
+];
+
 const NATIVE_FILTER: &str = r#"- name: envoy.filters.http.admission_control
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl
@@ -87,6 +95,21 @@ fn subjects() -> Result<Vec<Subject>, String> {
             chain,
         ));
     }
+    // The same filters with the same configurations as stages of one module.
+    let members: Vec<String> = FILTERS
+        .iter()
+        .filter(|(_, root, _)| PACK_STAGES.contains(root))
+        .map(|(_, root, config)| format!("\"{root}\": {config}"))
+        .collect();
+    let pack = bench::wasm_filter(
+        "resilience-pack",
+        "resilience_pack",
+        &format!("{{{}}}", members.join(", ")),
+    )?;
+    out.push(subject(
+        &format!("the pack module, {} stages", members.len()),
+        pack,
+    ));
     out.push(Subject {
         name: "Envoy native (outlier + retry budget + admission control)".into(),
         filters_yaml: NATIVE_FILTER.into(),
@@ -161,7 +184,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 .map(|s| s.to_string_lossy().replace('_', "-"));
             stem.is_some_and(|stem| {
                 FILTERS.iter().any(|(k, _, _)| *k == stem)
-                    || ["noop-filter", "noop-headers-only"].contains(&stem.as_str())
+                    || ["noop-filter", "noop-headers-only", "resilience-pack"].contains(&stem.as_str())
             })
         })
         .collect();
