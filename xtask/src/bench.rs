@@ -184,7 +184,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 .map(|s| s.to_string_lossy().replace('_', "-"));
             stem.is_some_and(|stem| {
                 FILTERS.iter().any(|(k, _, _)| *k == stem)
-                    || ["noop-filter", "noop-headers-only", "resilience-pack"].contains(&stem.as_str())
+                    || ["noop-filter", "noop-headers-only", "resilience-pack"]
+                        .contains(&stem.as_str())
             })
         })
         .collect();
