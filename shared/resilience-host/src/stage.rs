@@ -65,13 +65,16 @@ pub struct Stages {
     facts: RefCell<Facts>,
 }
 
+/// A header map as name-value pairs, in the host's order.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Debug, Default)]
 struct Facts {
     now_ns: Option<u64>,
     headers: Vec<(MapType, Box<str>, Option<Vec<u8>>)>,
     /// Whole header maps a stage read (the validator reads the request's): later single-header
     /// reads of that map are answered from them.
-    maps: Vec<(MapType, Vec<(Vec<u8>, Vec<u8>)>)>,
+    maps: Vec<(MapType, Pairs)>,
     /// Keyed by the path's segments joined with NUL (no segment contains one).
     properties: Vec<(Box<str>, Option<Vec<u8>>)>,
 }
