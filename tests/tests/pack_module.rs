@@ -175,3 +175,37 @@ fn a_bad_member_refuses_the_pack_naming_the_member_and_the_field() {
         assert!(line.contains(expected), "{line}");
     }
 }
+
+#[test]
+fn slow_start_as_a_stage_sheds_most_requests_of_a_cold_replica_and_admits_all_once_warm() {
+    let rig = Rig::start(
+        r#"{
+        "slow_start": {
+            "sync_interval": "50ms", "slow_start_window": "2s", "min_weight_percent": 10,
+            "retry_after": "1s", "health_checks": {"paths": ["/healthz"]}
+        }
+    }"#,
+    );
+    let early = (0..100)
+        .map(|_| get(rig.port, "/work").unwrap())
+        .collect::<Vec<_>>();
+    let shed = early.iter().filter(|r| r.status == 503).count();
+    assert!(
+        shed >= 50,
+        "a cold replica sheds most requests: {shed} of 100"
+    );
+    assert!(early
+        .iter()
+        .filter(|r| r.status == 503)
+        .all(|r| r.header("retry-after") == Some("1")));
+    // Health checks are never shed.
+    for _ in 0..20 {
+        assert_eq!(get(rig.port, "/healthz").unwrap().status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let late = (0..100)
+        .filter(|_| get(rig.port, "/work").unwrap().status == 200)
+        .count();
+    assert_eq!(late, 100, "warm: everything admitted");
+    rig.assert_no_vm_failure();
+}

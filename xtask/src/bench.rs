@@ -25,11 +25,12 @@ const FILTERS: &[(&str, &str, &str)] = &[
     ("failure-padding", "failure_padding", "{}"),
 ];
 
-/// The filters the pack module runs as stages (slow start joins once its glue is on the host seam).
+/// The filters the pack module runs as stages: all five.
 const PACK_STAGES: &[&str] = &[
     "request_validator",
     "circuit_breaker",
     "retry_budget",
+    "slow_start",
     "failure_padding",
 ];
 

@@ -13,7 +13,6 @@ use std::rc::Rc;
 use resilience_core::config::ConfigError;
 use resilience_host::host::Host;
 use resilience_host::root::{Filter, FilterRoot};
-use resilience_host::wasm::WasmHost;
 use resilience_host::{callout, clock};
 
 use crate::config;
@@ -29,38 +28,38 @@ pub struct SlowStartFilter;
 /// The root context of the slow-start filter.
 pub type SlowStartRoot = FilterRoot<SlowStartFilter>;
 
-impl Filter for SlowStartFilter {
+impl<H: Host + Clone + 'static> Filter<H> for SlowStartFilter {
     const NAME: &'static str = "slow_start";
-    type Worker = Worker;
-    type Stream = SlowStartHttp;
+    type Worker = Worker<H>;
+    type Stream = SlowStartHttp<H>;
 
     fn configure(
-        _host: WasmHost,
+        host: H,
         config: &[u8],
         plugin: &str,
         _now_ms: u64,
-    ) -> Result<Worker, ConfigError> {
+    ) -> Result<Worker<H>, ConfigError> {
         let cfg = config::parse(config)?;
-        Ok(Worker::new(Rc::new(cfg), plugin))
+        Ok(Worker::on(host, Rc::new(cfg), plugin))
     }
 
-    fn tick_period_ms(worker: &Worker) -> u64 {
+    fn tick_period_ms(worker: &Worker<H>) -> u64 {
         worker.config.global.sync_interval_ms
     }
 
-    fn on_tick(worker: &mut Worker, now_ms: u64) {
+    fn on_tick(worker: &mut Worker<H>, now_ms: u64) {
         send_due(worker, now_ms);
     }
 
     fn stream(
-        _host: WasmHost,
-        worker: Option<Rc<RefCell<Worker>>>,
+        host: H,
+        worker: Option<Rc<RefCell<Worker<H>>>>,
         _context_id: u32,
-    ) -> SlowStartHttp {
-        SlowStartHttp::new(worker)
+    ) -> SlowStartHttp<H> {
+        SlowStartHttp::on(host, worker)
     }
 
-    fn on_http_call_response(w: &mut Worker, token_id: u32, body_size: usize) {
+    fn on_http_call_response(w: &mut Worker<H>, token_id: u32, body_size: usize) {
         callout_answered(w, token_id, body_size);
     }
 }
