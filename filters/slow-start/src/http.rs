@@ -442,6 +442,8 @@ fn is_health_check(g: &Global, req: &mut impl RequestView) -> bool {
 
 impl<H: Host> Context for SlowStartHttp<H> {}
 
+impl<H: Host> resilience_host::stage::Stage for SlowStartHttp<H> {}
+
 impl<H: Host> HttpContext for SlowStartHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {

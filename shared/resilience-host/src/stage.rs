@@ -406,9 +406,20 @@ pub trait Hooks {
     fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action;
     fn response_trailers(&mut self, num_trailers: usize) -> Action;
     fn log(&mut self);
+    /// See [`Stage::later_stage_answered`].
+    fn later_stage_answered(&mut self);
 }
 
-impl<T: HttpContext> Hooks for T {
+/// A filter's HTTP context as a stage: what it learns only because it runs in a chain.
+pub trait Stage: HttpContext {
+    /// A stage after this one answered the request locally, before it left the module. Its
+    /// reply (a shed, an open breaker's 503) is not an outcome of the upstream, so a stage that
+    /// classifies outcomes must not count it: as separate filters, the breaker would count slow
+    /// start's 503 sheds as the dependency's failures and trip on them. Default: nothing to do.
+    fn later_stage_answered(&mut self) {}
+}
+
+impl<T: Stage> Hooks for T {
     fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
         self.on_http_request_headers(num_headers, end_of_stream)
     }
@@ -429,6 +440,9 @@ impl<T: HttpContext> Hooks for T {
     }
     fn log(&mut self) {
         self.on_log();
+    }
+    fn later_stage_answered(&mut self) {
+        Stage::later_stage_answered(self);
     }
 }
 
@@ -473,6 +487,7 @@ impl<S: StageSet> Chain<S> {
             let action = stage.request_headers(self.num_headers, end_of_stream);
             self.reached = i + 1;
             if self.shared.take_answered() {
+                self.tell_earlier_stages_of_answer(i);
                 return Action::Pause;
             }
             if action == Action::Pause {
@@ -493,6 +508,7 @@ impl<S: StageSet> Chain<S> {
             let action = hook(stage);
             if self.shared.take_answered() {
                 self.held_at = None;
+                self.tell_earlier_stages_of_answer(i);
                 return Action::Pause;
             }
             if action == Action::Pause {
@@ -502,6 +518,16 @@ impl<S: StageSet> Chain<S> {
         match self.held_at.take() {
             Some(held) => self.request_headers_from(held + 1, false),
             None => Action::Continue,
+        }
+    }
+
+    /// Stage `answerer` replied locally to the request: the stages before it learn that the
+    /// reply is not the upstream's.
+    fn tell_earlier_stages_of_answer(&mut self, answerer: usize) {
+        for j in 0..answerer {
+            if let Some(stage) = self.stages.stage(j) {
+                stage.later_stage_answered();
+            }
         }
     }
 
