@@ -6,7 +6,10 @@
 //! dependency came back. A route's `active_probe` is a request the filter sends through a cluster
 //! of its choosing (a health endpoint, typically) while the breaker is open; its success, by the
 //! route's own failure classification, moves the breaker to half-open at once, and the half-open
-//! probes then decide as usual. A failure changes nothing: the breaker stays open for its time.
+//! probes then decide as usual. While the probe has not seen the dependency answer, the breaker
+//! stays open past its open time (for at most `max_open_duration` more), so no user's request is
+//! sent into a dependency nobody knows is back. A probe that cannot be sent at all (an unknown
+//! cluster) leaves the open timer in charge, as without a probe.
 //!
 //! Across workers: each worker ticks, so each would send a probe per interval. One shared-data
 //! value per key (`<breaker key>#active`, the time the next probe is due) is claimed under CAS,
@@ -43,10 +46,9 @@ impl<H: Host + Clone> Worker<H> {
                 continue;
             };
             let view = entry.view;
-            if view.state != State::Open
-                || now_ms >= view.open_until_ms
-                || self.active.iter().any(|p| p.key == *key)
-            {
+            // Past its open time too: the breaker then waits for the probe (see
+            // `View::admit_awaiting_probe`).
+            if view.state != State::Open || self.active.iter().any(|p| p.key == *key) {
                 continue;
             }
             let claim = cas_update_on(
@@ -80,6 +82,7 @@ impl<H: Host + Clone> Worker<H> {
                 .collect();
             match callout::send_on(&self.host, &probe.cluster, &headers, None, probe.timeout_ms) {
                 Ok(token) => {
+                    entry.active_probe_unsendable = false;
                     entry.pending.active_probes_sent += 1;
                     self.active.push(InFlight {
                         token,
@@ -88,6 +91,7 @@ impl<H: Host + Clone> Worker<H> {
                     });
                 }
                 Err(e) => {
+                    entry.active_probe_unsendable = true;
                     entry.pending.active_probes_failed += 1;
                     log::warn!(
                         "circuit breaker {}: cannot send the active probe through cluster {:?}: {}",

@@ -135,7 +135,16 @@ impl<H: Host + Clone> BreakerHttp<H> {
         let Some(entry) = w.entries.get_mut(&self.key) else {
             return Action::Continue;
         };
-        let decision = match entry.view.admit(now) {
+        // With a working active probe, an open breaker waits for it rather than sending users'
+        // requests into the dependency as half-open probes, for at most max_open_duration.
+        let admission = if settings.active_probe.is_some() && !entry.active_probe_unsendable {
+            entry
+                .view
+                .admit_awaiting_probe(now, settings.policy.max_open_duration_ms)
+        } else {
+            entry.view.admit(now)
+        };
+        let decision = match admission {
             Admission::Allow => ProbeGrant::Closed,
             Admission::Reject(r) => ProbeGrant::Rejected(r),
             Admission::AskShared => w.acquire_probe(&self.key, now),

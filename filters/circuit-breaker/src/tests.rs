@@ -624,8 +624,11 @@ fn an_active_probe_answer_for_a_breaker_that_moved_on_changes_nothing() {
     trip(&a, "orders");
     a.tick();
     let token = a.host.callouts()[0].token;
-    // The open time ends and a half-open probe closes the breaker before the answer arrives.
+    // The open time ends; the breaker waits for its probe for up to max_open_duration (60 s
+    // by default), then a half-open probe closes it before the probe's answer arrives.
     proxy.advance_ms(10_000);
+    assert_eq!(a.request("orders", 200), Action::Pause);
+    proxy.advance_ms(60_000);
     assert_eq!(a.request("orders", 200), Action::Continue);
     assert_eq!(proxy.state("orders").state, State::Closed);
     answer(&a, token, Some(200));
@@ -658,4 +661,61 @@ fn an_active_probe_is_refused_at_load_when_its_request_is_malformed() {
     assert!(err(r#"{"cluster": "h", "path": "/", "method": "G T"}"#)
         .starts_with("active_probe.method: "));
     assert!(err(r#"{"cluster": "h", "path": "/", "colour": 1}"#).contains("colour"));
+}
+
+#[test]
+fn with_an_active_probe_no_user_request_reaches_the_dependency_until_the_probe_saw_it_answer() {
+    let proxy = Proxy::new(&with_active_probe());
+    let (a, b) = (proxy.worker(), proxy.worker());
+    trip(&a, "orders");
+    // Tokens are per worker.
+    let mut answered = std::collections::HashSet::new();
+    // Long past the open time, on either worker: still rejected while probes fail.
+    for _ in 0..4 {
+        proxy.advance_ms(5_000);
+        a.tick();
+        b.tick();
+        for w in [&a, &b] {
+            assert_eq!(w.request("orders", 200), Action::Pause);
+        }
+        for (i, w) in [&a, &b].into_iter().enumerate() {
+            for c in w.host.callouts() {
+                if answered.insert((i, c.token)) {
+                    answer(w, c.token, None);
+                }
+            }
+        }
+    }
+    assert_eq!(proxy.state("orders").state, State::Open);
+    // The next probe is answered: half-open, and a user's request may go.
+    proxy.advance_ms(300);
+    a.tick();
+    let token = a
+        .host
+        .callouts()
+        .last()
+        .map(|c| c.token)
+        .unwrap_or_default();
+    answer(&a, token, Some(200));
+    assert_eq!(proxy.state("orders").state, State::HalfOpen);
+    assert_eq!(a.request("orders", 200), Action::Continue);
+    assert_eq!(proxy.state("orders").state, State::Closed);
+}
+
+#[test]
+fn an_active_probe_that_cannot_be_sent_leaves_the_open_timer_in_charge() {
+    let proxy = Proxy::new(&with_active_probe());
+    let a = proxy.worker();
+    // As Envoy answers a callout to a cluster it does not know.
+    a.host
+        .refuse_callouts(Some(resilience_host::callout::CalloutError::BadArgument));
+    trip(&a, "orders");
+    a.tick();
+    assert!(a.host.callouts().is_empty(), "the probe could not be sent");
+    proxy.advance_ms(10_000);
+    assert_eq!(
+        a.request("orders", 200),
+        Action::Continue,
+        "half-open at the end of the open time, as without a probe"
+    );
 }

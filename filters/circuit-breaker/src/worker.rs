@@ -57,6 +57,9 @@ pub struct Entry {
     /// Until when this worker re-reads the shared state on every request: set by a failure, so a
     /// trip made by another worker is seen at once while failures are in the air.
     pub hot_until_ms: u64,
+    /// The last active probe could not even be sent (an unknown cluster, say): the open timer
+    /// decides alone, as without a probe.
+    pub active_probe_unsendable: bool,
 }
 
 /// All of one worker's breakers for one filter instance, on host `H` (the real proxy unless a
@@ -158,6 +161,7 @@ impl<H: Host + Clone> Worker<H> {
                 key_hash: governor::key_hash(key),
                 pending: stats::Pending::default(),
                 hot_until_ms: 0,
+                active_probe_unsendable: false,
             };
             refresh(&self.host, &mut entry, &policy, &mut self.global_pending);
             self.entries.insert(key.to_owned(), entry);

@@ -351,6 +351,24 @@ impl View {
             State::Open | State::HalfOpen => Admission::AskShared,
         }
     }
+
+    /// [`View::admit`] for a breaker with an active probe: once the open time is over, the
+    /// breaker stays open while the probe has not seen the dependency answer, for at most
+    /// `max_wait_ms` more (then half-open as without a probe). Why: half-open sends users'
+    /// requests into a dependency nobody knows is back; the probe finds out without them, and a
+    /// probe that cannot see the recovery (a wrong path) costs at most `max_wait_ms`.
+    pub fn admit_awaiting_probe(&self, now_ms: u64, max_wait_ms: u64) -> Admission {
+        let waiting_until = self.open_until_ms.saturating_add(max_wait_ms);
+        match self.state {
+            State::Open if now_ms >= self.open_until_ms && now_ms < waiting_until => {
+                Admission::Reject(Rejection::Open {
+                    reason: self.reason,
+                    retry_after_s: 1,
+                })
+            }
+            _ => self.admit(now_ms),
+        }
+    }
 }
 
 /// Whole seconds until `until_ms`, rounded up, at least 1: the `retry-after` of a rejection.
@@ -1387,5 +1405,37 @@ mod tests {
         assert_eq!(ProbeTurn::decode(&turn.encode()), Ok(turn));
         assert!(ProbeTurn::decode(&[0xCC]).is_err());
         assert!(ProbeTurn::decode(&SharedBreaker::new(&policy()).encode()).is_err());
+    }
+
+    #[test]
+    fn an_open_breaker_with_an_active_probe_waits_for_it_past_its_open_time_but_not_forever() {
+        let view = View {
+            state: State::Open,
+            generation: 3,
+            open_until_ms: 1_000,
+            reason: None,
+        };
+        let rejected = |a: Admission| matches!(a, Admission::Reject(_));
+        assert!(rejected(view.admit_awaiting_probe(999, 5_000)));
+        assert!(rejected(view.admit_awaiting_probe(1_000, 5_000)));
+        assert!(rejected(view.admit_awaiting_probe(5_999, 5_000)));
+        assert_eq!(
+            view.admit_awaiting_probe(6_000, 5_000),
+            Admission::AskShared,
+            "after max_wait_ms half-open takes over"
+        );
+        assert_eq!(
+            view.admit(1_000),
+            Admission::AskShared,
+            "without a probe: at once"
+        );
+        let half_open = View {
+            state: State::HalfOpen,
+            ..view
+        };
+        assert_eq!(
+            half_open.admit_awaiting_probe(1_000, 5_000),
+            Admission::AskShared
+        );
     }
 }

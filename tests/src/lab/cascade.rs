@@ -1,13 +1,20 @@
-//! Scenario: a dependency hangs for a while, then recovers.
+//! Scenario: a dependency hangs for a while, then recovers — and the service that calls it has
+//! other, healthy work to do.
 //!
-//! Without protection every caller waits out its timeout on the dead dependency; callers' threads
-//! pile up and the outage spreads. Envoy's `outlier_detection` ejects the host after consecutive
-//! errors, but on its own clock, and brings it back blind after `base_ejection_time`, so it keeps
-//! feeding requests into the hang. The circuit breaker opens on the error rate, answers in
-//! microseconds while open, and probes with a bounded number of requests.
+//! The caller is an application with a bounded worker pool ([`super::app::CallerApp`]): eight
+//! threads, each serving one request at a time. One route calls the dependency through the
+//! caller's sidecar (the Envoy under test); the other does local work. Without protection every
+//! call into the hang holds a worker for the route timeout, the workers run out, and the healthy
+//! route queues behind them: the outage spreads to everything the caller does. Envoy's
+//! `outlier_detection` ejects the host after consecutive errors, on its own clock, and brings it
+//! back blind. Envoy's `circuit_breakers` cap the requests in flight to the cluster, so only that
+//! many workers hang. The pack's breaker opens on consecutive failures or the error rate, answers
+//! in microseconds while open, and with `active_probe` learns that the dependency is back from a
+//! request of its own, without sending a user's request into a hang.
 
 use std::time::Duration;
 
+use super::app::CallerApp;
 use super::load::{self, LoadSpec, Sample};
 use super::report::{Criterion, Figure, ScenarioReport, Variant};
 use super::series::{self, between, Summary};
@@ -19,6 +26,17 @@ use crate::{ClusterSpec, ProxyConfig, RouteSpec};
 
 const HEALTHY_MS: u64 = 20;
 const ROUTE_TIMEOUT_MS: u64 = 1_000;
+/// The caller's worker threads.
+const APP_WORKERS: usize = 8;
+/// The caller's local work per request on its healthy route.
+const LOCAL_MS: u64 = 5;
+/// How long a client waits for the caller before it gives up (a failure).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The active probe's path on the dependency (not a user's request).
+const PROBE_PATH: &str = "/healthz";
+/// The healthy route is judged once every protection had time to act: the first seconds of an
+/// outage are lost by every variant alike (the first calls into the hang wait out their timeout).
+const SETTLE_MS: u64 = 2_000;
 
 struct Timeline {
     outage_ms: u64,
@@ -30,8 +48,8 @@ fn timeline(scale: Scale) -> Timeline {
     match scale {
         Scale::Quick => Timeline {
             outage_ms: 2_000,
-            recovery_ms: 6_000,
-            total_ms: 9_000,
+            recovery_ms: 7_000,
+            total_ms: 10_000,
         },
         Scale::Full => Timeline {
             outage_ms: 5_000,
@@ -41,10 +59,11 @@ fn timeline(scale: Scale) -> Timeline {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Protection {
     None,
     OutlierDetection,
+    MaxRequests,
     Breaker,
 }
 
@@ -53,17 +72,20 @@ impl Protection {
         match self {
             Protection::None => "no protection",
             Protection::OutlierDetection => "Envoy outlier_detection",
-            Protection::Breaker => "circuit breaker (pack)",
+            Protection::MaxRequests => "Envoy circuit_breakers (max 4 requests)",
+            Protection::Breaker => "circuit breaker + active_probe (pack)",
         }
     }
 }
 
 /// Callers blocked on a hang produce few failures per second next to many earlier successes, so
 /// a rate over a long window reacts late: pair the rate with `consecutive_failures` (the signal
-/// Envoy's `consecutive_5xx` uses too) and keep the window short.
+/// Envoy's `consecutive_5xx` uses too) and keep the window short. While open, the active probe
+/// asks the dependency's health path every 200 ms, giving up on an answer after 200 ms (a probe stuck in the hang must not delay the next).
 const BREAKER_JSON: &str = r#"{"sync_interval": "100ms", "window": "2s", "minimum_requests": 10,
   "failure_rate_threshold": 50, "consecutive_failures": 5,
-  "open_duration": "1s", "open_duration_multiplier": 2, "max_open_duration": "4s", "half_open_probes": 3}"#;
+  "open_duration": "1s", "open_duration_multiplier": 2, "max_open_duration": "4s", "half_open_probes": 3,
+  "active_probe": {"cluster": "dependency", "path": "/healthz", "interval": "200ms", "timeout": "200ms"}}"#;
 
 fn config(p: Protection, listener: u16, upstream: u16) -> Result<String, String> {
     let mut cluster = ClusterSpec::new("dependency", &[upstream]);
@@ -75,6 +97,13 @@ fn config(p: Protection, listener: u16, upstream: u16) -> Result<String, String>
             // errors, allow ejecting 100%, and no panic routing (so ejection means fast 503s).
             cluster = cluster.with_extra_yaml(
                 "outlier_detection:\n  consecutive_5xx: 5\n  interval: 1s\n  base_ejection_time: 2s\n  max_ejection_percent: 100\ncommon_lb_config:\n  healthy_panic_threshold: { value: 0 }\n",
+            );
+        }
+        Protection::MaxRequests => {
+            // Envoy's other answer: at most 4 requests (and connections) in flight to the
+            // cluster, the rest refused at once with 503 (overflow), so at most 4 workers hang.
+            cluster = cluster.with_extra_yaml(
+                "circuit_breakers:\n  thresholds:\n  - max_connections: 4\n    max_pending_requests: 1\n    max_requests: 4\n",
             );
         }
         Protection::Breaker => {
@@ -97,8 +126,14 @@ fn config(p: Protection, listener: u16, upstream: u16) -> Result<String, String>
 }
 
 struct Run {
+    /// The caller's route into the dependency.
     samples: Vec<Sample>,
+    /// The caller's healthy route.
+    local: Vec<Sample>,
+    /// When each user request reached the dependency (ms since the load began).
     upstream_times_ms: Vec<u64>,
+    /// Active probes that reached the dependency during the outage.
+    probes_in_outage: usize,
 }
 
 fn run_variant(p: Protection, scale: Scale, progress: &mut Progress) -> Result<Run, String> {
@@ -112,16 +147,17 @@ fn run_variant(p: Protection, scale: Scale, progress: &mut Progress) -> Result<R
         &EnvoyOptions::default(),
     )?;
     envoy.wait_listener(listener)?;
-    let spec = LoadSpec::new(
-        listener,
-        "/work",
-        8,
-        20.0,
-        Duration::from_millis(t.total_ms),
-    );
+    let app = CallerApp::start(APP_WORKERS, listener, LOCAL_MS)?;
+    let duration = Duration::from_millis(t.total_ms);
+    // More callers of the dependency route than the application has workers, as in a fan-in.
+    let mut dep = LoadSpec::new(app.port(), "/dep/work", 12, 10.0, duration);
+    dep.timeout = CLIENT_TIMEOUT;
+    let mut local = LoadSpec::new(app.port(), "/local", 4, 20.0, duration);
+    local.timeout = CLIENT_TIMEOUT;
     let started = std::time::Instant::now();
+    let dep_thread = std::thread::spawn(move || load::run(&dep, |_| {}));
     let mut phase = 0;
-    let samples = load::run(&spec, |elapsed| {
+    let local_samples = load::run(&local, |elapsed| {
         let ms = elapsed.as_millis() as u64;
         if phase == 0 && ms >= t.outage_ms {
             upstream.set_default(Behavior::hang());
@@ -132,15 +168,30 @@ fn run_variant(p: Protection, scale: Scale, progress: &mut Progress) -> Result<R
         }
         progress.update(p.name(), elapsed.as_secs_f64(), t.total_ms as f64 / 1000.0);
     });
-    let upstream_times_ms = upstream
-        .log()
+    let samples = dep_thread
+        .join()
+        .map_err(|_| "the dependency route's load thread panicked".to_owned())?;
+    let log = upstream.log();
+    let at = |r: &crate::upstream::RequestRecord| {
+        r.at.saturating_duration_since(started).as_millis() as u64
+    };
+    let upstream_times_ms = log
         .iter()
-        .map(|r| r.at.saturating_duration_since(started).as_millis() as u64)
+        .filter(|r| !r.path.starts_with(PROBE_PATH))
+        .map(at)
         .collect();
+    let probes_in_outage = log
+        .iter()
+        .filter(|r| r.path.starts_with(PROBE_PATH))
+        .filter(|r| (t.outage_ms..t.recovery_ms).contains(&at(r)))
+        .count();
+    drop(app);
     drop(envoy);
     Ok(Run {
         samples,
+        local: local_samples,
         upstream_times_ms,
+        probes_in_outage,
     })
 }
 
@@ -158,21 +209,21 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
     let variants = [
         Protection::None,
         Protection::OutlierDetection,
+        Protection::MaxRequests,
         Protection::Breaker,
     ];
     let mut rows = Vec::new();
     let mut success_series = Vec::new();
-    let mut latency_series = Vec::new();
+    let mut local_latency_series = Vec::new();
     let mut upstream_series = Vec::new();
-    let mut wasted_by = Vec::new();
-    let mut outage_p50 = Vec::new();
-    let mut recover_by = Vec::new();
+    // Per variant: requests into the hang, time to recover, goodput, healthy route's success
+    // in the outage and its p99 before and once settled.
+    let mut figures: Vec<(usize, Option<u64>, f64, f64, f64, f64)> = Vec::new();
     for p in variants {
         progress.start("cascading dependency outage", p.name());
         let run = run_variant(p, scale, progress)?;
         progress.finish();
         let s = &run.samples;
-        let outage = Summary::of(between(s, t.outage_ms, t.recovery_ms));
         let wasted = run
             .upstream_times_ms
             .iter()
@@ -180,46 +231,74 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
             .count();
         let protect = first_after(s, t.outage_ms, |x| x.status >= 500 && x.latency_ms < 100.0);
         let recover = first_after(s, t.recovery_ms, |x| x.status == 200);
-        let overall = Summary::of(s.iter());
-        let goodput = overall.ok as f64 / (t.total_ms as f64 / 1000.0);
-        wasted_by.push(wasted);
-        outage_p50.push(outage.p50_ms);
-        recover_by.push(recover);
+        // The caller's goodput: what it got done on both routes (a caller stuck on its
+        // dependency also falls behind on its healthy work).
+        let seconds = t.total_ms as f64 / 1000.0;
+        let dep_goodput = Summary::of(s.iter()).ok as f64 / seconds;
+        let goodput = dep_goodput + Summary::of(run.local.iter()).ok as f64 / seconds;
+        let local_before = Summary::of(between(&run.local, 500, t.outage_ms));
+        let local_outage = Summary::of(between(&run.local, t.outage_ms, t.recovery_ms));
+        let local_settled =
+            Summary::of(between(&run.local, t.outage_ms + SETTLE_MS, t.recovery_ms));
+        let local_success = 100.0 * (1.0 - local_outage.error_rate());
+        figures.push((
+            wasted,
+            recover,
+            goodput,
+            local_success,
+            local_before.p99_ms,
+            local_settled.p99_ms,
+        ));
         rows.push(Variant {
             name: p.name().to_owned(),
             figures: vec![
+                Figure {
+                    name: "healthy route: ok in outage".into(),
+                    value: format!("{local_success:.1}%"),
+                },
+                Figure {
+                    name: "healthy route: p99 before / in outage".into(),
+                    value: format!(
+                        "{:.0} / {:.0} ms",
+                        local_before.p99_ms, local_settled.p99_ms
+                    ),
+                },
                 Figure {
                     name: "time to protect".into(),
                     value: protect.map_or("never".into(), |ms| format!("{ms} ms")),
                 },
                 Figure {
-                    name: "p50 in outage".into(),
-                    value: format!("{:.1} ms", outage.p50_ms),
-                },
-                Figure {
                     name: "requests into the hang".into(),
-                    value: wasted.to_string(),
+                    value: if p == Protection::Breaker {
+                        format!("{wasted} (+{} active probes)", run.probes_in_outage)
+                    } else {
+                        wasted.to_string()
+                    },
                 },
                 Figure {
                     name: "time to recover".into(),
                     value: recover.map_or("never".into(), |ms| format!("{ms} ms")),
                 },
                 Figure {
-                    name: "goodput".into(),
-                    value: format!("{goodput:.0} req/s"),
+                    name: "goodput: all / dependency route".into(),
+                    value: format!("{goodput:.0} / {dep_goodput:.0} req/s"),
                 },
             ],
         });
         success_series.push(series::bucketed(
             p.name(),
-            s,
+            &run.local,
             t.total_ms,
             500,
             series::success_percent,
         ));
-        latency_series.push(series::bucketed(p.name(), s, t.total_ms, 500, |b| {
-            series::latency_p(b, 50.0)
-        }));
+        local_latency_series.push(series::bucketed(
+            p.name(),
+            &run.local,
+            t.total_ms,
+            500,
+            |b| series::latency_p(b, 99.0),
+        ));
         let mut up = Vec::new();
         let bucket = 500u64;
         for i in 0..t.total_ms.div_ceil(bucket) {
@@ -245,15 +324,15 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
     )];
     let charts = vec![
         Chart {
-            title: "Client p50 latency (ms): callers waiting on the dead dependency",
+            title: "The caller's healthy route: p99 latency (ms)",
             y_label: "ms",
-            series: &latency_series,
+            series: &local_latency_series,
             spans: &outage_span,
             y_max: None,
         }
         .render(),
         Chart {
-            title: "Successful requests (%)",
+            title: "The caller's healthy route: successful requests (%)",
             y_label: "% ok",
             series: &success_series,
             spans: &outage_span,
@@ -261,7 +340,7 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
         }
         .render(),
         Chart {
-            title: "Requests reaching the dependency (req/s)",
+            title: "User requests reaching the dependency (req/s)",
             y_label: "req/s",
             series: &upstream_series,
             spans: &outage_span,
@@ -269,41 +348,62 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
         }
         .render(),
     ];
-    let none_wasted = wasted_by.first().copied().unwrap_or(0);
-    let outlier_wasted = wasted_by.get(1).copied().unwrap_or(0);
-    let breaker_wasted = wasted_by.get(2).copied().unwrap_or(usize::MAX);
-    let breaker_p50 = outage_p50.get(2).copied().unwrap_or(f64::MAX);
-    let breaker_recover = recover_by.get(2).copied().flatten();
+    let get = |i: usize| {
+        figures
+            .get(i)
+            .copied()
+            .unwrap_or((usize::MAX, None, 0.0, 0.0, 0.0, f64::MAX))
+    };
+    let none = get(0);
+    let pack = get(3);
+    let within_2x = |f: (usize, Option<u64>, f64, f64, f64, f64)| f.5 <= 2.0 * f.4.max(1.0);
     let criteria = vec![
         Criterion {
+            description: format!(
+                "with the pack the healthy route keeps ≥ 99% success ({:.1}%) and its p99 within 2× of before the outage ({:.0} vs {:.0} ms)",
+                pack.3, pack.5, pack.4
+            ),
+            passed: pack.3 >= 99.0 && within_2x(pack),
+        },
+        Criterion {
+            description: format!(
+                "without protection the healthy route collapses ({:.1}% ok, p99 {:.0} ms against {:.0} before)",
+                none.3, none.5, none.4
+            ),
+            passed: none.3 < 99.0 || !within_2x(none),
+        },
+        Criterion {
+            description: format!(
+                "the pack lets traffic back within 1 s of recovery ({})",
+                pack.1.map_or("never".into(), |ms| format!("{ms} ms"))
+            ),
+            passed: pack.1.is_some_and(|ms| ms <= 1_000),
+        },
+        Criterion {
             // The callers already waiting when the hang starts cannot be saved by anyone; after
-            // that only probes should reach the dependency.
-            // Not compared with outlier_detection: how many requests it lets into the hang depends
-            // on whether its growing ejection happens to outlast the outage (then it also never
-            // lets traffic back in time); both figures are reported side by side instead.
+            // that only the breaker's probes should reach the dependency.
             description: format!(
-                "the breaker sends at most 60% as many requests into the hang as no protection ({breaker_wasted} vs {none_wasted}; outlier_detection: {outlier_wasted})"
+                "the pack sends at most 28 user requests into the hang ({}; no protection: {})",
+                pack.0, none.0
             ),
-            passed: (breaker_wasted as f64) <= 0.6 * none_wasted as f64,
-        },
-        Criterion {
-            description: format!("callers wait under 50 ms at p50 during the outage with the breaker ({breaker_p50:.1} ms)"),
-            passed: breaker_p50 < 50.0,
+            passed: pack.0 <= 28,
         },
         Criterion {
             description: format!(
-                "the breaker lets traffic back within max_open_duration + 1 s of recovery ({})",
-                breaker_recover.map_or("never".into(), |ms| format!("{ms} ms"))
+                "the caller's goodput with the pack (both routes) is at least no protection's ({:.0} vs {:.0} req/s)",
+                pack.2, none.2
             ),
-            passed: breaker_recover.is_some_and(|ms| ms <= 5_000),
+            passed: pack.2 >= none.2,
         },
     ];
     Ok(ScenarioReport {
         name: "Cascading dependency outage".into(),
         story: format!(
-            "8 callers at 20 req/s each; the dependency answers in {HEALTHY_MS} ms, hangs from {:.0} s to {:.0} s (route timeout {ROUTE_TIMEOUT_MS} ms), then recovers. Compared: no protection, Envoy outlier_detection (consecutive_5xx 5, ejection 2 s, no panic routing), the circuit breaker (5 consecutive failures or 50% over ≥10 requests in 2 s, open 1 s growing to 4 s, 3 probes).",
+            "A caller with {APP_WORKERS} worker threads serves two routes: one calls a dependency through its sidecar (12 clients at 10 req/s), one does {LOCAL_MS} ms of local work (4 clients at 20 req/s); clients give up after {} s. The dependency answers in {HEALTHY_MS} ms, hangs from {:.0} s to {:.0} s (route timeout {ROUTE_TIMEOUT_MS} ms), then recovers. The healthy route's p99 in the outage is taken from {} s after it starts, when every protection had time to act. Compared: no protection, Envoy outlier_detection (consecutive_5xx 5, ejection 2 s, no panic routing), Envoy circuit_breakers (4 requests in flight), the pack's breaker (5 consecutive failures or 50% over ≥10 requests in 2 s, open 1 s growing to 4 s, 3 probes, an active probe of /healthz every 200 ms while open, 200 ms timeout).",
+            CLIENT_TIMEOUT.as_secs(),
             t.outage_ms as f64 / 1000.0,
-            t.recovery_ms as f64 / 1000.0
+            t.recovery_ms as f64 / 1000.0,
+            SETTLE_MS / 1000,
         ),
         variants: rows,
         criteria,

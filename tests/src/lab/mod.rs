@@ -7,6 +7,7 @@
 //! lab` runs the full version and writes a self-contained HTML report; the test suite runs the
 //! quick version of every scenario and fails if a criterion is missed.
 
+pub mod app;
 pub mod blackhole;
 pub mod cascade;
 pub mod coldreplica;
