@@ -192,6 +192,10 @@ pub struct CellState {
     pub full_since_ms: u64,
     /// The requested drain was refused by the governor (and still is).
     pub refused: bool,
+    /// Some endpoint was in the cell at the last step. A cell without endpoints (a name the
+    /// document drains by mistake, or whose endpoints all left) is commanded 0 and takes no
+    /// place under the governor.
+    pub has_endpoints: bool,
 }
 
 impl CellState {
@@ -203,6 +207,7 @@ impl CellState {
             effective: 0,
             full_since_ms: 0,
             refused: false,
+            has_endpoints: false,
         }
     }
 }
@@ -301,25 +306,34 @@ impl CellTable {
         // Membership: keep known cells and any cell still draining or named by the document.
         self.cells.retain(|c| {
             known.contains(&c.name.as_str())
-                || c.document.is_some_and(|d| d > 0)
+                || c.document.is_some()
                 || c.effective > 0
                 || c.commanded > 0
         });
-        let mut fresh: Vec<&str> = Vec::new();
         for name in known {
             if self.get(name).is_none() && self.cells.len() < MAX_CELLS && is_cell_name(name) {
                 self.insert(name);
-                fresh.push(name);
             }
+        }
+        // A cell whose endpoints appear now (a restart, a new cell) starts at its command.
+        let mut fresh: Vec<bool> = Vec::with_capacity(self.cells.len());
+        let mut with_endpoints = 0usize;
+        for c in &mut self.cells {
+            let has = known.contains(&c.name.as_str());
+            fresh.push(has && !c.has_endpoints);
+            c.has_endpoints = has;
+            with_endpoints += usize::from(has);
         }
         let was_steady = self.is_steady();
         let max_drained = policy.max_drained.unwrap_or_else(|| {
-            self.cells
-                .len()
+            with_endpoints
                 .saturating_add(usize::from(implicit_cell))
                 .saturating_sub(1)
         });
         let requested = |c: &CellState| {
+            if !c.has_endpoints {
+                return 0;
+            }
             c.document.unwrap_or_else(|| {
                 configured
                     .iter()
@@ -356,8 +370,8 @@ impl CellTable {
                 report.commanded.push(c.name.clone());
             }
         }
-        for c in &mut self.cells {
-            if fresh.contains(&c.name.as_str()) {
+        for (c, fresh) in self.cells.iter_mut().zip(fresh) {
+            if fresh {
                 c.effective = c.commanded;
             }
         }
@@ -408,7 +422,8 @@ impl CellTable {
                 .u32(c.commanded)
                 .u32(c.effective)
                 .u64(c.full_since_ms)
-                .bool(c.refused);
+                .bool(c.refused)
+                .bool(c.has_endpoints);
         }
         e.finish()
     }
@@ -422,7 +437,7 @@ impl CellTable {
         if n > MAX_CELLS {
             return Err(DecodeError::Invalid);
         }
-        let mut cells: Vec<CellState> = Vec::with_capacity(n.min(d.remaining() / 22));
+        let mut cells: Vec<CellState> = Vec::with_capacity(n.min(d.remaining() / 23));
         for _ in 0..n {
             let len = d.u8()?;
             let mut raw = Vec::with_capacity(usize::from(len));
@@ -439,6 +454,7 @@ impl CellTable {
             let effective = d.u32()?;
             let full_since_ms = d.u64()?;
             let refused = d.bool()?;
+            let has_endpoints = d.bool()?;
             let in_order = cells.last().is_none_or(|p| p.name < name);
             if !is_cell_name(&name) || !in_order || commanded > FULL || effective > FULL {
                 return Err(DecodeError::Invalid);
@@ -450,6 +466,7 @@ impl CellTable {
                 effective,
                 full_since_ms,
                 refused,
+                has_endpoints,
             });
         }
         d.finish()?;
@@ -621,6 +638,25 @@ mod tests {
         t.step(&["a", "b", "c"], true, &[], &p, 1);
         let r = t.step(&["a", "b", "c"], true, &all, &p, 2);
         assert!(r.refused.is_empty());
+    }
+
+    #[test]
+    fn a_drain_for_a_cell_without_endpoints_takes_no_place_under_the_governor() {
+        let p = policy(MAX_DRAIN_RATE, 1);
+        let mut t = CellTable::default();
+        t.step(&["a", "b"], false, &[], &p, 1);
+        // A typo drains "az9", which has no endpoints; the real drain of "a" is accepted.
+        t.set_document(&cfg(&[("az9", FULL), ("a", FULL)]));
+        let r = t.step(&["a", "b"], false, &[], &p, 2);
+        assert!(r.refused.is_empty(), "{r:?}");
+        assert_eq!(t.get("az9").unwrap().commanded, 0);
+        assert_eq!(t.get("a").unwrap().commanded, FULL);
+        // Endpoints discovered together with their cell's drain start drained.
+        t.set_document(&cfg(&[("c", FULL)]));
+        t.step(&["a", "b"], false, &[], &p, 3);
+        t.step(&["a", "b", "c"], false, &[], &p, 4);
+        let c = t.get("c").unwrap();
+        assert_eq!((c.commanded, c.effective), (FULL, FULL));
     }
 
     #[test]
