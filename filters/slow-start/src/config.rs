@@ -13,8 +13,8 @@
 use std::net::SocketAddr;
 
 use resilience_core::cells::{
-    drain_from_percent, is_cell_name, DEFAULT_COLD_AFTER_MS, DEFAULT_DRAIN_RATE, MAX_CELLS,
-    MAX_DRAIN_RATE, MIN_DRAIN_RATE,
+    drain_from_percent, is_cell_name, CELL_NAME_RULE, DEFAULT_COLD_AFTER_MS, DEFAULT_DRAIN_RATE,
+    MAX_CELLS, MAX_DRAIN_RATE, MIN_DRAIN_RATE,
 };
 use resilience_core::config::{
     check_header_name, check_stat_prefix, check_sync_interval, field_path as field, is_token_byte,
@@ -761,7 +761,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
                     return Err(ConfigError::new(
                         format!("endpoints[{i}].cell"),
                         format!(
-                            "must be 1 to 64 characters of [A-Za-z0-9_.-], got {:?}",
+                            "must be {CELL_NAME_RULE}, got {:?}",
                             resilience_core::problem::bounded(c, 64)
                         ),
                     ))
@@ -1096,7 +1096,7 @@ fn check_cells(raw: &RawGlobal, kind: Kind) -> Result<CellsSpec, ConfigError> {
             return Err(ConfigError::new(
                 "cells",
                 format!(
-                    "{:?} is not a cell name of 1 to 64 characters of [A-Za-z0-9_.-]",
+                    "{:?} is not a cell name: {CELL_NAME_RULE}",
                     resilience_core::problem::bounded(name, 64)
                 ),
             ));

@@ -84,8 +84,11 @@ counters! {
     }
 }
 
+const COMMANDED_DRAIN: &str = "commanded_drain";
+const EFFECTIVE_DRAIN: &str = "effective_drain";
+
 /// Per-cell gauges, in thousandths of a percentage point (100000: fully drained).
-pub const CELL_GAUGES: &[&str] = &["commanded_drain", "effective_drain"];
+pub const CELL_GAUGES: &[&str] = &[COMMANDED_DRAIN, EFFECTIVE_DRAIN];
 
 /// Per-cell counter of drains the governor refused (`max_drained_cells`).
 const CELL_REFUSED: &str = "drain_refused";
@@ -121,8 +124,8 @@ pub fn cell_refused<H: Host>(m: &mut Metrics<H>, base: &str) {
 
 /// Move the cell's gauges by what this worker's CAS changed.
 pub fn cell_gauges<H: Host>(m: &mut Metrics<H>, base: &str, commanded: i64, effective: i64) {
-    m.gauge_add(&format!("{base}.commanded_drain"), commanded);
-    m.gauge_add(&format!("{base}.effective_drain"), effective);
+    m.gauge_add(&format!("{base}.{COMMANDED_DRAIN}"), commanded);
+    m.gauge_add(&format!("{base}.{EFFECTIVE_DRAIN}"), effective);
 }
 
 pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {

@@ -432,8 +432,8 @@ impl<H: Host> Worker<H> {
             stats::cell_gauges(
                 &mut self.metrics,
                 &base,
-                i64::from(after.0) - i64::from(before.0),
-                i64::from(after.1) - i64::from(before.1),
+                i64::from(after.0).saturating_sub(i64::from(before.0)),
+                i64::from(after.1).saturating_sub(i64::from(before.1)),
             );
         }
         for name in &report.commanded {
@@ -733,20 +733,29 @@ impl<H: Host> Worker<H> {
         // The document's drains: the next tick's step turns them into commands.
         let drains = doc.cells.unwrap_or_default();
         let result = cas_update_on(&self.host, &self.cells_key(), DEFAULT_CAS_ATTEMPTS, |cur| {
-            let mut t = cur
-                .and_then(|b| CellTable::decode(b).ok())
-                .unwrap_or_default();
-            if t.set_document(&drains) {
-                Update::Write(t.encode(), true)
+            let (mut t, reset) = match cur {
+                None | Some([]) => (CellTable::default(), false),
+                Some(b) => {
+                    CellTable::decode(b).map_or((CellTable::default(), true), |t| (t, false))
+                }
+            };
+            if t.set_document(&drains) || reset {
+                Update::Write(t.encode(), (true, reset))
             } else {
-                Update::Keep(false)
+                Update::Keep((false, reset))
             }
         });
         match result {
-            Ok(true) => {
-                log::info!("{prefix}: discovery: cell drains {drains:?} (thousandths of a percent)")
+            Ok((changed, reset)) => {
+                if reset {
+                    self.global_pending.shared.state_resets += 1;
+                }
+                if changed {
+                    log::info!(
+                        "{prefix}: discovery: cell drains {drains:?} (thousandths of a percent)"
+                    );
+                }
             }
-            Ok(false) => {}
             Err(e) => self.global_pending.shared.count(e),
         }
     }
@@ -953,7 +962,8 @@ impl<H: Host> Worker<H> {
                 }
             }
             let rest = out.get_mut(n..).unwrap_or(&mut []);
-            n + alternates(&mut scratch, strategy, first, rest, || self.next_random())
+            let more = alternates(&mut scratch, strategy, first, rest, || self.next_random());
+            n.saturating_add(more)
         } else {
             alternates(&mut scratch, strategy, first, out, || self.next_random())
         };

@@ -65,6 +65,9 @@ pub const DEFAULT_COLD_AFTER_MS: u64 = 300_000;
 /// Longest cell name.
 pub const MAX_CELL_NAME_BYTES: usize = 64;
 
+/// What [`is_cell_name`] accepts, for error messages.
+pub const CELL_NAME_RULE: &str = "1 to 64 characters of [A-Za-z0-9_.-]";
+
 /// Most cells one table holds (the filter bounds it further by `max_endpoints`).
 pub const MAX_CELLS: usize = 1_024;
 
@@ -322,7 +325,7 @@ impl CellTable {
             let has = known.contains(&c.name.as_str());
             fresh.push(has && !c.has_endpoints);
             c.has_endpoints = has;
-            with_endpoints += usize::from(has);
+            with_endpoints = with_endpoints.saturating_add(usize::from(has));
         }
         let was_steady = self.is_steady();
         let max_drained = policy.max_drained.unwrap_or_else(|| {
@@ -359,7 +362,7 @@ impl CellTable {
             } else if drained < max_drained {
                 c.commanded = want;
                 c.refused = false;
-                drained += 1;
+                drained = drained.saturating_add(1);
             } else {
                 if !c.refused {
                     report.refused.push(c.name.clone());
@@ -723,6 +726,7 @@ mod tests {
 
     #[test]
     fn cell_names_are_short_tokens() {
+        assert!(CELL_NAME_RULE.contains(&MAX_CELL_NAME_BYTES.to_string()));
         assert!(is_cell_name("use1-az1"));
         assert!(is_cell_name("rack_7.b"));
         assert!(!is_cell_name(""));

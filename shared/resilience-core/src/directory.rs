@@ -241,7 +241,7 @@ pub fn parse_document(body: &[u8], max: usize) -> Result<Document, String> {
                     .filter(|c| crate::cells::is_cell_name(c))
                     .map(str::to_owned)
                     .ok_or_else(|| {
-                        format!("endpoints[{i}].cell: not a name of 1-64 [A-Za-z0-9_.-]")
+                        format!("endpoints[{i}].cell: not {}", crate::cells::CELL_NAME_RULE)
                     })?,
             ),
         };
@@ -261,8 +261,9 @@ pub fn parse_document(body: &[u8], max: usize) -> Result<Document, String> {
             for (name, v) in o {
                 if !crate::cells::is_cell_name(name) {
                     return Err(format!(
-                        "cells: {:?} is not a name of 1-64 [A-Za-z0-9_.-]",
-                        crate::problem::bounded(name, 64)
+                        "cells: {:?} is not {}",
+                        crate::problem::bounded(name, 64),
+                        crate::cells::CELL_NAME_RULE
                     ));
                 }
                 let drain = match v {
