@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 
 use resilience_core::cells::{
-    drain_from_percent, is_cell_name, CELL_NAME_RULE, DEFAULT_COLD_AFTER_MS, DEFAULT_DRAIN_RATE,
+    is_cell_name, parse_cells, CELL_NAME_RULE, DEFAULT_COLD_AFTER_MS, DEFAULT_DRAIN_RATE,
     MAX_CELLS, MAX_DRAIN_RATE, MIN_DRAIN_RATE,
 };
 use resilience_core::config::{
@@ -88,11 +88,13 @@ struct RawEndpoint {
     cell: Option<String>,
 }
 
-/// One cell's command.
-#[derive(Deserialize, Debug, Clone)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "Cell"))]
+/// One cell's command. Only the schema uses this type: `cells` is read by the same code as the
+/// discovery document's `cells` ([`resilience_core::cells::parse_cells`]).
+#[cfg(feature = "schema")]
+#[derive(Deserialize, Debug, Clone, schemars::JsonSchema)]
+#[schemars(rename = "Cell")]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 struct RawCell {
     /// How much of the cell's normal share of traffic to move to the other cells: 0 normal,
     /// 100 fully drained, fractions allowed. The discovery document's `cells` overrides it.
@@ -341,7 +343,14 @@ struct RawGlobal {
     /// Balance mode: the drain commanded for each cell, by name (at most `max_endpoints`
     /// cells). The discovery document's top-level `cells` overrides it at run time.
     #[serde(default)]
-    cells: std::collections::BTreeMap<String, RawCell>,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::collections::BTreeMap<String, RawCell>",
+            default = "schema_default::cells"
+        )
+    )]
+    cells: Option<serde_json::Value>,
     /// How fast a cell's drain follows its command, in percentage points per second (1-100000;
     /// 100000 is effectively instant).
     #[cfg_attr(feature = "schema", schemars(default = "schema_default::drain_rate"))]
@@ -1068,47 +1077,28 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
 /// `cells`, `drain_rate`, `max_drained_cells` and `cold_after`: balance mode only, named cells,
 /// at most `max_endpoints` of them.
 fn check_cells(raw: &RawGlobal, kind: Kind) -> Result<CellsSpec, ConfigError> {
+    // `{}` (the schema's default) and null mean no cells.
+    let cells = raw
+        .cells
+        .as_ref()
+        .filter(|c| !c.is_null() && c.as_object().is_none_or(|o| !o.is_empty()));
     // `drain_rate` and `cold_after` have defaults, which an admitting filter may spell out.
-    if kind == Kind::Admit && (!raw.cells.is_empty() || raw.max_drained_cells.is_some()) {
-        let name = if raw.cells.is_empty() {
-            "max_drained_cells"
-        } else {
+    if kind == Kind::Admit && (cells.is_some() || raw.max_drained_cells.is_some()) {
+        let name = if cells.is_some() {
             "cells"
+        } else {
+            "max_drained_cells"
         };
         return Err(ConfigError::new(
             name,
             "applies to balance mode only (a filter with endpoints or discovery)",
         ));
     }
-    if raw.cells.len() > raw.max_endpoints as usize {
-        return Err(ConfigError::new(
-            "cells",
-            format!(
-                "names {} cells, more than max_endpoints ({})",
-                raw.cells.len(),
-                raw.max_endpoints
-            ),
-        ));
-    }
-    let mut configured = Vec::with_capacity(raw.cells.len());
-    for (name, c) in &raw.cells {
-        if !is_cell_name(name) {
-            return Err(ConfigError::new(
-                "cells",
-                format!(
-                    "{:?} is not a cell name: {CELL_NAME_RULE}",
-                    resilience_core::problem::bounded(name, 64)
-                ),
-            ));
-        }
-        let drain = drain_from_percent(c.drain_percent.value()).ok_or_else(|| {
-            ConfigError::new(
-                format!("cells.{name}.drain_percent"),
-                format!("must be between 0 and 100, got {}", c.drain_percent),
-            )
-        })?;
-        configured.push((name.clone(), drain));
-    }
+    let configured = match cells {
+        None => Vec::new(),
+        Some(c) => parse_cells(c, raw.max_endpoints as usize)
+            .map_err(|(path, rule)| ConfigError::new(path, rule))?,
+    };
     let drain_rate = raw.drain_rate.unwrap_or(DEFAULT_DRAIN_RATE);
     if !(drain_rate.is_finite() && (MIN_DRAIN_RATE..=MAX_DRAIN_RATE).contains(&drain_rate)) {
         return Err(ConfigError::new(
@@ -1201,6 +1191,9 @@ mod schema_default {
     }
     pub(super) fn failure_statuses() -> Option<super::StatusSet> {
         super::StatusSet::from_strs(super::DEFAULT_FAILURE_STATUSES).ok()
+    }
+    pub(super) fn cells() -> serde_json::Value {
+        serde_json::Value::Object(serde_json::Map::new())
     }
     pub(super) fn drain_rate() -> Option<f64> {
         Some(super::DEFAULT_DRAIN_RATE)

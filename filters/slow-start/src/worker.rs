@@ -279,16 +279,12 @@ impl<H: Host> Worker<H> {
     /// Rebuilds the cell views from `table` (`None`: the configured commands, applied at once,
     /// until the first tick writes a table) and points every endpoint at its cell.
     fn adopt_cells(&mut self, table: Option<&CellTable>) {
-        let mut names: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter_map(|e| e.cell.clone())
-            .collect();
+        let mut names = self.endpoint_cells();
         if let Some(t) = table {
-            names.extend(t.cells.iter().map(|c| c.name.clone()));
+            for c in &t.cells {
+                insert_sorted(&mut names, &c.name);
+            }
         }
-        names.sort_unstable();
-        names.dedup();
         if names.is_empty() {
             self.cells.clear();
             for e in &mut self.endpoints {
@@ -357,13 +353,7 @@ impl<H: Host> Worker<H> {
         if !self.cells_possible() {
             return;
         }
-        let mut known: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter_map(|e| e.cell.clone())
-            .collect();
-        known.sort_unstable();
-        known.dedup();
+        let known = self.endpoint_cells();
         let known_refs: Vec<&str> = known.iter().map(String::as_str).collect();
         let implicit = self.endpoints.iter().any(|e| e.cell.is_none());
         let spec = &self.config.global.cells;
@@ -411,15 +401,12 @@ impl<H: Host> Worker<H> {
         }
         let prefix = self.config.global.stat_prefix.clone();
         // Gauges move by what this worker's CAS changed, so across workers they add up.
-        let mut names: Vec<&str> = old
+        let left = old
             .cells
             .iter()
-            .chain(next.cells.iter())
-            .map(|c| c.name.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
+            .filter(|c| next.get(&c.name).is_none())
+            .map(|c| c.name.as_str());
+        for name in next.cells.iter().map(|c| c.name.as_str()).chain(left) {
             let before = old.get(name).map_or((0, 0), |c| (c.commanded, c.effective));
             let after = next
                 .get(name)
@@ -461,6 +448,17 @@ impl<H: Host> Worker<H> {
                 }
             }
         }
+    }
+
+    /// The endpoints' cell names, sorted, each once.
+    fn endpoint_cells(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for e in &self.endpoints {
+            if let Some(c) = &e.cell {
+                insert_sorted(&mut names, c);
+            }
+        }
+        names
     }
 
     /// Multiplies the scratch candidates' weights by their cells' factors (see
@@ -752,7 +750,8 @@ impl<H: Host> Worker<H> {
                 }
                 if changed {
                     log::info!(
-                        "{prefix}: discovery: cell drains {drains:?} (thousandths of a percent)"
+                        "{prefix}: discovery: the document sets the drain of {} cells",
+                        drains.len()
                     );
                 }
             }
@@ -1122,6 +1121,14 @@ impl<H: Host> Worker<H> {
                 ep.batch.priming(generation, success, now_ms);
             }
         }
+    }
+}
+
+/// Inserts `name` into the sorted `names` unless it is there (a binary search: cheaper in the
+/// module than a sort).
+fn insert_sorted(names: &mut Vec<String>, name: &str) {
+    if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name)) {
+        names.insert(at, name.to_owned());
     }
 }
 

@@ -100,6 +100,69 @@ pub fn drain_percent(drain: u32) -> f64 {
     f64::from(drain.min(FULL)) / 1_000.0
 }
 
+/// Reads a `cells` object, `{"use1-az1": {"drain_percent": 100}}`, as the filter configuration
+/// and the discovery document both write it: at most `max` cells, each a name as
+/// [`is_cell_name`] says with a drain of 0-100 (missing: 0). Returns the drains (thousandths of a
+/// point, sorted by name), or the path of what is wrong and the rule it breaks.
+pub fn parse_cells(
+    value: &serde_json::Value,
+    max: usize,
+) -> Result<Vec<(String, u32)>, (String, String)> {
+    let serde_json::Value::Object(o) = value else {
+        return Err((
+            "cells".to_owned(),
+            "expected an object of cell names".to_owned(),
+        ));
+    };
+    if o.len() > max {
+        return Err((
+            "cells".to_owned(),
+            format!("names {} cells, more than max_endpoints ({max})", o.len()),
+        ));
+    }
+    let mut cells: Vec<(String, u32)> = Vec::with_capacity(o.len());
+    for (name, v) in o {
+        if !is_cell_name(name) {
+            return Err((
+                "cells".to_owned(),
+                format!(
+                    "{:?} is not a cell name: {CELL_NAME_RULE}",
+                    crate::problem::bounded(name, MAX_CELL_NAME_BYTES)
+                ),
+            ));
+        }
+        let serde_json::Value::Object(c) = v else {
+            return Err((
+                format!("cells.{name}"),
+                "expected {\"drain_percent\": 0-100}".to_owned(),
+            ));
+        };
+        if let Some(k) = c.keys().find(|k| *k != "drain_percent") {
+            return Err((
+                format!("cells.{name}"),
+                format!(
+                    "unknown field {:?}, expected drain_percent",
+                    crate::problem::bounded(k, 64)
+                ),
+            ));
+        }
+        let drain = match c.get("drain_percent") {
+            None => 0,
+            Some(p) => p.as_f64().and_then(drain_from_percent).ok_or_else(|| {
+                (
+                    format!("cells.{name}.drain_percent"),
+                    format!("must be between 0 and 100, got {p}"),
+                )
+            })?,
+        };
+        let at = cells
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .unwrap_or_else(|i| i);
+        cells.insert(at, (name.clone(), drain));
+    }
+    Ok(cells)
+}
+
 /// The effective drain after `elapsed_ms` of moving from `effective` toward `commanded` at
 /// `rate` percentage points per second (points per second × milliseconds = thousandths of a
 /// point). Never overshoots; a rate that is not a positive number counts as the slowest.

@@ -253,34 +253,9 @@ pub fn parse_document(body: &[u8], max: usize) -> Result<Document, String> {
     }
     let cells = match value.get("cells") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Object(o)) => {
-            if o.len() > max {
-                return Err(format!("cells: {} cells, more than {max}", o.len()));
-            }
-            let mut cells = Vec::with_capacity(o.len());
-            for (name, v) in o {
-                if !crate::cells::is_cell_name(name) {
-                    return Err(format!(
-                        "cells: {:?} is not {}",
-                        crate::problem::bounded(name, 64),
-                        crate::cells::CELL_NAME_RULE
-                    ));
-                }
-                let drain = match v {
-                    serde_json::Value::Object(c) if c.keys().all(|k| k == "drain_percent") => {
-                        match c.get("drain_percent") {
-                            None => Some(0),
-                            Some(p) => p.as_f64().and_then(crate::cells::drain_from_percent),
-                        }
-                    }
-                    _ => None,
-                }
-                .ok_or_else(|| format!("cells.{name}: expected {{\"drain_percent\": 0-100}}"))?;
-                cells.push((name.clone(), drain));
-            }
-            Some(cells)
-        }
-        Some(_) => return Err("cells: expected an object of cell names".to_owned()),
+        Some(v) => Some(
+            crate::cells::parse_cells(v, max).map_err(|(path, rule)| format!("{path}: {rule}"))?,
+        ),
     };
     Ok(Document {
         endpoints: out,
@@ -456,7 +431,7 @@ mod tests {
         assert!(bad(&format!(
             r#"{{ {one}, "cells": {{"a": {{}}, "b": {{}}, "c": {{}}}} }}"#
         ))
-        .starts_with("cells: 3 cells"));
+        .starts_with("cells: names 3 cells"));
         assert!(bad(&format!(r#"{{ {one}, "cells": [] }}"#)).starts_with("cells: expected"));
     }
 
