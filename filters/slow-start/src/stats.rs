@@ -113,6 +113,11 @@ pub fn define_cell<H: Host>(m: &mut Metrics<H>, base: &str) {
     }
 }
 
+/// The implicit cell's stats: its requests only (it cannot be drained).
+pub fn define_cell_requests<H: Host>(m: &mut Metrics<H>, base: &str) {
+    m.define_counters::<CellPending>(base);
+}
+
 pub fn flush_cell<H: Host>(m: &mut Metrics<H>, base: &str, p: &mut CellPending) {
     m.flush(base, p);
 }

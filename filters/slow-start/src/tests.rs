@@ -1186,3 +1186,25 @@ fn a_cell_undrained_after_a_long_full_drain_ramps_its_endpoints_again() {
     assert_eq!(w.view(2).phase, Phase::Warm);
     assert_eq!(proxy.counter(&format!("{}.cold_restarts", stat(A))), 1);
 }
+
+#[test]
+fn endpoints_without_a_cell_form_one_undrainable_cell_that_takes_its_part_of_a_drain() {
+    let proxy = Proxy::new(
+        r#"{ "endpoints": [{"address": "10.0.0.1:80", "cell": "az1"}, {"address": "10.0.0.2:80", "cell": "az2"},
+                           {"address": "10.0.0.3:80"}],
+             "cells": {"az1": {"drain_percent": 100}, "az2": {"drain_percent": 100}} }"#,
+    );
+    for (i, a) in [A, B, C].iter().enumerate() {
+        proxy.seed(&i.to_string(), a, |st| st.phase = Phase::Warm);
+    }
+    let w = proxy.worker();
+    w.tick();
+    // All cells but one may drain by default, and the implicit cell is the one left.
+    for _ in 0..300 {
+        assert_eq!(w.request(200).1.as_deref(), Some(C));
+    }
+    w.tick();
+    assert_eq!(proxy.counter("no_cell.requests"), 300);
+    assert_eq!(proxy.counter("cells_fail_open"), 0);
+    assert_eq!(proxy.counter("cell.az1.drain_refused"), 0);
+}

@@ -320,7 +320,12 @@ impl<H: Host> Worker<H> {
                 }
                 None => {
                     let stat_base = stats::cell_base(&prefix, name.as_deref());
-                    stats::define_cell(&mut self.metrics, &stat_base);
+                    if name.is_some() {
+                        stats::define_cell(&mut self.metrics, &stat_base);
+                    } else if self.endpoints.iter().any(|e| e.cell.is_none()) {
+                        // The implicit cell cannot be drained: requests only.
+                        stats::define_cell_requests(&mut self.metrics, &stat_base);
+                    }
                     CellView {
                         name,
                         stat_base,
