@@ -374,16 +374,21 @@ impl<H: Host> SlowStartHttp<H> {
     }
 
     /// The cell of the endpoint that served the response (an alternate's after retries).
-    fn serving_cell(&self, endpoint: usize, alternates: &Alternates) -> Option<String> {
+    fn serving_cell(
+        &self,
+        endpoint: usize,
+        identity: u64,
+        alternates: &Alternates,
+    ) -> Option<String> {
         let worker = self.worker.as_ref()?;
         let w = worker.try_borrow().ok()?;
         if w.cells.is_empty() {
             return None;
         }
-        let served = served_by_alternate(&self.host, &w, endpoint, alternates)
-            .and_then(|k| alternates.as_slice().get(k.saturating_sub(1)))
-            .map_or(endpoint, |&(i, _)| i);
-        w.cell_name(served).map(str::to_owned)
+        let (served, id) = served_by_alternate(&self.host, &w, endpoint, alternates)
+            .and_then(|k| alternates.as_slice().get(k.saturating_sub(1)).copied())
+            .unwrap_or((endpoint, identity));
+        w.cell_name(served, id).map(str::to_owned)
     }
 
     /// Success or failure of the finished exchange; `None` when the client went away before
@@ -485,13 +490,14 @@ impl<H: Host> HttpContext for SlowStartHttp<H> {
         let mut cell = None;
         if let Role::Routed {
             endpoint,
+            identity,
             alternates,
             ..
         } = self.role
         {
             self.first_byte_ms = clock::now_ms_on(&self.host);
             self.status = request::response_status_on(&self.host).unwrap_or(0);
-            cell = self.serving_cell(endpoint, &alternates);
+            cell = self.serving_cell(endpoint, identity, &alternates);
         }
         let note = match (&self.dry_run_note, cell) {
             (Some(n), Some(c)) => Some(format!("{n}; cell={c}")),

@@ -1141,6 +1141,20 @@ fn a_retry_goes_to_another_cell_first_while_its_cell_is_draining() {
         stream.finish(200);
     }
     assert!(from_az1 > 50, "{from_az1}");
+    // The response names the cell of the endpoint that served it: the alternate's after a retry.
+    let mut stream = w.start("/", &[]);
+    let named = w
+        .host
+        .header(MapType::HttpRequestHeaders, "x-pick")
+        .unwrap();
+    let second = named.split(',').nth(1).unwrap().to_owned();
+    w.host
+        .set_property(&["upstream", "address"], second.as_bytes());
+    assert_eq!(
+        stream.respond(200),
+        Some(format!("routed; cell={}", cell_of(&second)))
+    );
+    stream.http.on_log();
 }
 
 #[test]

@@ -498,9 +498,13 @@ impl<H: Host> Worker<H> {
         spread
     }
 
-    /// The name of endpoint `index`'s cell, if it has one.
-    pub fn cell_name(&self, index: usize) -> Option<&str> {
-        self.endpoints.get(index).and_then(|e| e.cell.as_deref())
+    /// The name of endpoint `index`'s cell, if it has one and is still the endpoint with
+    /// `identity`.
+    pub fn cell_name(&self, index: usize, identity: u64) -> Option<&str> {
+        self.endpoints
+            .get(index)
+            .filter(|e| e.identity == identity)
+            .and_then(|e| e.cell.as_deref())
     }
 
     /// Counts a request picked for endpoint `index` in its cell.
