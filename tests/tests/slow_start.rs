@@ -1597,3 +1597,261 @@ fn discovered_endpoints_join_through_the_ramp_and_leave_with_their_gauges_cleare
     assert!(rig.global("endpoints_overflow") == 0);
     rig.assert_no_vm_failure();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cells
+
+/// The cell of an upstream named `<cell>-<n>`.
+fn cell_of(upstream: &str) -> &str {
+    upstream.split('-').next().unwrap_or(upstream)
+}
+
+/// A discovery document listing `ups` with their cells, and `cells` as its top-level `cells`.
+fn cells_document(ups: &[Upstream], cells: &str) -> String {
+    let list: Vec<String> = ups
+        .iter()
+        .map(|u| {
+            format!(
+                r#"{{"address": "127.0.0.1:{}", "cell": "{}"}}"#,
+                u.port(),
+                cell_of(u.name())
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"endpoints": [{}], "cells": {{ {cells} }}}}"#,
+        list.join(", ")
+    )
+}
+
+/// Three cells of two real upstreams each, found through a discovery document served by
+/// `registry` (interval 300 ms), every endpoint warm.
+fn cells_rig(registry: &Upstream, extra_json: &str) -> Rig {
+    let ups = upstreams(&["az1-a", "az1-b", "az2-a", "az2-b", "az3-a", "az3-b"]);
+    serve_document(registry, &cells_document(&ups, ""));
+    let json = format!(
+        r#"{{ "discovery": {{"cluster": "registry", "path": "/endpoints", "interval": "300ms"}},
+             "sync_interval": "50ms", "slow_start_window": "500ms", "max_endpoints": 8 {extra_json} }}"#
+    );
+    let reg_port = registry.port();
+    let rig = balance_rig(ups, &json, |c| {
+        c.cluster(ClusterSpec::new("registry", &[reg_port]))
+    });
+    envoy_wait(&rig, "discovery_updates", 1);
+    for _ in 0..60 {
+        assert_eq!(rig.get("/warm").status, 200);
+    }
+    for i in 0..6 {
+        rig.wait_gauge(&rig.key(i), "phase", 3, Duration::from_secs(8));
+    }
+    rig
+}
+
+/// Of `n` requests to `path` sent at once, the share each cell's upstreams received.
+fn burst_share(rig: &Rig, path: &str, n: usize, cell: &str) -> f64 {
+    let results: Vec<Response> = harness::parallel(8, n, |_| rig.get(path));
+    assert!(results.iter().all(|r| r.status == 200), "no request failed");
+    let hits: u64 = rig
+        .ups
+        .iter()
+        .filter(|u| cell_of(u.name()) == cell)
+        .map(|u| u.requests_for(path))
+        .sum();
+    hits as f64 / n as f64
+}
+
+#[test]
+fn draining_a_cell_through_the_document_moves_its_traffic_at_the_drain_rate_without_a_client_error()
+{
+    let registry = Upstream::start_named("registry").unwrap();
+    let rig = cells_rig(&registry, r#", "drain_rate": 50"#);
+    for u in &rig.ups {
+        u.set_behavior(
+            "/slow",
+            Behavior::status(200).with_latency(Duration::from_millis(500)),
+        );
+    }
+    let cell_key = |c: &str| format!("cell.{c}");
+    let mut drain_sent = Instant::now();
+    let mut drained = Instant::now();
+    let mut ramp = Duration::ZERO;
+    let samples = with_load(
+        rig.port,
+        12,
+        Duration::from_millis(5),
+        // Six threads send slow requests (500 ms), the others fast ones.
+        &|t, n| {
+            if t < 6 {
+                format!("/slow/{n}")
+            } else {
+                format!("/x/{n}")
+            }
+        },
+        || {
+            std::thread::sleep(Duration::from_millis(800));
+            serve_document(
+                &registry,
+                &cells_document(&rig.ups, r#""az1": {"drain_percent": 100}"#),
+            );
+            drain_sent = Instant::now();
+            // The drain starts on the first fetch after the change.
+            let start = Instant::now();
+            while rig.stat(&cell_key("az1"), "effective_drain") == 0 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(3),
+                    "the drain never began"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let began = Instant::now();
+            rig.wait_gauge(
+                &cell_key("az1"),
+                "effective_drain",
+                100_000,
+                Duration::from_secs(6),
+            );
+            drained = Instant::now();
+            ramp = drained - began;
+            std::thread::sleep(Duration::from_millis(1_000));
+        },
+    );
+    let answered: Vec<&Sample> = samples.iter().collect();
+    let before = share_of_cell(
+        &answered,
+        "az1",
+        drain_sent - Duration::from_millis(700),
+        drain_sent,
+    );
+    // One discovery interval plus the ramp (2 s at 50 points a second), plus two ticks.
+    let settled = drain_sent + Duration::from_millis(300 + 2_000 + 100);
+    let after = share_of_cell(&answered, "az1", settled, Instant::now());
+    println!(
+        "figure: cell az1's share {:.3} of {} before the drain, {:.4} of {} from one interval plus the ramp after it; 0->100 took {ramp:?} at 50 points/s (100/50 = 2 s); the document change to fully drained {:?}",
+        before.0, before.1, after.0, after.1, drained - drain_sent
+    );
+    assert!((before.0 - 1.0 / 3.0).abs() < 0.08, "{before:?}");
+    assert!(after.0 < 0.01, "{after:?}");
+    assert!(
+        ramp >= Duration::from_millis(1_800) && ramp <= Duration::from_millis(2_600),
+        "{ramp:?}"
+    );
+    let errors = samples.iter().filter(|s| s.status != 200).count();
+    // Slow requests to az1 that were in flight while it drained.
+    let slow_to_az1_during = samples
+        .iter()
+        .filter(|s| {
+            s.path.starts_with("/slow")
+                && s.upstream.as_deref().is_some_and(|u| cell_of(u) == "az1")
+                && s.at > drain_sent
+                && s.at - s.latency < drained
+        })
+        .count();
+    println!(
+        "figure: {} requests through the drain, {errors} client errors; {slow_to_az1_during} slow (500 ms) requests in flight to az1 while it drained, all answered 200",
+        samples.len()
+    );
+    assert_eq!(errors, 0);
+    assert!(
+        slow_to_az1_during >= 1,
+        "some slow request was in flight to the draining cell"
+    );
+    // The decision header names the cell that served.
+    for s in samples.iter().filter(|s| s.upstream.is_some()) {
+        let cell = cell_of(s.upstream.as_deref().unwrap());
+        assert_eq!(
+            s.decision.as_deref(),
+            Some(format!("routed; cell={cell}").as_str())
+        );
+    }
+
+    // Half drained: half its normal share (1/3 of the traffic), within 5% of it.
+    serve_document(
+        &registry,
+        &cells_document(&rig.ups, r#""az1": {"drain_percent": 50}"#),
+    );
+    rig.wait_gauge(
+        &cell_key("az1"),
+        "effective_drain",
+        50_000,
+        Duration::from_secs(4),
+    );
+    let half = burst_share(&rig, "/half", 6_000, "az1");
+    println!("figure: drain_percent 50: az1 got {half:.4} of 6000 (half its normal share: 0.1667 +- 0.0167)");
+    assert!((half - 1.0 / 6.0).abs() < 0.05 / 3.0, "{half}");
+
+    // Undrained to 1% of all traffic: 3% of its normal share, a 97% drain.
+    serve_document(
+        &registry,
+        &cells_document(&rig.ups, r#""az1": {"drain_percent": 97}"#),
+    );
+    rig.wait_gauge(
+        &cell_key("az1"),
+        "effective_drain",
+        97_000,
+        Duration::from_secs(4),
+    );
+    let one = burst_share(&rig, "/one", 6_000, "az1");
+    println!("figure: drain_percent 97: az1 got {one:.4} of 6000 (0.01 +- 0.005)");
+    assert!((one - 0.01).abs() < 0.005, "{one}");
+    assert_eq!(rig.stat(&cell_key("az1"), "commanded_drain"), 97_000);
+    assert!(rig.stat(&cell_key("az2"), "requests") > 1_000);
+    assert_eq!(rig.global("cells_fail_open"), 0);
+    rig.assert_no_vm_failure();
+}
+
+/// Share of the answered `samples` in `[from, to)` served by `cell`, and how many there were.
+fn share_of_cell(samples: &[&Sample], cell: &str, from: Instant, to: Instant) -> (f64, usize) {
+    let in_bucket: Vec<&&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.at >= from && s.at < to && s.upstream.is_some() && !s.path.starts_with("/slow")
+        })
+        .collect();
+    let hits = in_bucket
+        .iter()
+        .filter(|s| s.upstream.as_deref().is_some_and(|u| cell_of(u) == cell))
+        .count();
+    if in_bucket.is_empty() {
+        (0.0, 0)
+    } else {
+        (hits as f64 / in_bucket.len() as f64, in_bucket.len())
+    }
+}
+
+#[test]
+fn with_max_drained_cells_one_a_second_drain_is_refused_and_counted_and_the_first_stays() {
+    let registry = Upstream::start_named("registry").unwrap();
+    let rig = cells_rig(
+        &registry,
+        r#", "drain_rate": 100000, "max_drained_cells": 1"#,
+    );
+    serve_document(
+        &registry,
+        &cells_document(&rig.ups, r#""az1": {"drain_percent": 100}"#),
+    );
+    rig.wait_gauge(
+        "cell.az1",
+        "effective_drain",
+        100_000,
+        Duration::from_secs(3),
+    );
+    serve_document(
+        &registry,
+        &cells_document(
+            &rig.ups,
+            r#""az1": {"drain_percent": 100}, "az2": {"drain_percent": 100}"#,
+        ),
+    );
+    rig.wait_gauge("cell.az2", "drain_refused", 1, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(rig.stat("cell.az2", "drain_refused"), 1, "counted once");
+    assert_eq!(rig.stat("cell.az2", "commanded_drain"), 0);
+    assert_eq!(rig.stat("cell.az1", "effective_drain"), 100_000);
+    let az1 = burst_share(&rig, "/g1", 1_200, "az1");
+    let az2 = burst_share(&rig, "/g2", 1_200, "az2");
+    println!("figure: max_drained_cells 1: az1 (drained) got {az1:.3}, az2 (refused) got {az2:.3} of 1200");
+    assert_eq!(az1, 0.0);
+    assert!((az2 - 0.5).abs() < 0.08, "{az2}");
+    assert!(rig.envoy.log_tail(200).contains("drain refused"));
+    rig.assert_no_vm_failure();
+}

@@ -12,6 +12,10 @@
 
 use std::net::SocketAddr;
 
+use resilience_core::cells::{
+    is_cell_name, parse_cells, CELL_NAME_RULE, DEFAULT_COLD_AFTER_MS, DEFAULT_DRAIN_RATE,
+    MAX_CELLS, MAX_DRAIN_RATE, MIN_DRAIN_RATE,
+};
 use resilience_core::config::{
     check_header_name, check_stat_prefix, check_sync_interval, field_path as field, is_token_byte,
     ConfigError, DurationMs, Percent,
@@ -47,6 +51,10 @@ pub const GLOBAL_FIELDS: &[&str] = &[
     "gate_timeout",
     "health_checks",
     "max_warmup_rps",
+    "cells",
+    "drain_rate",
+    "max_drained_cells",
+    "cold_after",
 ];
 
 /// The response header that explains a decision (`shed; reason=warming; ...`).
@@ -75,6 +83,23 @@ struct RawEndpoint {
     /// The endpoint's weight when warm (1-1000).
     #[serde(default = "d_weight")]
     weight: u32,
+    /// The cell (availability zone, rack) the endpoint is in: 1-64 characters of
+    /// [A-Za-z0-9_.-]. Endpoints without one form an implicit cell that cannot be drained.
+    cell: Option<String>,
+}
+
+/// One cell's command. Only the schema uses this type: `cells` is read by the same code as the
+/// discovery document's `cells` ([`resilience_core::cells::parse_cells`]).
+#[cfg(feature = "schema")]
+#[derive(Deserialize, Debug, Clone, schemars::JsonSchema)]
+#[schemars(rename = "Cell")]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawCell {
+    /// How much of the cell's normal share of traffic to move to the other cells: 0 normal,
+    /// 100 fully drained, fractions allowed. The discovery document's `cells` overrides it.
+    #[serde(default)]
+    drain_percent: Percent,
 }
 
 fn d_weight() -> u32 {
@@ -315,6 +340,32 @@ struct RawGlobal {
     /// Per-endpoint cap in requests per second while warming (above 0, at most 1000000); unset:
     /// no cap.
     max_warmup_rps: Option<f64>,
+    /// Balance mode: the drain commanded for each cell, by name (at most `max_endpoints`
+    /// cells). The discovery document's top-level `cells` overrides it at run time.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(
+            with = "std::collections::BTreeMap<String, RawCell>",
+            default = "schema_default::cells"
+        )
+    )]
+    cells: Option<serde_json::Value>,
+    /// How fast a cell's drain follows its command, in percentage points per second (1-100000;
+    /// 100000 is effectively instant).
+    #[cfg_attr(feature = "schema", schemars(default = "schema_default::drain_rate"))]
+    drain_rate: Option<f64>,
+    /// Most cells drained at once; a drain beyond it is refused and counted. Unset: all cells
+    /// but one.
+    max_drained_cells: Option<u32>,
+    /// A cell fully drained at least this long (at least 1s) restarts its endpoints' ramp and
+    /// priming when it is undrained; null: never.
+    #[serde(default, deserialize_with = "present")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<DurationMs>", default = "schema_default::cold_after")
+    )]
+    cold_after: Option<Option<DurationMs>>,
 }
 
 /// Tells a field given as `null` (`Some(None)`) from a missing one (`None`, via `default`).
@@ -441,6 +492,26 @@ pub struct EndpointSpec {
     /// `ip:port`, normalised (`[::1]:80` for IPv6).
     pub address: String,
     pub weight: u32,
+    pub cell: Option<String>,
+}
+
+/// How cells are drained (balance mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellsSpec {
+    /// The configured drain of each named cell, thousandths of a point, sorted by name.
+    pub configured: Vec<(String, u32)>,
+    /// Points per second.
+    pub drain_rate: f64,
+    /// `None`: all known cells but one.
+    pub max_drained: Option<usize>,
+    pub cold_after_ms: Option<u64>,
+}
+
+impl CellsSpec {
+    /// Whether any cell is configured, so the filter has cells even before an endpoint names one.
+    pub fn any(&self) -> bool {
+        !self.configured.is_empty()
+    }
 }
 
 /// A request the filter sends itself (priming, health check).
@@ -493,6 +564,7 @@ pub struct Global {
     pub warmup_authority: Option<String>,
     pub health_checks: HealthChecks,
     pub max_warmup_rps: Option<resilience_core::rate_cap::RateCap>,
+    pub cells: CellsSpec,
 }
 
 /// The checked configuration.
@@ -648,6 +720,7 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
         ));
     }
     let destination_header = check_header_name("destination_header", &raw.destination_header)?;
+    let cells = check_cells(&raw, kind)?;
     let alternates = check_alternates(raw.alternates, kind, &destination_header)?;
     let mut endpoints: Vec<EndpointSpec> = Vec::new();
     if let Some(list) = &raw.endpoints {
@@ -690,9 +763,23 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
                     format!("must be between 1 and 1000, got {}", e.weight),
                 ));
             }
+            let cell = match &e.cell {
+                None => None,
+                Some(c) if is_cell_name(c) => Some(c.clone()),
+                Some(c) => {
+                    return Err(ConfigError::new(
+                        format!("endpoints[{i}].cell"),
+                        format!(
+                            "must be {CELL_NAME_RULE}, got {:?}",
+                            resilience_core::problem::bounded(c, 64)
+                        ),
+                    ))
+                }
+            };
             endpoints.push(EndpointSpec {
                 address,
                 weight: e.weight,
+                cell,
             });
         }
     }
@@ -983,6 +1070,70 @@ fn check_global(raw: RawGlobal, kind: Kind, window_ms: u64) -> Result<Global, Co
         warmup_authority: raw.warmup_authority,
         health_checks,
         max_warmup_rps,
+        cells,
+    })
+}
+
+/// `cells`, `drain_rate`, `max_drained_cells` and `cold_after`: balance mode only, named cells,
+/// at most `max_endpoints` of them.
+fn check_cells(raw: &RawGlobal, kind: Kind) -> Result<CellsSpec, ConfigError> {
+    // `{}` (the schema's default) and null mean no cells.
+    let cells = raw
+        .cells
+        .as_ref()
+        .filter(|c| !c.is_null() && c.as_object().is_none_or(|o| !o.is_empty()));
+    // `drain_rate` and `cold_after` have defaults, which an admitting filter may spell out.
+    if kind == Kind::Admit && (cells.is_some() || raw.max_drained_cells.is_some()) {
+        let name = if cells.is_some() {
+            "cells"
+        } else {
+            "max_drained_cells"
+        };
+        return Err(ConfigError::new(
+            name,
+            "applies to balance mode only (a filter with endpoints or discovery)",
+        ));
+    }
+    let configured = match cells {
+        None => Vec::new(),
+        Some(c) => parse_cells(c, raw.max_endpoints as usize)
+            .map_err(|(path, rule)| ConfigError::new(path, rule))?,
+    };
+    let drain_rate = raw.drain_rate.unwrap_or(DEFAULT_DRAIN_RATE);
+    if !(drain_rate.is_finite() && (MIN_DRAIN_RATE..=MAX_DRAIN_RATE).contains(&drain_rate)) {
+        return Err(ConfigError::new(
+            "drain_rate",
+            format!(
+                "must be between {MIN_DRAIN_RATE} and {MAX_DRAIN_RATE} percentage points per second, got {drain_rate}"
+            ),
+        ));
+    }
+    let max_drained = match raw.max_drained_cells {
+        None => None,
+        Some(n) if n as usize <= MAX_CELLS => Some(n as usize),
+        Some(n) => {
+            return Err(ConfigError::new(
+                "max_drained_cells",
+                format!("must be between 0 and {MAX_CELLS}, got {n}"),
+            ))
+        }
+    };
+    let cold_after_ms = match raw.cold_after {
+        None => Some(DEFAULT_COLD_AFTER_MS),
+        Some(None) => None,
+        Some(Some(d)) if d.as_ms() >= 1_000 => Some(d.as_ms()),
+        Some(Some(d)) => {
+            return Err(ConfigError::new(
+                "cold_after",
+                format!("must be at least 1s (or null: never), got {d}"),
+            ))
+        }
+    };
+    Ok(CellsSpec {
+        configured,
+        drain_rate,
+        max_drained,
+        cold_after_ms,
     })
 }
 
@@ -1040,6 +1191,15 @@ mod schema_default {
     }
     pub(super) fn failure_statuses() -> Option<super::StatusSet> {
         super::StatusSet::from_strs(super::DEFAULT_FAILURE_STATUSES).ok()
+    }
+    pub(super) fn cells() -> serde_json::Value {
+        serde_json::Value::Object(serde_json::Map::new())
+    }
+    pub(super) fn drain_rate() -> Option<f64> {
+        Some(super::DEFAULT_DRAIN_RATE)
+    }
+    pub(super) fn cold_after() -> Option<super::DurationMs> {
+        Some(super::DurationMs(super::DEFAULT_COLD_AFTER_MS))
     }
 }
 
@@ -1294,6 +1454,48 @@ mod tests {
             r#"{{ {TWO}, "health_checks": {{"paths": ["/h"]}} }}"#
         ))
         .starts_with("health_checks: applies to admit mode only"));
+    }
+
+    #[test]
+    fn cells_are_named_bounded_and_belong_to_balance_mode() {
+        let c = parse(
+            br#"{"endpoints": [{"address": "10.0.0.1:80", "cell": "use1-az1"}, {"address": "10.0.0.2:80"}],
+                 "cells": {"use1-az1": {"drain_percent": 12.5}}, "drain_rate": 50, "max_drained_cells": 1}"#,
+        )
+        .unwrap();
+        let g = &c.global;
+        assert_eq!(g.endpoints[0].cell.as_deref(), Some("use1-az1"));
+        assert_eq!(g.endpoints[1].cell, None);
+        assert_eq!(g.cells.configured, vec![("use1-az1".to_owned(), 12_500)]);
+        assert_eq!((g.cells.drain_rate, g.cells.max_drained), (50.0, Some(1)));
+        assert_eq!(g.cells.cold_after_ms, Some(300_000));
+        let d = parse(format!("{{ {TWO}, \"cold_after\": null }}").as_bytes()).unwrap();
+        assert_eq!(d.global.cells.drain_rate, 10.0);
+        assert_eq!(d.global.cells.max_drained, None);
+        assert_eq!(d.global.cells.cold_after_ms, None);
+        assert_eq!(
+            err(r#"{"endpoints": [{"address": "10.0.0.1:80", "cell": "az 1"}]}"#),
+            "endpoints[0].cell: must be 1 to 64 characters of [A-Za-z0-9_.-], got \"az 1\""
+        );
+        assert_eq!(
+            err(&format!(
+                r#"{{ {TWO}, "cells": {{"a": {{"drain_percent": 101}}}} }}"#
+            )),
+            "cells.a.drain_percent: must be between 0 and 100, got 101"
+        );
+        assert!(err(&format!(r#"{{ {TWO}, "drain_rate": 0.5 }}"#))
+            .starts_with("drain_rate: must be between 1 and 100000"));
+        assert!(err(&format!(r#"{{ {TWO}, "cold_after": "10ms" }}"#))
+            .starts_with("cold_after: must be at least 1s"));
+        assert!(err(r#"{"cells": {"a": {}}}"#).starts_with("cells: applies to balance mode"));
+        assert!(err(&format!(
+            r#"{{ {TWO}, "max_endpoints": 2, "cells": {{"a": {{}}, "b": {{}}, "c": {{}}}} }}"#
+        ))
+        .starts_with("cells: names 3 cells, more than max_endpoints (2)"));
+        assert!(
+            err(r#"{"routes": [{"match": {"prefix": "/"}, "drain_rate": 5}]}"#)
+                .starts_with("routes[0].drain_rate: is a filter-wide setting")
+        );
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! gets a fast, retriable `503` with `retry-after` and `x-resilience-slow-start: shed; ...`, so
 //! callers retry on warm replicas. Configured health checks are always admitted.
 //!
+//! **Cells.** Endpoints in a cell are picked under the cells' drains (see
+//! [`resilience_core::cells`]); a retry goes to another cell first while the picked endpoint's
+//! cell is draining; the response says which cell served it:
+//! `x-resilience-slow-start: routed; cell=use1-az1`.
+//!
 //! Outcomes (status, Envoy's failure flags, latency) go into the worker's batch for the chosen
 //! endpoint; the healthy path makes no shared-data call.
 //!
@@ -29,6 +34,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
+use resilience_core::cells::Spread;
 use resilience_core::grpc::{Code, Pushback, Refusal};
 use resilience_core::outcome::{local_failure_from_flags, ResponseFacts};
 use resilience_core::problem::{bounded, Problem};
@@ -82,6 +88,11 @@ pub struct SlowStartHttp<H: Host = WasmHost> {
     status: u16,
     /// Dry run: the decision header to put on the response.
     dry_run_note: Option<String>,
+}
+
+/// The decision header of a routed request whose endpoint is in a cell.
+fn cell_note(cell: &str) -> String {
+    format!("routed; cell={cell}")
 }
 
 impl SlowStartHttp {
@@ -169,6 +180,9 @@ impl<H: Host> SlowStartHttp<H> {
                     if panic {
                         w.global_pending.panic_routed += 1;
                     }
+                    if w.last_spread == Spread::FailOpen {
+                        w.global_pending.cells_fail_open += 1;
+                    }
                     self.route(w, index, g)
                 }
                 Choice::None { capped } => {
@@ -235,6 +249,7 @@ impl<H: Host> SlowStartHttp<H> {
             ep.pending.requests += 1;
             ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_add(1);
         }
+        w.count_cell_request(index);
         self.role = Role::Routed {
             endpoint: index,
             identity,
@@ -358,6 +373,24 @@ impl<H: Host> SlowStartHttp<H> {
         Action::Pause
     }
 
+    /// The cell of the endpoint that served the response (an alternate's after retries).
+    fn serving_cell(
+        &self,
+        endpoint: usize,
+        identity: u64,
+        alternates: &Alternates,
+    ) -> Option<String> {
+        let worker = self.worker.as_ref()?;
+        let w = worker.try_borrow().ok()?;
+        if w.cells.is_empty() {
+            return None;
+        }
+        let (served, id) = served_by_alternate(&self.host, &w, endpoint, alternates)
+            .and_then(|k| alternates.as_slice().get(k.saturating_sub(1)).copied())
+            .unwrap_or((endpoint, identity));
+        w.cell_name(served, id).map(str::to_owned)
+    }
+
     /// Success or failure of the finished exchange; `None` when the client went away before
     /// any response and Envoy saw no upstream failure (not an outcome).
     fn outcome(&self, w: &Worker<H>) -> Option<bool> {
@@ -456,16 +489,30 @@ impl<H: Host> HttpContext for SlowStartHttp<H> {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Role::Routed { .. } = self.role {
+        let mut cell = None;
+        if let Role::Routed {
+            endpoint,
+            identity,
+            alternates,
+            ..
+        } = self.role
+        {
             self.first_byte_ms = clock::now_ms_on(&self.host);
             self.status = request::response_status_on(&self.host).unwrap_or(0);
+            cell = self.serving_cell(endpoint, identity, &alternates);
         }
-        if let Some(note) = &self.dry_run_note {
+        let note = match (&self.dry_run_note, cell) {
+            (Some(n), Some(c)) => Some(format!("{n}; cell={c}")),
+            (Some(n), None) => Some(n.clone()),
+            (None, Some(c)) => Some(cell_note(&c)),
+            (None, None) => None,
+        };
+        if let Some(note) = note {
             request::set_header_on(
                 &self.host,
                 MapType::HttpResponseHeaders,
                 DECISION_HEADER,
-                note,
+                &note,
             );
         }
         Action::Continue

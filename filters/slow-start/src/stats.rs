@@ -48,6 +48,7 @@ const EVENT_COUNTERS: &[&str] = &[
     "pauses",
     "resumes",
     "silences",
+    "cold_restarts",
 ];
 
 /// Per-endpoint gauges.
@@ -65,10 +66,71 @@ counters! {
         discovery_failures,
         discovery_rejected,
         discovery_updates,
-        endpoints_overflow;
+        endpoints_overflow,
+        /// Requests picked while every cell with weight was fully drained, spread as if none
+        /// were (fail open).
+        cells_fail_open;
         /// Shared-data trouble, counted the same way by every filter.
         shared: SharedDataTrouble,
     }
+}
+
+counters! {
+    /// One cell's events since the last flush.
+    #[derive(Copy)]
+    pub struct CellPending {
+        /// Requests picked for an endpoint of the cell (its share of traffic).
+        requests,
+    }
+}
+
+const COMMANDED_DRAIN: &str = "commanded_drain";
+const EFFECTIVE_DRAIN: &str = "effective_drain";
+
+/// Per-cell gauges, in thousandths of a percentage point (100000: fully drained).
+pub const CELL_GAUGES: &[&str] = &[COMMANDED_DRAIN, EFFECTIVE_DRAIN];
+
+/// Per-cell counter of drains the governor refused (`max_drained_cells`).
+const CELL_REFUSED: &str = "drain_refused";
+
+/// Where a cell's stats live: `<prefix>.cell.<name>`, or `<prefix>.no_cell` for the endpoints
+/// without a cell (a path no cell name can take).
+pub fn cell_base(prefix: &str, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!(
+            "{prefix}.cell.{}",
+            resilience_host::metrics::sanitize_segment(n, 64)
+        ),
+        None => format!("{prefix}.no_cell"),
+    }
+}
+
+pub fn define_cell<H: Host>(m: &mut Metrics<H>, base: &str) {
+    m.define_counters::<CellPending>(base);
+    m.define_counter(&format!("{base}.{CELL_REFUSED}"));
+    for g in CELL_GAUGES {
+        m.define_gauge(&format!("{base}.{g}"));
+    }
+}
+
+/// The implicit cell's stats: its requests only (it cannot be drained).
+pub fn define_cell_requests<H: Host>(m: &mut Metrics<H>, base: &str) {
+    m.define_counters::<CellPending>(base);
+}
+
+pub fn flush_cell<H: Host>(m: &mut Metrics<H>, base: &str, p: &mut CellPending) {
+    m.flush(base, p);
+}
+
+/// Count one refused drain of the cell at `base`.
+pub fn cell_refused<H: Host>(m: &mut Metrics<H>, base: &str) {
+    m.count(&format!("{base}.{CELL_REFUSED}"), 1);
+}
+
+/// Move the cell's gauges by what this worker's CAS changed.
+pub fn cell_gauges<H: Host>(m: &mut Metrics<H>, base: &str, commanded: i64, effective: i64) {
+    m.gauge_add(&format!("{base}.{COMMANDED_DRAIN}"), commanded);
+    m.gauge_add(&format!("{base}.{EFFECTIVE_DRAIN}"), effective);
 }
 
 pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
@@ -101,6 +163,7 @@ fn event_counter(e: &Event) -> &'static str {
         Event::Warm => "warm",
         Event::BecameUnhealthy { .. } => "became_unhealthy",
         Event::Silence => "silences",
+        Event::Cold => "cold_restarts",
         Event::Paused(_) => "pauses",
         Event::Resumed => "resumes",
     }
@@ -134,6 +197,7 @@ mod tests {
                 from: Phase::Ramping,
             },
             Event::Silence,
+            Event::Cold,
             Event::Paused(PauseReason::Latency),
             Event::Resumed,
         ];

@@ -940,3 +940,285 @@ fn a_routed_request_makes_six_host_calls_and_none_to_shared_data() {
     assert_eq!(w.host.calls() - calls, 6);
     assert_eq!(proxy.store.shared_calls(), shared);
 }
+
+/// Three cells of two warm endpoints each: 10.0.0.1-2 in az1, 3-4 in az2, 5-6 in az3.
+fn six_in_three_cells(extra: &str) -> Proxy {
+    let mut endpoints = Vec::new();
+    for i in 1..=6 {
+        endpoints.push(format!(
+            r#"{{"address": "10.0.0.{i}:80", "cell": "az{}"}}"#,
+            (i + 1) / 2
+        ));
+    }
+    let proxy = Proxy::new(&format!(
+        r#"{{ "endpoints": [{}], "slow_start_window": "10s" {extra} }}"#,
+        endpoints.join(", ")
+    ));
+    for i in 1..=6 {
+        proxy.seed(&(i - 1).to_string(), &format!("10.0.0.{i}:80"), |st| {
+            st.phase = Phase::Warm
+        });
+    }
+    proxy
+}
+
+/// The cell an address of [`six_in_three_cells`] is in.
+fn cell_of(address: &str) -> &'static str {
+    match address {
+        "10.0.0.1:80" | "10.0.0.2:80" => "az1",
+        "10.0.0.3:80" | "10.0.0.4:80" => "az2",
+        _ => "az3",
+    }
+}
+
+/// The share of `n` requests through `w` that went to `cell`.
+fn cell_share(w: &TestWorker, cell: &str, n: u32) -> f64 {
+    let mut hits = 0;
+    for _ in 0..n {
+        let (action, to) = w.request(200);
+        assert_eq!(action, Action::Continue);
+        if cell_of(to.as_deref().unwrap()) == cell {
+            hits += 1;
+        }
+    }
+    f64::from(hits) / f64::from(n)
+}
+
+/// The cell document a discovery fetch answers with, listing the six endpoints.
+fn cells_document(cells: &str) -> String {
+    let endpoints: Vec<String> = (1..=6)
+        .map(|i| {
+            format!(
+                r#"{{"address": "10.0.0.{i}:80", "cell": "az{}"}}"#,
+                (i + 1) / 2
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"endpoints": [{}], "cells": {{ {cells} }}}}"#,
+        endpoints.join(", ")
+    )
+}
+
+const DISCOVERY_1S: &str =
+    r#", "discovery": { "cluster": "registry", "path": "/endpoints", "interval": "1s" }"#;
+
+#[test]
+fn a_cell_drained_through_the_document_moves_at_the_drain_rate_on_every_worker_alike() {
+    let proxy = six_in_three_cells(&format!(r#"{DISCOVERY_1S}, "drain_rate": 50"#));
+    let (a, b) = (proxy.worker(), proxy.worker());
+    a.tick();
+    b.tick();
+    let share = cell_share(&b, "az1", 3_000);
+    assert!((share - 1.0 / 3.0).abs() < 0.04, "normal share {share}");
+    let fetch = a.new_callouts();
+    a.answer(
+        &fetch[0],
+        Some(200),
+        cells_document(r#""az1": {"drain_percent": 100}"#).as_bytes(),
+    );
+    // The first step starts the drain's clock; after one second at 50 points a second, half.
+    a.tick();
+    b.tick();
+    proxy.advance_ms(1_000);
+    b.tick();
+    a.tick();
+    assert_eq!(proxy.gauge("cell.az1.commanded_drain"), 100_000);
+    assert_eq!(proxy.gauge("cell.az1.effective_drain"), 50_000);
+    for w in [&a, &b] {
+        let share = cell_share(w, "az1", 6_000);
+        assert!(
+            (share - 1.0 / 6.0).abs() < 0.025,
+            "worker {}: half drained: {share}",
+            w.host.id()
+        );
+    }
+    proxy.advance_ms(1_000);
+    a.tick();
+    b.tick();
+    assert_eq!(proxy.gauge("cell.az1.effective_drain"), 100_000);
+    for w in [&a, &b] {
+        assert_eq!(cell_share(w, "az1", 2_000), 0.0);
+    }
+    // The response names the cell that served it; the cells' request counters add up.
+    let mut stream = b.start("/", &[]);
+    let cell = cell_of(stream.destination.as_deref().unwrap());
+    assert_eq!(stream.respond(200), Some(format!("routed; cell={cell}")));
+    stream.http.on_log();
+    a.tick();
+    b.tick();
+    let served: u64 = ["az1", "az2", "az3"]
+        .iter()
+        .map(|c| proxy.counter(&format!("cell.{c}.requests")))
+        .sum();
+    assert_eq!(served, 3_000 + 12_000 + 4_000 + 1);
+    // Undrained to a value that leaves it 1% of all traffic (3% of its normal share).
+    proxy.advance_ms(1_000);
+    a.tick();
+    a.answer(
+        &a.new_callouts()[0],
+        Some(200),
+        cells_document(r#""az1": {"drain_percent": 97}"#).as_bytes(),
+    );
+    for _ in 0..3 {
+        a.tick();
+        b.tick();
+        proxy.advance_ms(100);
+    }
+    assert_eq!(proxy.gauge("cell.az1.effective_drain"), 97_000);
+    let share = cell_share(&b, "az1", 20_000);
+    assert!((share - 0.01).abs() < 0.003, "one percent: {share}");
+}
+
+#[test]
+fn the_governor_refuses_a_second_drain_counts_it_once_and_keeps_the_first() {
+    let proxy = six_in_three_cells(&format!(
+        r#"{DISCOVERY_1S}, "drain_rate": 100000, "max_drained_cells": 1"#
+    ));
+    let (a, b) = (proxy.worker(), proxy.worker());
+    a.tick();
+    a.answer(
+        &a.new_callouts()[0],
+        Some(200),
+        cells_document(r#""az1": {"drain_percent": 100}"#).as_bytes(),
+    );
+    a.tick();
+    proxy.advance_ms(1_000);
+    a.tick();
+    a.answer(
+        &a.new_callouts()[0],
+        Some(200),
+        cells_document(r#""az1": {"drain_percent": 100}, "az2": {"drain_percent": 100}"#)
+            .as_bytes(),
+    );
+    for _ in 0..3 {
+        proxy.advance_ms(100);
+        b.tick();
+        a.tick();
+    }
+    assert_eq!(proxy.counter("cell.az2.drain_refused"), 1);
+    assert_eq!(proxy.counter("cell.az1.drain_refused"), 0);
+    assert_eq!(proxy.gauge("cell.az2.commanded_drain"), 0);
+    assert_eq!(proxy.gauge("cell.az1.effective_drain"), 100_000);
+    assert_eq!(cell_share(&b, "az1", 1_000), 0.0);
+    let az2 = cell_share(&b, "az2", 4_000);
+    assert!((az2 - 0.5).abs() < 0.04, "{az2}");
+}
+
+#[test]
+fn when_every_cell_is_drained_traffic_spreads_as_if_none_were_and_is_counted() {
+    let proxy = six_in_three_cells(
+        r#", "max_drained_cells": 3,
+            "cells": {"az1": {"drain_percent": 100}, "az2": {"drain_percent": 100}, "az3": {"drain_percent": 100}}"#,
+    );
+    let w = proxy.worker();
+    w.tick();
+    let share = cell_share(&w, "az2", 3_000);
+    assert!((share - 1.0 / 3.0).abs() < 0.04, "{share}");
+    w.tick();
+    assert_eq!(proxy.counter("cells_fail_open"), 3_000);
+}
+
+#[test]
+fn a_retry_goes_to_another_cell_first_while_its_cell_is_draining() {
+    let proxy = six_in_three_cells(
+        r#", "destination_header": "x-pick", "alternates": 2,
+            "cells": {"az1": {"drain_percent": 50}}"#,
+    );
+    let w = proxy.worker();
+    let mut from_az1 = 0;
+    for _ in 0..500 {
+        let stream = w.start("/", &[]);
+        let named = w
+            .host
+            .header(MapType::HttpRequestHeaders, "x-pick")
+            .unwrap();
+        let named: Vec<&str> = named.split(',').collect();
+        if cell_of(named[0]) == "az1" {
+            from_az1 += 1;
+            assert!(named[1..].iter().all(|a| cell_of(a) != "az1"), "{named:?}");
+        }
+        stream.finish(200);
+    }
+    assert!(from_az1 > 50, "{from_az1}");
+    // The response names the cell of the endpoint that served it: the alternate's after a retry.
+    let mut stream = w.start("/", &[]);
+    let named = w
+        .host
+        .header(MapType::HttpRequestHeaders, "x-pick")
+        .unwrap();
+    let second = named.split(',').nth(1).unwrap().to_owned();
+    w.host
+        .set_property(&["upstream", "address"], second.as_bytes());
+    assert_eq!(
+        stream.respond(200),
+        Some(format!("routed; cell={}", cell_of(&second)))
+    );
+    stream.http.on_log();
+}
+
+#[test]
+fn garbage_in_the_cell_table_is_a_reset_counted_never_a_panic() {
+    let proxy = six_in_three_cells(r#", "cells": {"az3": {"drain_percent": 100}}"#);
+    proxy
+        .store
+        .put("rpack/ss/test/cells", &[0x59, 1, 0xff, 0xff]);
+    let w = proxy.worker();
+    w.tick();
+    assert!(proxy.counter("state_resets") >= 1);
+    assert_eq!(cell_share(&w, "az3", 1_000), 0.0);
+}
+
+#[test]
+fn a_cell_undrained_after_a_long_full_drain_ramps_its_endpoints_again() {
+    let proxy = six_in_three_cells(&format!(
+        r#"{DISCOVERY_1S}, "drain_rate": 100000, "cold_after": "10s""#
+    ));
+    let w = proxy.worker();
+    w.tick();
+    w.answer(
+        &w.new_callouts()[0],
+        Some(200),
+        cells_document(r#""az1": {"drain_percent": 100}"#).as_bytes(),
+    );
+    w.tick();
+    proxy.advance_ms(100);
+    w.tick();
+    proxy.advance_ms(11_000);
+    w.tick();
+    w.answer(
+        &w.new_callouts()[0],
+        Some(200),
+        cells_document("").as_bytes(),
+    );
+    w.tick();
+    proxy.advance_ms(100);
+    w.tick();
+    proxy.advance_ms(100);
+    w.tick();
+    assert_eq!(w.view(0).phase, Phase::Ramping);
+    assert_eq!(w.view(2).phase, Phase::Warm);
+    assert_eq!(proxy.counter(&format!("{}.cold_restarts", stat(A))), 1);
+}
+
+#[test]
+fn endpoints_without_a_cell_form_one_undrainable_cell_that_takes_its_part_of_a_drain() {
+    let proxy = Proxy::new(
+        r#"{ "endpoints": [{"address": "10.0.0.1:80", "cell": "az1"}, {"address": "10.0.0.2:80", "cell": "az2"},
+                           {"address": "10.0.0.3:80"}],
+             "cells": {"az1": {"drain_percent": 100}, "az2": {"drain_percent": 100}} }"#,
+    );
+    for (i, a) in [A, B, C].iter().enumerate() {
+        proxy.seed(&i.to_string(), a, |st| st.phase = Phase::Warm);
+    }
+    let w = proxy.worker();
+    w.tick();
+    // All cells but one may drain by default, and the implicit cell is the one left.
+    for _ in 0..300 {
+        assert_eq!(w.request(200).1.as_deref(), Some(C));
+    }
+    w.tick();
+    assert_eq!(proxy.counter("no_cell.requests"), 300);
+    assert_eq!(proxy.counter("cells_fail_open"), 0);
+    assert_eq!(proxy.counter("cell.az1.drain_refused"), 0);
+}

@@ -32,7 +32,8 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use resilience_core::backoff::random_u64;
 use resilience_core::balance::{alternates, pick, total_weight, Candidate};
-use resilience_core::directory::{parse_document, Directory, FetchLease};
+use resilience_core::cells::{cell_multipliers, drain_percent, CellTable, DrainPolicy, Spread};
+use resilience_core::directory::{parse_document, Directory, FetchLease, Listed};
 use resilience_core::ramp::{
     identity_of, Batch, Curve, Dispatch, EndpointRamp, Event, GaugeDeltas, Phase, Policy,
     RecentTotals, Shown,
@@ -44,7 +45,7 @@ use resilience_host::shared::{self, cas_update_on, Update, DEFAULT_CAS_ATTEMPTS}
 use resilience_host::wasm::WasmHost;
 
 use crate::config::{CalloutSpec, FilterConfig, Kind, DECISION_HEADER};
-use crate::stats::{self, GlobalPending, Pending};
+use crate::stats::{self, CellPending, GlobalPending, Pending};
 
 /// Most callouts in flight per worker; beyond it, due callouts wait for the next tick.
 const MAX_PENDING_CALLOUTS: usize = 10_000;
@@ -56,6 +57,10 @@ pub struct Endpoint {
     /// Its slot of shared state (the directory's; 0 in admit mode).
     pub slot: u16,
     pub weight: u32,
+    /// Its cell's name; `None`: the implicit cell.
+    pub cell: Option<String>,
+    /// Its cell's index in [`Worker::cells`].
+    pub cell_index: usize,
     pub identity: u64,
     pub shared_key: String,
     pub cap_key: String,
@@ -65,6 +70,17 @@ pub struct Endpoint {
     /// What this worker saw since its last tick.
     pub batch: Batch,
     pub pending: Pending,
+}
+
+/// One cell as this worker sees it.
+pub struct CellView {
+    /// `None`: the implicit cell of endpoints without one (always last).
+    pub name: Option<String>,
+    pub stat_base: String,
+    /// Thousandths of a point, as of this worker's last tick.
+    pub commanded: u32,
+    pub effective: u32,
+    pub pending: CellPending,
 }
 
 /// A callout this worker claimed and must send.
@@ -114,6 +130,14 @@ pub struct Worker<H: Host = WasmHost> {
     me: u64,
     /// The discovery fetch in flight, if any.
     discovery_call: Option<u32>,
+    /// The cells, named ones sorted by name, then the implicit one.
+    pub cells: Vec<CellView>,
+    /// Scratch for a pick: each cell's weight, drain and multiplier.
+    cell_weights: Vec<f64>,
+    cell_drains: Vec<u32>,
+    cell_factors: Vec<f64>,
+    /// How the last pick spread traffic over the cells.
+    pub last_spread: Spread,
 }
 
 impl Worker {
@@ -142,6 +166,11 @@ impl<H: Host + Clone> Worker<H> {
             dir_version: 0,
             me: random_u64(),
             discovery_call: None,
+            cells: Vec::new(),
+            cell_weights: Vec::new(),
+            cell_drains: Vec::new(),
+            cell_factors: Vec::new(),
+            last_spread: Spread::Exact,
         };
         match config.global.kind {
             Kind::Balance => {
@@ -153,6 +182,8 @@ impl<H: Host + Clone> Worker<H> {
                 };
                 let dir = shared.unwrap_or_else(|| w.static_directory());
                 w.adopt(dir);
+                let table = w.shared_cells();
+                w.adopt_cells(table.as_ref());
             }
             Kind::Admit => {
                 let ep = w.make_endpoint(0, "self".to_owned(), 1, "self".to_owned());
@@ -170,12 +201,16 @@ impl<H: Host> Worker<H> {
     }
 
     fn static_directory(&self) -> Directory {
-        let list: Vec<(String, u32)> = self
+        let list: Vec<Listed> = self
             .config
             .global
             .endpoints
             .iter()
-            .map(|e| (e.address.clone(), e.weight))
+            .map(|e| Listed {
+                address: e.address.clone(),
+                weight: e.weight,
+                cell: e.cell.clone(),
+            })
             .collect();
         Directory::from_list(&list)
     }
@@ -204,6 +239,284 @@ impl<H: Host> Worker<H> {
         }
     }
 
+    fn cells_key(&self) -> String {
+        format!("{}/cells", self.namespace)
+    }
+
+    /// Whether this instance has cells to keep: configured ones, endpoints in a cell, or a
+    /// discovery document that may name them.
+    fn cells_possible(&self) -> bool {
+        let g = &self.config.global;
+        g.kind == Kind::Balance
+            && (g.cells.any()
+                || g.discovery.is_some()
+                || self.endpoints.iter().any(|e| e.cell.is_some()))
+    }
+
+    /// The cell table in shared data, if there is one (garbage counts as a reset).
+    fn shared_cells(&mut self) -> Option<CellTable> {
+        if !self.cells_possible() {
+            return None;
+        }
+        match shared::get_on(&self.host, &self.cells_key()) {
+            Ok(v) => match v.value.as_deref() {
+                None | Some([]) => None,
+                Some(bytes) => match CellTable::decode(bytes) {
+                    Ok(t) => Some(t),
+                    Err(_) => {
+                        self.global_pending.shared.state_resets += 1;
+                        None
+                    }
+                },
+            },
+            Err(e) => {
+                self.global_pending.shared.count(e);
+                None
+            }
+        }
+    }
+
+    /// Rebuilds the cell views from `table` (`None`: the configured commands, applied at once,
+    /// until the first tick writes a table) and points every endpoint at its cell.
+    fn adopt_cells(&mut self, table: Option<&CellTable>) {
+        let mut names = self.endpoint_cells();
+        if let Some(t) = table {
+            for c in &t.cells {
+                insert_sorted(&mut names, &c.name);
+            }
+        }
+        if names.is_empty() {
+            self.cells.clear();
+            for e in &mut self.endpoints {
+                e.cell_index = 0;
+            }
+            return;
+        }
+        let mut old = std::mem::take(&mut self.cells);
+        let prefix = self.config.global.stat_prefix.clone();
+        let mut cells = Vec::with_capacity(names.len() + 1);
+        for name in names.into_iter().map(Some).chain(std::iter::once(None)) {
+            let (commanded, effective) = match (&name, table) {
+                (None, _) => (0, 0),
+                (Some(n), Some(t)) => t.get(n).map_or((0, 0), |c| (c.commanded, c.effective)),
+                (Some(n), None) => {
+                    let d = self
+                        .config
+                        .global
+                        .cells
+                        .configured
+                        .iter()
+                        .find(|(c, _)| c == n)
+                        .map_or(0, |(_, d)| *d);
+                    (d, d)
+                }
+            };
+            let view = match old.iter().position(|c| c.name == name) {
+                Some(pos) => {
+                    let mut v = old.swap_remove(pos);
+                    v.commanded = commanded;
+                    v.effective = effective;
+                    v
+                }
+                None => {
+                    let stat_base = stats::cell_base(&prefix, name.as_deref());
+                    if name.is_some() {
+                        stats::define_cell(&mut self.metrics, &stat_base);
+                    } else if self.endpoints.iter().any(|e| e.cell.is_none()) {
+                        // The implicit cell cannot be drained: requests only.
+                        stats::define_cell_requests(&mut self.metrics, &stat_base);
+                    }
+                    CellView {
+                        name,
+                        stat_base,
+                        commanded,
+                        effective,
+                        pending: CellPending::default(),
+                    }
+                }
+            };
+            cells.push(view);
+        }
+        for mut gone in old {
+            stats::flush_cell(&mut self.metrics, &gone.stat_base, &mut gone.pending);
+        }
+        let implicit = cells.len().saturating_sub(1);
+        for e in &mut self.endpoints {
+            e.cell_index = e
+                .cell
+                .as_ref()
+                .and_then(|n| cells.iter().position(|c| c.name.as_ref() == Some(n)))
+                .unwrap_or(implicit);
+        }
+        self.cells = cells;
+    }
+
+    /// The tick's cell step: one CAS on the cell table that brings its membership up to date,
+    /// runs the governor and moves the effective drains; whatever it decided is counted, logged
+    /// and shown by this worker, once across all workers.
+    fn sync_cells(&mut self, now_ms: u64) {
+        if !self.cells_possible() {
+            return;
+        }
+        let known = self.endpoint_cells();
+        let known_refs: Vec<&str> = known.iter().map(String::as_str).collect();
+        let implicit = self.endpoints.iter().any(|e| e.cell.is_none());
+        let spec = &self.config.global.cells;
+        let policy = DrainPolicy {
+            rate: spec.drain_rate,
+            max_drained: spec.max_drained,
+            cold_after_ms: spec.cold_after_ms,
+        };
+        let configured = spec.configured.clone();
+        let result = cas_update_on(&self.host, &self.cells_key(), DEFAULT_CAS_ATTEMPTS, |cur| {
+            let (old, reset) = match cur {
+                None | Some([]) => (CellTable::default(), false),
+                Some(b) => match CellTable::decode(b) {
+                    Ok(t) => (t, false),
+                    Err(_) => (CellTable::default(), true),
+                },
+            };
+            let mut next = old.clone();
+            let report = next.step(&known_refs, implicit, &configured, &policy, now_ms);
+            // Moving only the step time is not worth a write while nothing drains.
+            let changed = next.cells != old.cells || (!old.is_steady() || reset);
+            let out = (old, next.clone(), report, reset);
+            if changed {
+                Update::Write(next.encode(), out)
+            } else {
+                Update::Keep(out)
+            }
+        });
+        let (old, next, report, reset, wrote) = match result {
+            Ok((old, next, report, reset)) => {
+                let wrote = next.cells != old.cells;
+                (old, next, report, reset, wrote)
+            }
+            Err(e) => {
+                self.global_pending.shared.count(e);
+                return;
+            }
+        };
+        if reset {
+            self.global_pending.shared.state_resets += 1;
+        }
+        self.adopt_cells(Some(&next));
+        if !wrote {
+            return;
+        }
+        let prefix = self.config.global.stat_prefix.clone();
+        // Gauges move by what this worker's CAS changed, so across workers they add up.
+        let left = old
+            .cells
+            .iter()
+            .filter(|c| next.get(&c.name).is_none())
+            .map(|c| c.name.as_str());
+        for name in next.cells.iter().map(|c| c.name.as_str()).chain(left) {
+            let before = old.get(name).map_or((0, 0), |c| (c.commanded, c.effective));
+            let after = next
+                .get(name)
+                .map_or((0, 0), |c| (c.commanded, c.effective));
+            if before == after {
+                continue;
+            }
+            let base = stats::cell_base(&prefix, Some(name));
+            stats::define_cell(&mut self.metrics, &base);
+            stats::cell_gauges(
+                &mut self.metrics,
+                &base,
+                i64::from(after.0).saturating_sub(i64::from(before.0)),
+                i64::from(after.1).saturating_sub(i64::from(before.1)),
+            );
+        }
+        for name in &report.commanded {
+            if let Some(c) = next.get(name) {
+                log::info!(
+                    "{prefix}: cell {name}: drain commanded {}% (effective {}%)",
+                    drain_percent(c.commanded),
+                    drain_percent(c.effective)
+                );
+            }
+        }
+        for name in &report.refused {
+            let base = stats::cell_base(&prefix, Some(name));
+            stats::define_cell(&mut self.metrics, &base);
+            stats::cell_refused(&mut self.metrics, &base);
+            log::warn!(
+                "{prefix}: cell {name}: drain refused: more than max_drained_cells cells would be drained; it keeps its previous command"
+            );
+        }
+        for name in &report.cold {
+            log::info!("{prefix}: cell {name}: undrained after a long full drain; its endpoints ramp again");
+            for e in &mut self.endpoints {
+                if e.cell.as_deref() == Some(name.as_str()) {
+                    e.batch.cold = true;
+                }
+            }
+        }
+    }
+
+    /// The endpoints' cell names, sorted, each once.
+    fn endpoint_cells(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for e in &self.endpoints {
+            if let Some(c) = &e.cell {
+                insert_sorted(&mut names, c);
+            }
+        }
+        names
+    }
+
+    /// Multiplies the scratch candidates' weights by their cells' factors (see
+    /// [`resilience_core::cells`]); says how the traffic was spread.
+    fn apply_cells(&mut self) -> Spread {
+        let n = self.cells.len();
+        if n == 0 || self.cells.iter().all(|c| c.effective == 0) {
+            return Spread::Exact;
+        }
+        self.cell_weights.clear();
+        self.cell_weights.resize(n, 0.0);
+        for (c, e) in self.scratch.iter().zip(self.endpoints.iter()) {
+            if let Some(w) = self.cell_weights.get_mut(e.cell_index) {
+                if c.weight.is_finite() && c.weight > 0.0 {
+                    *w += c.weight;
+                }
+            }
+        }
+        self.cell_drains.clear();
+        self.cell_drains
+            .extend(self.cells.iter().map(|c| c.effective));
+        self.cell_factors.clear();
+        self.cell_factors.resize(n, 1.0);
+        let spread = cell_multipliers(
+            &self.cell_weights,
+            &self.cell_drains,
+            &mut self.cell_factors,
+        );
+        for (c, e) in self.scratch.iter_mut().zip(self.endpoints.iter()) {
+            c.weight *= self.cell_factors.get(e.cell_index).copied().unwrap_or(1.0);
+        }
+        spread
+    }
+
+    /// The name of endpoint `index`'s cell, if it has one and is still the endpoint with
+    /// `identity`.
+    pub fn cell_name(&self, index: usize, identity: u64) -> Option<&str> {
+        self.endpoints
+            .get(index)
+            .filter(|e| e.identity == identity)
+            .and_then(|e| e.cell.as_deref())
+    }
+
+    /// Counts a request picked for endpoint `index` in its cell.
+    pub fn count_cell_request(&mut self, index: usize) {
+        let Some(c) = self.endpoints.get(index).map(|e| e.cell_index) else {
+            return;
+        };
+        if let Some(cell) = self.cells.get_mut(c) {
+            cell.pending.requests += 1;
+        }
+    }
+
     /// Sets up one endpoint: stats defined, its ramp read from shared data.
     fn make_endpoint(&mut self, slot: u16, address: String, weight: u32, key: String) -> Endpoint {
         let policy = self.config.global.policy;
@@ -221,6 +534,8 @@ impl<H: Host> Worker<H> {
             address,
             slot,
             weight,
+            cell: None,
+            cell_index: 0,
             identity,
             stat_base,
             batch: Batch::default(),
@@ -246,6 +561,7 @@ impl<H: Host> Worker<H> {
                 Some(pos) => {
                     let mut kept = old.swap_remove(pos);
                     kept.weight = e.weight;
+                    kept.cell = e.cell.clone();
                     next.push(kept);
                 }
                 None => fresh.push(e.clone()),
@@ -255,12 +571,20 @@ impl<H: Host> Worker<H> {
             self.retire(gone);
         }
         for e in fresh {
-            let ep = self.make_endpoint(e.slot, e.address, e.weight, e.slot.to_string());
+            let mut ep = self.make_endpoint(e.slot, e.address, e.weight, e.slot.to_string());
+            ep.cell = e.cell;
             next.push(ep);
         }
         next.sort_by_key(|e| e.slot);
         self.endpoints = next;
         self.dir_version = dir.version;
+        // Point the endpoints at their cells (a new cell gets its view on the next tick).
+        let table = if self.cells.is_empty() {
+            None
+        } else {
+            self.shared_cells()
+        };
+        self.adopt_cells(table.as_ref());
     }
 
     /// An endpoint left the directory: flush its stats and, exactly once across workers, take
@@ -371,8 +695,8 @@ impl<H: Host> Worker<H> {
             return;
         }
         let max = self.config.global.max_endpoints;
-        let list = match parse_document(body.as_deref().unwrap_or_default(), usize::from(max)) {
-            Ok(l) => l,
+        let doc = match parse_document(body.as_deref().unwrap_or_default(), usize::from(max)) {
+            Ok(d) => d,
             Err(e) => {
                 self.global_pending.discovery_rejected += 1;
                 log::warn!("{prefix}: discovery document refused ({e}); keeping the list");
@@ -388,7 +712,7 @@ impl<H: Host> Worker<H> {
                 let current = cur
                     .and_then(|b| Directory::decode(b).ok())
                     .unwrap_or_else(|| fallback.clone());
-                let (next, overflow) = current.next(&list, max);
+                let (next, overflow) = current.next(&doc.endpoints, max);
                 if next.version == current.version {
                     Update::Keep((next, overflow, false))
                 } else {
@@ -413,6 +737,35 @@ impl<H: Host> Worker<H> {
             }
             Err(e) => self.global_pending.shared.count(e),
         }
+        // The document's drains: the next tick's step turns them into commands.
+        let drains = doc.cells.unwrap_or_default();
+        let result = cas_update_on(&self.host, &self.cells_key(), DEFAULT_CAS_ATTEMPTS, |cur| {
+            let (mut t, reset) = match cur {
+                None | Some([]) => (CellTable::default(), false),
+                Some(b) => {
+                    CellTable::decode(b).map_or((CellTable::default(), true), |t| (t, false))
+                }
+            };
+            if t.set_document(&drains) || reset {
+                Update::Write(t.encode(), (true, reset))
+            } else {
+                Update::Keep((false, reset))
+            }
+        });
+        match result {
+            Ok((changed, reset)) => {
+                if reset {
+                    self.global_pending.shared.state_resets += 1;
+                }
+                if changed {
+                    log::info!(
+                        "{prefix}: discovery: the document sets the drain of {} cells",
+                        drains.len()
+                    );
+                }
+            }
+            Err(e) => self.global_pending.shared.count(e),
+        }
     }
 
     /// A random number from this worker's generator (SplitMix64 seeded from the host's random
@@ -431,6 +784,7 @@ impl<H: Host> Worker<H> {
         if self.config.global.discovery.is_some() {
             self.sync_directory();
         }
+        self.sync_cells(now_ms);
         let config = Rc::clone(&self.config);
         let policy = config.global.policy;
         let curve = config.routes.defaults.curve;
@@ -505,6 +859,9 @@ impl<H: Host> Worker<H> {
             }
             stats::flush_endpoint(&mut self.metrics, &ep.stat_base, &mut ep.pending);
         }
+        for c in &mut self.cells {
+            stats::flush_cell(&mut self.metrics, &c.stat_base, &mut c.pending);
+        }
         stats::flush_global(
             &mut self.metrics,
             &config.global.stat_prefix,
@@ -513,10 +870,22 @@ impl<H: Host> Worker<H> {
         outgoing
     }
 
-    /// Fills the scratch candidates for a pick: ramped effective weights, or the configured
-    /// ones (`ramped: false`, what dry run routes by). Returns whether nobody had weight and
-    /// everyone was given their configured weight instead (panic routing).
+    /// Fills the scratch candidates for a pick: ramped effective weights under the cells'
+    /// drains, or the configured ones (`ramped: false`, what dry run routes by: it never acts,
+    /// not even on a drain). Returns whether nobody had weight and everyone was given their
+    /// configured weight instead (panic routing); [`Worker::last_spread`] says how the cells
+    /// shared the traffic.
     fn fill_candidates(&mut self, now_ms: u64, curve: &Curve, ramped: bool) -> bool {
+        let panic = self.fill_weights(now_ms, curve, ramped);
+        self.last_spread = if ramped {
+            self.apply_cells()
+        } else {
+            Spread::Exact
+        };
+        panic
+    }
+
+    fn fill_weights(&mut self, now_ms: u64, curve: &Curve, ramped: bool) -> bool {
         let policy = self.config.global.policy;
         self.scratch.clear();
         for e in &self.endpoints {
@@ -570,10 +939,42 @@ impl<H: Host> Worker<H> {
     /// The endpoints a request names after `first` for its retries (`alternates`), drawn from
     /// the candidates of the choice just made: an endpoint that had no weight there (unhealthy,
     /// gated, at its warm-up cap) is never named. Returns how many of `out` it filled.
+    ///
+    /// While the first endpoint's cell is draining, the other cells' endpoints are named first.
     pub fn alternates(&mut self, first: usize, out: &mut [usize]) -> usize {
         let strategy = self.config.global.balancer;
         let mut scratch = std::mem::take(&mut self.scratch);
-        let n = alternates(&mut scratch, strategy, first, out, || self.next_random());
+        let draining = self
+            .endpoints
+            .get(first)
+            .and_then(|e| self.cells.get(e.cell_index))
+            .is_some_and(|c| c.effective > 0);
+        let n = if draining {
+            let cell = self.endpoints.get(first).map(|e| e.cell_index);
+            let held: Vec<(usize, f64)> = self
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| *i != first && Some(e.cell_index) == cell)
+                .filter_map(|(i, _)| scratch.get(i).map(|c| (i, c.weight)))
+                .collect();
+            for (i, _) in &held {
+                if let Some(c) = scratch.get_mut(*i) {
+                    c.weight = 0.0;
+                }
+            }
+            let n = alternates(&mut scratch, strategy, first, out, || self.next_random());
+            for (i, w) in held {
+                if let Some(c) = scratch.get_mut(i) {
+                    c.weight = w;
+                }
+            }
+            let rest = out.get_mut(n..).unwrap_or(&mut []);
+            let more = alternates(&mut scratch, strategy, first, rest, || self.next_random());
+            n.saturating_add(more)
+        } else {
+            alternates(&mut scratch, strategy, first, out, || self.next_random())
+        };
         self.scratch = scratch;
         n
     }
@@ -732,6 +1133,14 @@ impl<H: Host> Worker<H> {
     }
 }
 
+/// Inserts `name` into the sorted `names` unless it is there (a binary search: cheaper in the
+/// module than a sort).
+fn insert_sorted(names: &mut Vec<String>, name: &str) {
+    if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name)) {
+        names.insert(at, name.to_owned());
+    }
+}
+
 /// Decode shared bytes, starting afresh on absence, on another endpoint's state (a reused
 /// slot) or on garbage; the flag says garbage was seen.
 fn decode(cur: Option<&[u8]>, identity: u64, policy: &Policy) -> (EndpointRamp, bool) {
@@ -790,6 +1199,9 @@ fn log_event(prefix: &str, address: &str, e: &Event, st: &EndpointRamp) {
             from.as_str()
         ),
         Event::Silence => log::info!("{prefix} {address}: first success after a silence"),
+        Event::Cold => {
+            log::info!("{prefix} {address}: its cell was drained long enough to go cold")
+        }
         Event::Paused(r) => log::info!(
             "{prefix} {address}: ramp paused: {} worse than its peers",
             r.as_str()

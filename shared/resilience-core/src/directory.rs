@@ -17,16 +17,19 @@
 //! staying endpoints keep their slots, new ones take the lowest free slots) and writes it under
 //! compare-and-swap; every worker adopts the new version on its next tick.
 //!
-//! The discovery document is JSON, `{"endpoints": [{"address": "10.0.0.7:8080", "weight": 2}]}`
-//! or the bare array. A document with any invalid entry, or no entry at all, is refused as a
-//! whole: a broken discovery service must not empty the balancer.
+//! The discovery document is JSON, `{"endpoints": [{"address": "10.0.0.7:8080", "weight": 2,
+//! "cell": "use1-az1"}], "cells": {"use1-az1": {"drain_percent": 100}}}` or the bare array of
+//! endpoints. A document with any invalid entry, or no entry at all, is refused as a whole: a
+//! broken discovery service must not empty the balancer (nor drain a cell by accident).
 
 use std::net::SocketAddr;
 
 use crate::codec::{DecodeError, Decoder, Encoder};
 
 const KIND: u8 = 0x57;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The lease's layout, unchanged since version 1.
+const LEASE_VERSION: u8 = 1;
 
 /// Longest address kept (an IPv6 address with scope and port fits easily).
 const MAX_ADDRESS_BYTES: usize = 128;
@@ -38,6 +41,26 @@ pub struct Entry {
     /// `ip:port`, normalised.
     pub address: String,
     pub weight: u32,
+    /// The endpoint's cell (see [`crate::cells`]); `None`: the implicit cell.
+    pub cell: Option<String>,
+}
+
+/// One endpoint of a configured or discovered list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// `ip:port`, normalised.
+    pub address: String,
+    pub weight: u32,
+    pub cell: Option<String>,
+}
+
+/// A checked discovery document.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Document {
+    pub endpoints: Vec<Listed>,
+    /// The top-level `cells`: each named cell's drain in thousandths of a point; `None` when the
+    /// document has no `cells`.
+    pub cells: Option<Vec<(String, u32)>>,
 }
 
 /// A versioned list of endpoints with their slots.
@@ -49,39 +72,41 @@ pub struct Directory {
 
 impl Directory {
     /// The configured list: slot `i` for the i-th endpoint, version 0.
-    pub fn from_list(list: &[(String, u32)]) -> Self {
+    pub fn from_list(list: &[Listed]) -> Self {
         Directory {
             version: 0,
             entries: list
                 .iter()
                 .enumerate()
-                .map(|(i, (address, weight))| Entry {
+                .map(|(i, l)| Entry {
                     slot: u16::try_from(i).unwrap_or(u16::MAX),
-                    address: address.clone(),
-                    weight: *weight,
+                    address: l.address.clone(),
+                    weight: l.weight,
+                    cell: l.cell.clone(),
                 })
                 .collect(),
         }
     }
 
     /// The directory for a newly discovered `list`: endpoints that stay keep their slot (and get
-    /// the new weight), new ones take the lowest free slot below `max_slots`; those that find no
+    /// the new weight and cell), new ones take the lowest free slot below `max_slots`; those that find no
     /// slot are left out and counted. The version moves only when something changed.
-    pub fn next(&self, list: &[(String, u32)], max_slots: u16) -> (Directory, usize) {
+    pub fn next(&self, list: &[Listed], max_slots: u16) -> (Directory, usize) {
         let mut entries: Vec<Entry> = Vec::with_capacity(list.len());
-        let mut pending: Vec<&(String, u32)> = Vec::new();
+        let mut pending: Vec<&Listed> = Vec::new();
         for item in list {
-            if entries.iter().any(|e| e.address == item.0) {
+            if entries.iter().any(|e| e.address == item.address) {
                 continue; // listed twice: once is enough
             }
-            match self.entries.iter().find(|e| e.address == item.0) {
+            match self.entries.iter().find(|e| e.address == item.address) {
                 Some(old) => entries.push(Entry {
                     slot: old.slot,
-                    address: item.0.clone(),
-                    weight: item.1,
+                    address: item.address.clone(),
+                    weight: item.weight,
+                    cell: item.cell.clone(),
                 }),
                 None => {
-                    if !pending.iter().any(|p| p.0 == item.0) {
+                    if !pending.iter().any(|p| p.address == item.address) {
                         pending.push(item);
                     }
                 }
@@ -93,8 +118,9 @@ impl Directory {
             match free {
                 Some(slot) => entries.push(Entry {
                     slot,
-                    address: item.0.clone(),
-                    weight: item.1,
+                    address: item.address.clone(),
+                    weight: item.weight,
+                    cell: item.cell.clone(),
                 }),
                 None => overflow += 1,
             }
@@ -122,6 +148,12 @@ impl Directory {
             for b in bytes.iter().take(len) {
                 e.u8(*b);
             }
+            let cell = entry.cell.as_deref().unwrap_or_default().as_bytes();
+            let len = cell.len().min(crate::cells::MAX_CELL_NAME_BYTES);
+            e.u8(len as u8);
+            for b in cell.iter().take(len) {
+                e.u8(*b);
+            }
         }
         e.finish()
     }
@@ -131,7 +163,7 @@ impl Directory {
         let mut d = Decoder::new(bytes, KIND, VERSION)?;
         let version = d.u32()?;
         let n = d.u16()?;
-        let mut entries = Vec::with_capacity(usize::from(n).min(d.remaining() / 7));
+        let mut entries = Vec::with_capacity(usize::from(n).min(d.remaining() / 8));
         for _ in 0..n {
             let slot = d.u16()?;
             let weight = d.u32()?;
@@ -141,10 +173,21 @@ impl Directory {
                 raw.push(d.u8()?);
             }
             let address = String::from_utf8(raw).map_err(|_| DecodeError::Invalid)?;
+            let len = d.u8()?;
+            let mut raw = Vec::with_capacity(usize::from(len));
+            for _ in 0..len {
+                raw.push(d.u8()?);
+            }
+            let cell = match String::from_utf8(raw) {
+                Ok(c) if c.is_empty() => None,
+                Ok(c) if crate::cells::is_cell_name(&c) => Some(c),
+                _ => return Err(DecodeError::Invalid),
+            };
             entries.push(Entry {
                 slot,
                 address,
                 weight,
+                cell,
             });
         }
         d.finish()?;
@@ -157,8 +200,9 @@ pub fn normalise_address(raw: &str) -> Option<String> {
     raw.parse::<SocketAddr>().ok().map(|a| a.to_string())
 }
 
-/// Reads a discovery document. At most `max` endpoints; weights 1..=1000 (default 1).
-pub fn parse_document(body: &[u8], max: usize) -> Result<Vec<(String, u32)>, String> {
+/// Reads a discovery document. At most `max` endpoints and `max` cells; weights 1..=1000
+/// (default 1); cells are names as [`crate::cells::is_cell_name`] says, drains 0-100.
+pub fn parse_document(body: &[u8], max: usize) -> Result<Document, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let items = match &value {
@@ -190,9 +234,33 @@ pub fn parse_document(body: &[u8], max: usize) -> Result<Vec<(String, u32)>, Str
                 .and_then(|w| u32::try_from(w).ok())
                 .ok_or_else(|| format!("endpoints[{i}].weight: not an integer 1-1000"))?,
         };
-        out.push((address, weight));
+        let cell = match item.get("cell") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(c) => Some(
+                c.as_str()
+                    .filter(|c| crate::cells::is_cell_name(c))
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        format!("endpoints[{i}].cell: not {}", crate::cells::CELL_NAME_RULE)
+                    })?,
+            ),
+        };
+        out.push(Listed {
+            address,
+            weight,
+            cell,
+        });
     }
-    Ok(out)
+    let cells = match value.get("cells") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            crate::cells::parse_cells(v, max).map_err(|(path, rule)| format!("{path}: {rule}"))?,
+        ),
+    };
+    Ok(Document {
+        endpoints: out,
+        cells,
+    })
 }
 
 /// Who fetches the discovery document, and when next: one worker at a time, so a fleet of
@@ -234,13 +302,13 @@ impl FetchLease {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut e = Encoder::new(LEASE_KIND, VERSION);
+        let mut e = Encoder::new(LEASE_KIND, LEASE_VERSION);
         e.u64(self.owner).u64(self.until_ms).u64(self.next_fetch_ms);
         e.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut d = Decoder::new(bytes, LEASE_KIND, VERSION)?;
+        let mut d = Decoder::new(bytes, LEASE_KIND, LEASE_VERSION)?;
         let lease = FetchLease {
             owner: d.u64()?,
             until_ms: d.u64()?,
@@ -258,8 +326,22 @@ mod tests {
 
     use super::*;
 
-    fn list(items: &[(&str, u32)]) -> Vec<(String, u32)> {
-        items.iter().map(|(a, w)| ((*a).to_owned(), *w)).collect()
+    fn list(items: &[(&str, u32)]) -> Vec<Listed> {
+        items
+            .iter()
+            .map(|(a, w)| Listed {
+                address: (*a).to_owned(),
+                weight: *w,
+                cell: None,
+            })
+            .collect()
+    }
+
+    fn doc(items: &[(&str, u32)]) -> Result<Document, String> {
+        Ok(Document {
+            endpoints: list(items),
+            cells: None,
+        })
     }
 
     #[test]
@@ -299,11 +381,11 @@ mod tests {
     fn documents_are_checked_as_a_whole() {
         assert_eq!(
             parse_document(br#"{"endpoints": [{"address": "10.0.0.1:80", "weight": 3}, {"address": "[::1]:81"}]}"#, 10),
-            Ok(list(&[("10.0.0.1:80", 3), ("[::1]:81", 1)]))
+            doc(&[("10.0.0.1:80", 3), ("[::1]:81", 1)])
         );
         assert_eq!(
             parse_document(br#"[{"address": "10.0.0.1:80"}]"#, 10),
-            Ok(list(&[("10.0.0.1:80", 1)]))
+            doc(&[("10.0.0.1:80", 1)])
         );
         assert!(parse_document(br#"{"endpoints": []}"#, 10).is_err());
         assert!(parse_document(br#"[{"address": "db:80"}]"#, 10).is_err());
@@ -314,6 +396,43 @@ mod tests {
             1
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_document_names_each_endpoints_cell_and_the_cells_drains() {
+        let d = parse_document(
+            br#"{"endpoints": [{"address": "10.0.0.1:80", "cell": "use1-az1"}, {"address": "10.0.0.2:80"}],
+                 "cells": {"use1-az1": {"drain_percent": 100}, "use1-az2": {"drain_percent": 0.5}}}"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(d.endpoints[0].cell.as_deref(), Some("use1-az1"));
+        assert_eq!(d.endpoints[1].cell, None);
+        assert_eq!(
+            d.cells,
+            Some(vec![
+                ("use1-az1".to_owned(), 100_000),
+                ("use1-az2".to_owned(), 500)
+            ])
+        );
+        let bad = |body: &str| parse_document(body.as_bytes(), 2).unwrap_err();
+        let one = r#""endpoints": [{"address": "10.0.0.1:80"}]"#;
+        assert!(
+            bad(r#"[{"address": "10.0.0.1:80", "cell": "a b"}]"#).starts_with("endpoints[0].cell")
+        );
+        assert!(bad(&format!(
+            r#"{{ {one}, "cells": {{"a": {{"drain_percent": 101}}}} }}"#
+        ))
+        .starts_with("cells.a"));
+        assert!(
+            bad(&format!(r#"{{ {one}, "cells": {{"a": {{"drain": 1}}}} }}"#))
+                .starts_with("cells.a")
+        );
+        assert!(bad(&format!(
+            r#"{{ {one}, "cells": {{"a": {{}}, "b": {{}}, "c": {{}}}} }}"#
+        ))
+        .starts_with("cells: names 3 cells"));
+        assert!(bad(&format!(r#"{{ {one}, "cells": [] }}"#)).starts_with("cells: expected"));
     }
 
     #[test]
@@ -345,7 +464,9 @@ mod tests {
 
     #[test]
     fn the_directory_round_trips_and_garbage_is_an_error() {
-        let d = Directory::from_list(&list(&[("10.0.0.1:80", 7), ("[2001:db8::1]:443", 1)]));
+        let mut l = list(&[("10.0.0.1:80", 7), ("[2001:db8::1]:443", 1)]);
+        l[1].cell = Some("use1-az1".to_owned());
+        let d = Directory::from_list(&l);
         assert_eq!(Directory::decode(&d.encode()), Ok(d));
         assert!(Directory::decode(&[KIND, VERSION, 1]).is_err());
     }
@@ -367,7 +488,7 @@ mod tests {
                 second in proptest::collection::vec(0u8..40, 0..30),
                 cap in 1u16..32
             ) {
-                let l = |v: &[u8]| v.iter().map(|i| (format!("10.0.0.{i}:80"), 1)).collect::<Vec<_>>();
+                let l = |v: &[u8]| v.iter().map(|i| Listed { address: format!("10.0.0.{i}:80"), weight: 1, cell: None }).collect::<Vec<_>>();
                 let (d1, _) = Directory::default().next(&l(&first), cap);
                 let (d2, _) = d1.next(&l(&second), cap);
                 for d in [&d1, &d2] {

@@ -34,6 +34,7 @@
 //!   failures, closed-loop pause, priming pacing).
 //! - [`balance`]: choosing an endpoint by effective weight (weighted random or P2C least-request).
 //! - [`rate_cap`]: an absolute requests-per-second cap shared by all workers (GCRA).
+//! - [`cells`]: draining cells (zones) gradually: shares, the drain ramp, the governor.
 //! - [`directory`]: the balancer's endpoint list with stable slots of shared state, and the
 //!   discovery document it is refreshed from.
 //! - `schema` (feature `schema`): JSON Schemas of the filter configurations, derived from the
@@ -43,6 +44,7 @@ pub mod backoff;
 pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod cells;
 pub mod codec;
 pub mod config;
 pub mod deadline;

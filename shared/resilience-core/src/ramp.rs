@@ -454,6 +454,9 @@ pub struct Batch {
     /// The readiness probe of a gated endpoint was the first warm-up request, and it succeeded:
     /// priming can go on from the second one.
     pub priming_probe_ok: bool,
+    /// The endpoint's cell is being undrained after a long full drain: its caches went cold,
+    /// so a ramping or warm endpoint warms up again (see [`crate::cells`]).
+    pub cold: bool,
 }
 
 impl Batch {
@@ -524,6 +527,8 @@ pub enum Event {
     },
     /// A success after `silence_timeout` without one: warming up again.
     Silence,
+    /// Its cell was undrained after a long full drain: warming up again.
+    Cold,
     Paused(PauseReason),
     Resumed,
 }
@@ -744,6 +749,10 @@ impl EndpointRamp {
         if self.phase == Phase::Priming && batch.generation == self.generation {
             self.priming_ok = self.priming_ok.saturating_add(batch.priming_ok);
             self.priming_failed = self.priming_failed.saturating_add(batch.priming_failed);
+        }
+        if batch.cold && matches!(self.phase, Phase::Ramping | Phase::Warm) {
+            events.push(Event::Cold);
+            events.push(self.become_ready(now_ms, false, now_ms, policy));
         }
         if batch.first_success_ms > 0 {
             let silent = policy.silence_ms.is_some_and(|s| {
@@ -1062,6 +1071,28 @@ mod tests {
         e.publish(&success_at(start), start + 50, p);
         assert_eq!(e.phase, Phase::Ramping);
         e
+    }
+
+    #[test]
+    fn a_warm_endpoint_in_a_cold_cell_ramps_again() {
+        let policy = Policy::ramp_only(10_000);
+        let mut st = EndpointRamp::new(1, &policy);
+        st.publish(&success_at(1_000), 1_000, &policy);
+        st.maintain(20_000, &policy, None);
+        assert_eq!(st.phase, Phase::Warm);
+        let batch = Batch {
+            cold: true,
+            ..Batch::default()
+        };
+        let events = st.publish(&batch, 30_000, &policy);
+        assert_eq!(
+            events,
+            vec![Event::Cold, Event::RampStarted { from: Phase::Warm }]
+        );
+        assert_eq!(st.ramp_start_ms, 30_000);
+        // A new endpoint is not warm yet: nothing to restart.
+        let mut fresh = EndpointRamp::new(2, &policy);
+        assert!(fresh.publish(&batch, 30_000, &policy).is_empty());
     }
 
     #[test]
