@@ -279,6 +279,30 @@ fn filter_of_module(module: &str) -> Option<String> {
     FILTERS.iter().any(|f| f.name == name).then_some(name)
 }
 
+/// Whether a module file name or URL is the pack module (`resilience_pack.wasm`, `…/pack:0.1.0`).
+fn is_pack_module(module: &str) -> bool {
+    let last = module.rsplit('/').next().unwrap_or("");
+    let name = last.split(':').next().unwrap_or("");
+    matches!(name, "resilience_pack.wasm" | "resilience_pack" | "pack")
+}
+
+/// A pack module's configuration: one `Found` per member, each checked against its filter's
+/// schema (a member is exactly that filter's configuration).
+fn pack_members(at: &str, config: &Value, out: &mut Vec<Found>) {
+    let members = config
+        .as_object()
+        .unwrap_or_else(|| panic!("{at}: the pack's configuration is not an object"));
+    for (member, value) in members {
+        let filter = filter_of_module(member)
+            .unwrap_or_else(|| panic!("{at}: pack member {member:?} names no filter"));
+        out.push(Found {
+            at: format!("{at}, member {member}"),
+            filter,
+            config: value.clone(),
+        });
+    }
+}
+
 /// Every Wasm plugin config (an object with `vm_config`) in an Envoy bootstrap, wherever it
 /// sits (HTTP filters, typed per-filter configs, ...).
 fn envoy_plugin_configs(node: &Yaml, file: &str, out: &mut Vec<Found>) {
@@ -291,12 +315,17 @@ fn envoy_plugin_configs(node: &Yaml, file: &str, out: &mut Vec<Found>) {
                 );
                 let module = node["vm_config"]["code"]["local"]["filename"].as_str();
                 let root_id = node["root_id"].as_str();
-                let filter = module
+                let pack = module.is_some_and(is_pack_module);
+                let filter = if pack {
+                    String::new()
+                } else {
+                    module
                     .and_then(filter_of_module)
                     .or_else(|| root_id.and_then(filter_of_module))
                     .unwrap_or_else(|| {
                         panic!("{at}: neither its module {module:?} nor its root_id {root_id:?} names a filter")
-                    });
+                    })
+                };
                 let configuration = &node["configuration"];
                 let config = if configuration.is_badvalue() {
                     json!({})
@@ -312,7 +341,11 @@ fn envoy_plugin_configs(node: &Yaml, file: &str, out: &mut Vec<Found>) {
                     serde_json::from_str(text)
                         .unwrap_or_else(|e| panic!("{at}: configuration.value is not JSON: {e}"))
                 };
-                out.push(Found { at, filter, config });
+                if pack {
+                    pack_members(&at, &config, out);
+                } else {
+                    out.push(Found { at, filter, config });
+                }
             }
             for (_, v) in h {
                 envoy_plugin_configs(v, file, out);
@@ -364,12 +397,16 @@ fn shipped_configs() -> Vec<Found> {
                     doc["metadata"]["name"].as_str().unwrap_or("(unnamed)")
                 );
                 let url = doc["spec"]["url"].as_str().unwrap_or("");
-                let filter = filter_of_url(url)
-                    .unwrap_or_else(|| panic!("{at}: its url {url:?} names no filter"));
                 let config = match &doc["spec"]["pluginConfig"] {
                     Yaml::BadValue => json!({}),
                     c => yaml_to_json(c, &file),
                 };
+                if is_pack_module(url) {
+                    pack_members(&at, &config, &mut found);
+                    continue;
+                }
+                let filter = filter_of_url(url)
+                    .unwrap_or_else(|| panic!("{at}: its url {url:?} names no filter"));
                 found.push(Found { at, filter, config });
             } else {
                 envoy_plugin_configs(doc, &file, &mut found);
