@@ -70,11 +70,21 @@ impl Drop for PackRun {
 }
 
 fn start_pack_run() -> PackRun {
+    start_run(&[])
+}
+
+/// `cargo pack run` with `args` (for example `--config FILE`).
+fn start_run(args: &[&str]) -> PackRun {
+    // The other walkthrough's run may still be stopping (its Envoy ends through its watchdog).
     for port in [10_000u16, 9901, 18_090] {
-        assert!(
-            TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "port {port} is in use: is a `cargo pack run` still running?"
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port} is in use: is a `cargo pack run` still running?"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = Command::new(&cargo)
@@ -88,6 +98,7 @@ fn start_pack_run() -> PackRun {
     let mut child = Command::new(target_dir().join("debug/xtask"))
         .current_dir(workspace_root())
         .args(["run", "--for", "300"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -231,4 +242,39 @@ fn the_readme_walkthrough_shows_what_it_says_when_run_in_order_after_cargo_pack_
         check(step, &out);
     }
     println!("figure: the walkthrough ran in {:?}", started.elapsed());
+}
+
+/// The cells walkthrough `cargo pack run --config envoy-configs/slow-start-cells.yaml` prints:
+/// every cell serves, then one `sed` on the document drains use1-az1 and it serves nothing.
+#[test]
+fn the_cells_walkthrough_drains_a_cell_by_editing_the_document_cargo_pack_run_serves() {
+    let _run = start_run(&["--config", "envoy-configs/slow-start-cells.yaml"]);
+    let cells = |n: usize| -> String {
+        sh(&format!(
+            "for i in $(seq {n}); do curl -s localhost:10000/api/hello -D - -o /dev/null | grep -o 'cell=[a-z0-9-]*'; done | sort | uniq -c"
+        ))
+    };
+    let before = cells(60);
+    for cell in ["use1-az1", "use1-az2", "use1-az3"] {
+        assert!(before.contains(cell), "every cell serves:\n{before}");
+    }
+    let doc = workspace_root().join("target/pack-run/cells.json");
+    sh(&format!(
+        "sed -i 's/\"drain_percent\": [0-9.]*/\"drain_percent\": 100/' {}",
+        doc.display()
+    ));
+    // One discovery interval (2 s) and the ramp at drain_rate 20 (5 s), with a margin.
+    std::thread::sleep(Duration::from_secs(9));
+    let after = cells(60);
+    assert!(!after.contains("use1-az1"), "use1-az1 is drained:\n{after}");
+    println!("before:\n{before}after the drain:\n{after}");
+    let stats = sh("curl -s 'localhost:9901/stats?filter=slow_start.cell.use1-az1'");
+    assert_eq!(
+        stat_value(
+            &stats,
+            "wasmcustom.slow_start.cell.use1-az1.effective_drain"
+        ),
+        Some(100_000),
+        "{stats}"
+    );
 }

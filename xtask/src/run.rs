@@ -21,6 +21,9 @@ const CONTROL_PORT: u16 = 18090;
 const LISTENER: &str = "http://127.0.0.1:10000";
 const ADMIN: &str = "http://127.0.0.1:9901";
 const PACK_CONFIG: &str = "envoy-configs/pack.yaml";
+const CELLS_CONFIG: &str = "envoy-configs/slow-start-cells.yaml";
+/// The cells walkthrough: two replicas per cell on 18081-18086.
+const CELLS: [&str; 3] = ["use1-az1", "use1-az2", "use1-az3"];
 
 const USAGE: &str =
     "usage: cargo pack run [--config FILE] [--at AT:INSTANCE:ACTION]... [--for SECONDS]";
@@ -66,10 +69,68 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(out)
 }
 
-/// What runs behind Envoy: the fleet for the pack, or one example upstream for a single filter.
+/// What runs behind Envoy: the fleet for the pack, six replicas in three cells with their
+/// discovery document for the cells config, or one example upstream for a single filter.
 enum Backend {
     Fleet(Fleet),
     Single(Upstream),
+    Cells(Cells),
+}
+
+/// Six replicas, named after their cell, and the registry serving the discovery document from
+/// a file the user edits (re-read twice a second).
+struct Cells {
+    _replicas: Vec<Upstream>,
+    registry: Upstream,
+    document: PathBuf,
+}
+
+/// The discovery document with `drained` at `percent`.
+fn cells_document(drained: &str, percent: u32) -> String {
+    let endpoints: Vec<String> = (0..6u16)
+        .map(|i| {
+            let cell = CELLS.get(usize::from(i / 2)).copied().unwrap_or("use1-az1");
+            format!(
+                "    {{\"address\": \"127.0.0.1:{}\", \"cell\": \"{cell}\"}}",
+                FLEET_BASE_PORT + i
+            )
+        })
+        .collect();
+    format!(
+        "{{\"endpoints\": [\n{}\n  ],\n  \"cells\": {{\"{drained}\": {{\"drain_percent\": {percent}}}}}}}\n",
+        endpoints.join(",\n")
+    )
+}
+
+fn start_cells() -> Result<Backend, String> {
+    let mut replicas = Vec::new();
+    for i in 0..6u16 {
+        let cell = CELLS.get(usize::from(i / 2)).copied().unwrap_or("use1-az1");
+        let u = Upstream::start_at(&format!("{cell}-{}", i % 2), FLEET_BASE_PORT + i)?;
+        // A request that takes a while: it must finish even when its cell is drained meanwhile.
+        u.set_behavior(
+            "/slow",
+            Behavior::status(200).with_latency(Duration::from_millis(2_000)),
+        );
+        replicas.push(u);
+    }
+    let registry = Upstream::start_at("registry", CONTROL_PORT)?;
+    let dir = workspace_root().join("target/pack-run");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let document = dir.join("cells.json");
+    std::fs::write(&document, cells_document("use1-az1", 0))
+        .map_err(|e| format!("{}: {e}", document.display()))?;
+    let serve = |registry: &Upstream, path: &PathBuf| {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            registry.set_behavior("/endpoints", Behavior::status(200).with_body(text));
+        }
+    };
+    serve(&registry, &document);
+    Ok(Backend::Cells(Cells {
+        _replicas: replicas,
+        registry,
+        document,
+    }))
 }
 
 fn start_fleet(events: Vec<Event>) -> Result<Backend, String> {
@@ -126,6 +187,26 @@ fn print_pack_tour(log: &str) {
     );
 }
 
+fn print_cells_tour(c: &Cells, log: &str) {
+    let doc = c.document.display();
+    println!(
+        "\nRunning Envoy {ver} (2 workers) with {CELLS_CONFIG}: slow start balancing over six replicas\n\
+         in three cells (use1-az1: 127.0.0.1:18081-18082, use1-az2: 18083-18084, use1-az3: 18085-18086),\n\
+         discovered from {doc} (served on 127.0.0.1:{CONTROL_PORT}/endpoints, re-read every 2 s).\n\n  \
+         who serves:     for i in $(seq 30); do curl -s {LISTENER}/api/hello -D - -o /dev/null | grep -o 'cell=[a-z0-9-]*'; done | sort | uniq -c\n  \
+         drain az1:      sed -i 's/\"drain_percent\": [0-9.]*/\"drain_percent\": 100/' {doc}\n                  \
+         (at most drain_rate = 20 points a second: about 5 s to drain; requests in flight finish,\n                  \
+         try  curl -s {LISTENER}/slow &  just before)\n  \
+         undrain to 1%:  sed -i 's/\"drain_percent\": [0-9.]*/\"drain_percent\": 97/' {doc}\n                  \
+         (97% drained leaves use1-az1 1% of all traffic: a third of it, less 97%)\n  \
+         watch:          curl -s '{ADMIN}/stats?filter=slow_start.cell'\n  \
+         admin:          {ADMIN}/\n  \
+         Envoy log:      {log}\n\n\
+         Press Ctrl-C to stop.",
+        ver = harness::ENVOY_VERSION,
+    );
+}
+
 fn print_single_tour(config: &str, upstream: &Upstream, log: &str) {
     println!(
         "\nRunning Envoy {} (2 workers) with {config} in front of an example upstream on\n\
@@ -155,8 +236,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     harness::envoy::ensure_installed()?;
 
+    let is_cells = args.config == workspace_root().join(CELLS_CONFIG);
     let backend = if is_pack {
         start_fleet(args.events)?
+    } else if is_cells {
+        start_cells()?
     } else {
         start_single()?
     };
@@ -172,12 +256,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match &backend {
         Backend::Fleet(_) => print_pack_tour(&log),
         Backend::Single(u) => print_single_tour(&args.config.display().to_string(), u, &log),
+        Backend::Cells(c) => print_cells_tour(c, &log),
     }
     let started = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(200));
         if !envoy.is_running() {
             return Err(format!("Envoy stopped; log tail:\n{}", envoy.log_tail(30)));
+        }
+        if let Backend::Cells(c) = &backend {
+            // The document as the user last saved it (an unreadable file keeps the last one).
+            if let Ok(text) = std::fs::read_to_string(&c.document) {
+                c.registry
+                    .set_behavior("/endpoints", Behavior::status(200).with_body(text));
+            }
         }
         if args.run_for.is_some_and(|d| started.elapsed() >= d) {
             println!("stopping after {:?}", args.run_for.unwrap_or_default());
