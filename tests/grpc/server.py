@@ -73,7 +73,17 @@ class Handler(grpc.GenericRpcHandler):
 
         def unary(request, context):
             md = metadata_of(context)
-            emit({"method": method, "metadata": md, "bytes": len(request), "messages": 1})
+            emit({"method": method, "metadata": md, "bytes": len(request), "messages": 1,
+                  "t": time.monotonic()})
+            if CAPACITY is not None:
+                # An overloaded server sheds at once with UNAVAILABLE, the status every gRPC
+                # retry policy retries: the raw material of a retry storm.
+                if not CAPACITY.acquire(blocking=False):
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
+                try:
+                    time.sleep(SERVICE_S)
+                finally:
+                    CAPACITY.release()
             behave(md, context)
             return request
 
@@ -81,9 +91,19 @@ class Handler(grpc.GenericRpcHandler):
             unary, request_deserializer=identity, response_serializer=identity)
 
 
+CAPACITY = None
+SERVICE_S = 0.0
+
+
 def main():
+    global CAPACITY, SERVICE_S
     port = int(sys.argv[1])
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
+    if len(sys.argv) >= 4:
+        # `server.py PORT CAPACITY SERVICE_MS`: at most CAPACITY calls at once, each taking
+        # SERVICE_MS; the rest are refused with UNAVAILABLE.
+        CAPACITY = threading.BoundedSemaphore(int(sys.argv[2]))
+        SERVICE_S = int(sys.argv[3]) / 1000.0
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
                          options=[("grpc.so_reuseport", 0)])
     server.add_generic_rpc_handlers((Handler(),))
     if server.add_insecure_port("127.0.0.1:%d" % port) != port:

@@ -159,9 +159,20 @@ impl std::fmt::Debug for GrpcServer {
 impl GrpcServer {
     /// Starts the server on a free port and waits (up to 20 s) until it serves.
     pub fn start() -> Result<GrpcServer, String> {
+        Self::start_with(&[])
+    }
+
+    /// A server that serves at most `capacity` calls at once, each taking `service_ms`, and
+    /// refuses the rest at once with `UNAVAILABLE` (an overloaded server, for the lab's storm).
+    pub fn start_with_capacity(capacity: usize, service_ms: u64) -> Result<GrpcServer, String> {
+        Self::start_with(&[capacity.to_string(), service_ms.to_string()])
+    }
+
+    fn start_with(extra: &[String]) -> Result<GrpcServer, String> {
         let port = crate::free_port();
         let mut child = python("server.py")?
             .arg(port.to_string())
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -466,4 +477,68 @@ fn parse_outcome(line: &str) -> Result<Outcome, String> {
         trailing_metadata: v.get("trailing_metadata").cloned().unwrap_or(Value::Null),
         status: v.get("status").cloned().unwrap_or(Value::Null),
     })
+}
+
+/// One call of [`storm`]: when it started (s since the load began) and how it ended.
+#[derive(Debug, Clone)]
+pub struct StormCall {
+    pub at_s: f64,
+    pub code: String,
+}
+
+/// Open-loop callers through one grpcio channel with `retry` (grpcio's own retries): `phases`
+/// of `(from_s, to_s, calls per second)`. Returns the load's start on the monotonic clock (the
+/// server's `t` of each call is on the same clock) and every call.
+pub fn storm(
+    port: u16,
+    retry: &RetryPolicy,
+    phases: &[(f64, f64, f64)],
+    timeout: Duration,
+) -> Result<(f64, Vec<StormCall>), String> {
+    let spec = json!({
+        "target": format!("127.0.0.1:{port}"),
+        "method": "/test.Echo/Unary",
+        "timeout_s": timeout.as_secs_f64(),
+        "retry": {
+            "max_attempts": retry.max_attempts,
+            "initial_backoff_s": retry.initial_backoff.as_secs_f64(),
+            "max_backoff_s": retry.max_backoff.as_secs_f64(),
+            "codes": retry.retryable,
+        },
+        "phases": phases.iter().map(|(from, to, rate)| json!({"from_s": from, "to_s": to, "rate": rate})).collect::<Vec<_>>(),
+        "threads": 128,
+    });
+    let output = python("storm.py")?
+        .arg(spec.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running the gRPC callers: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the gRPC callers failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let mut t0 = None;
+    let mut calls = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let Some(t) = v.get("t0").and_then(Value::as_f64) {
+            t0 = Some(t);
+        } else if let Some(at_s) = v.get("at_s").and_then(Value::as_f64) {
+            calls.push(StormCall {
+                at_s,
+                code: v
+                    .get("code")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            });
+        }
+    }
+    let t0 = t0.ok_or("the gRPC callers printed no start time")?;
+    Ok((t0, calls))
 }

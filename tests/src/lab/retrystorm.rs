@@ -323,6 +323,64 @@ fn time_to_recover(samples: &[Sample], from_ms: u64, total_ms: u64) -> Option<u6
     None
 }
 
+/// The gRPC variant: callers with grpcio's standard retry policy (`maxAttempts` 4, retrying
+/// `UNAVAILABLE`) make the retries themselves, so only the dependency's side can bound them:
+/// the retry budget inbound sheds retries (`grpc-previous-rpc-attempts`) beyond the budget with
+/// a gRPC status and "do not retry" pushback, which grpcio honours. The server serves
+/// `CAPACITY` calls at once and refuses the rest with `UNAVAILABLE` (an overloaded gRPC server).
+/// Returns the amplification during the spike: calls reaching the server per caller's call.
+fn grpc_variant(budget: bool, t: &Timeline) -> Result<f64, String> {
+    let server = crate::grpc::GrpcServer::start_with_capacity(CAPACITY, SERVICE_MS)?;
+    let listener = free_port();
+    let filters = if budget {
+        super::pack_stage_yaml("retry_budget", "lab_rb_grpc", "retry_budget", INBOUND_JSON)?
+    } else {
+        String::new()
+    };
+    let yaml = ProxyConfig::new(listener, free_port())
+        .with_http_filters(&filters)
+        .route(
+            RouteSpec::new("app", "/", "app").with_timeout(Duration::from_millis(ROUTE_TIMEOUT_MS)),
+        )
+        .cluster(
+            ClusterSpec::new("app", &[server.port()])
+                .with_http2()
+                .with_extra_yaml(UNLIMITED_RETRIES),
+        )
+        .render();
+    let envoy = Envoy::start(&yaml, &EnvoyOptions::default())?;
+    envoy.wait_listener(listener)?;
+    let (steady, spike) = (
+        CAPACITY_RPS * STEADY_PERCENT / 100.0,
+        CAPACITY_RPS * SPIKE_PERCENT / 100.0,
+    );
+    let s = |ms: u64| ms as f64 / 1000.0;
+    let phases = [
+        (0.0, s(t.spike_ms), steady),
+        (s(t.spike_ms), s(t.calm_ms), spike),
+        (s(t.calm_ms), s(t.calm_ms) + 2.0, steady),
+    ];
+    let (t0, calls) = crate::grpc::storm(
+        listener,
+        &crate::grpc::RetryPolicy::standard(),
+        &phases,
+        Duration::from_millis(ROUTE_TIMEOUT_MS),
+    )?;
+    let (from, to) = (s(t.spike_ms), s(t.calm_ms));
+    let made = calls
+        .iter()
+        .filter(|c| c.at_s >= from && c.at_s < to)
+        .count();
+    let reached = server
+        .calls()
+        .iter()
+        .filter_map(|c| c.get("t").and_then(serde_json::Value::as_f64))
+        .filter(|at| (from..to).contains(&(at - t0)))
+        .count();
+    drop(envoy);
+    Ok(reached as f64 / made.max(1) as f64)
+}
+
 /// The headline numbers of one variant.
 struct Measured {
     spike_amplification: f64,
@@ -482,7 +540,37 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
     );
     let (none_goodput, outbound_goodput) =
         (goodput(Protection::None), goodput(Protection::Outbound));
+    progress.start("retry storm", "gRPC callers, no protection");
+    let grpc_none = grpc_variant(false, &t)?;
+    progress.finish();
+    progress.start("retry storm", "gRPC callers, filter inbound");
+    let grpc_inbound = grpc_variant(true, &t)?;
+    progress.finish();
+    for (name, amp) in [
+        (
+            "gRPC callers (grpcio, maxAttempts 4), no protection",
+            grpc_none,
+        ),
+        (
+            "gRPC callers (grpcio, maxAttempts 4), filter inbound",
+            grpc_inbound,
+        ),
+    ] {
+        rows.push(Variant {
+            name: name.to_owned(),
+            figures: vec![Figure {
+                name: "amplification in spike".into(),
+                value: format!("{amp:.2}×"),
+            }],
+        });
+    }
     let criteria = vec![
+        Criterion {
+            description: format!(
+                "gRPC callers retrying UNAVAILABLE make a storm without protection ({grpc_none:.2}×); the inbound budget and its pushback hold them at or below the HTTP variant's amplification ({grpc_inbound:.2}× vs {inbound_amp:.2}×)"
+            ),
+            passed: grpc_none >= 1.5 && grpc_inbound <= inbound_amp.max(1.0) + 0.05,
+        },
         Criterion {
             description: format!(
                 "without protection the spike becomes a storm: the dependency gets ≥ 1.8× the client requests during the spike ({none_amp:.2}×)"
