@@ -107,22 +107,24 @@ fn message_of(err: &serde_json::Error) -> String {
 /// How serde's tree deserializer would have described the JSON token `token`: `integer `5``,
 /// `boolean `true``, `null`, `sequence`.
 fn describe_token(token: &[u8]) -> String {
+    // Through serde_json's own number reader (already linked), not `str::parse::<f64>`.
+    let value = match token.first() {
+        Some(b'[' | b'{') => None,
+        _ => serde_json::from_slice::<serde_json::Value>(token).ok(),
+    };
     let text = String::from_utf8_lossy(token);
-    let unexpected = match token.first() {
-        Some(b'[') => de::Unexpected::Seq,
-        Some(b'{') => de::Unexpected::Map,
-        Some(b't') => de::Unexpected::Bool(true),
-        Some(b'f') => de::Unexpected::Bool(false),
-        Some(b'n') => de::Unexpected::Unit,
-        _ if text.contains(['.', 'e', 'E']) => match text.parse::<f64>() {
-            Ok(f) => de::Unexpected::Float(f),
-            Err(_) => de::Unexpected::Other(&text),
+    let unexpected = match (token.first(), &value) {
+        (Some(b'['), _) => de::Unexpected::Seq,
+        (Some(b'{'), _) => de::Unexpected::Map,
+        (_, Some(serde_json::Value::Bool(b))) => de::Unexpected::Bool(*b),
+        (_, Some(serde_json::Value::Null)) => de::Unexpected::Unit,
+        (_, Some(serde_json::Value::Number(n))) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => de::Unexpected::Unsigned(u),
+            (None, Some(i), _) => de::Unexpected::Signed(i),
+            (None, None, Some(f)) => de::Unexpected::Float(f),
+            (None, None, None) => de::Unexpected::Other(&text),
         },
-        _ => match (text.parse::<u64>(), text.parse::<i64>()) {
-            (Ok(u), _) => de::Unexpected::Unsigned(u),
-            (_, Ok(i)) => de::Unexpected::Signed(i),
-            _ => de::Unexpected::Other(&text),
-        },
+        _ => de::Unexpected::Other(&text),
     };
     unexpected.to_string()
 }
