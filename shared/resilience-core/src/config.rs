@@ -11,8 +11,8 @@
 //! routes[1].failure_rate_threshold: must be between 0 and 100, got 150
 //! ```
 //!
-//! [`parse_json`] and [`parse_value`] track the path with `serde_path_to_error` and normalise it to
-//! `a.b[1].c`; the types here ([`DurationMs`], [`Percent`]) phrase their own rules so the two halves
+//! [`parse_json`] and [`parse_value`] find the path from serde_json's error position (see
+//! `json_path.rs`) and render it as `a.b[1].c`; the types here ([`DurationMs`], [`Percent`]) phrase their own rules so the two halves
 //! read as one sentence.
 //!
 //! # Why durations are strings
@@ -25,7 +25,8 @@ use core::fmt;
 
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
-use serde_path_to_error::Segment;
+
+use crate::json_path;
 
 /// A configuration problem: where it is (`routes[1].failure_rate_threshold`) and which rule it
 /// broke (`must be between 0 and 100, got 150`).
@@ -77,25 +78,6 @@ pub(crate) fn join_path(prefix: &str, rest: &str) -> String {
     }
 }
 
-/// Renders serde_path_to_error's path as `a.b[1].c`. Unknown segments (from untagged or flattened
-/// types) are left out rather than printed as `?`.
-fn path_string(path: &serde_path_to_error::Path) -> String {
-    let mut out = String::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
 /// serde's own messages quote names with backticks (written for Rust developers); operators read
 /// them in YAML context, where double quotes are the norm.
 fn tidy_rule(message: &str) -> String {
@@ -110,22 +92,131 @@ fn tidy_rule(message: &str) -> String {
     }
 }
 
-fn from_path_error(
-    err: serde_path_to_error::Error<serde_json::Error>,
-    prefix: &str,
-) -> ConfigError {
-    let path = path_string(err.path());
-    let inner = err.into_inner();
-    let mut message = inner.to_string();
-    // serde_json appends the position of data errors when reading bytes; the path already says
-    // where the value is, and "line 1 column 312" of a YAML-embedded string helps nobody.
-    if inner.line() != 0 {
-        let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+/// serde_json's message without the " at line L column C" it appends: the path says where.
+fn message_of(err: &serde_json::Error) -> String {
+    let mut message = err.to_string();
+    if err.line() != 0 {
+        let suffix = format!(" at line {} column {}", err.line(), err.column());
         if let Some(stripped) = message.strip_suffix(&suffix) {
             message = stripped.to_owned();
         }
     }
-    ConfigError::new(join_path(prefix, &path), tidy_rule(&message))
+    message
+}
+
+/// How serde's tree deserializer would have described the JSON token `token`: `integer `5``,
+/// `boolean `true``, `null`, `sequence`.
+fn describe_token(token: &[u8]) -> String {
+    // Through serde_json's own number reader (already linked), not `str::parse::<f64>`.
+    let value = match token.first() {
+        Some(b'[' | b'{') => None,
+        _ => serde_json::from_slice::<serde_json::Value>(token).ok(),
+    };
+    let text = String::from_utf8_lossy(token);
+    let unexpected = match (token.first(), &value) {
+        (Some(b'['), _) => de::Unexpected::Seq,
+        (Some(b'{'), _) => de::Unexpected::Map,
+        (_, Some(serde_json::Value::Bool(b))) => de::Unexpected::Bool(*b),
+        (_, Some(serde_json::Value::Null)) => de::Unexpected::Unit,
+        (_, Some(serde_json::Value::Number(n))) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => de::Unexpected::Unsigned(u),
+            (None, Some(i), _) => de::Unexpected::Signed(i),
+            (None, None, Some(f)) => de::Unexpected::Float(f),
+            (None, None, None) => de::Unexpected::Other(&text),
+        },
+        _ => de::Unexpected::Other(&text),
+    };
+    unexpected.to_string()
+}
+
+/// The JSON token starting at `at` (a literal, a number, or just the bracket of a container).
+fn token_at(text: &[u8], at: usize) -> &[u8] {
+    let rest = text.get(at..).unwrap_or_default();
+    let len = rest
+        .iter()
+        .position(|b| matches!(b, b',' | b']' | b'}' | b':') || b.is_ascii_whitespace())
+        .unwrap_or(rest.len())
+        .max(1);
+    rest.get(..len).unwrap_or_default()
+}
+
+/// Turns serde_json's error from reading `text` into a path and a rule. `text` is well-formed
+/// JSON that [`parse_value`] wrote itself, so a "syntax" error is really one of the few type
+/// mismatches serde_json's text deserializer reports as syntax; those are rephrased as serde's
+/// tree deserializer (the one configs were read with before) phrases them.
+fn data_error(err: &serde_json::Error, text: &[u8], prefix: &str) -> ConfigError {
+    let message = message_of(err);
+    let Some(offset) = json_path::offset_of(text, err.line(), err.column()) else {
+        return ConfigError::new(prefix, tidy_rule(&message));
+    };
+    let spot = json_path::locate(text, offset);
+    let syntax = matches!(
+        err.classify(),
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+    );
+    let (path, rule) = if syntax && message == "expected value" {
+        // An enum read from a value that is neither a string nor an object: serde_json peeked at
+        // the value's first byte. Or an enum object with more than one key: serde_json stopped
+        // after the first member's value, at its last byte.
+        let starts_value = offset
+            .checked_sub(1)
+            .and_then(|before| text.get(before))
+            .is_some_and(|b| matches!(b, b':' | b'[' | b','))
+            && text.get(offset).is_some_and(|b| {
+                matches!(b, b'[' | b'{' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9')
+            });
+        if starts_value {
+            let got = describe_token(token_at(text, offset));
+            (
+                spot.path,
+                format!("invalid type: {got}, expected string or map"),
+            )
+        } else {
+            let object = json_path::locate(text, offset.saturating_add(1));
+            (
+                object.path,
+                "invalid value: map, expected map with a single key".to_owned(),
+            )
+        }
+    } else if syntax && message == "trailing characters" && spot.array.is_some() {
+        // A fixed-length sequence (tuple, array) given more elements: serde_json peeked at the
+        // first one too many.
+        let (path, len) = spot.array.unwrap_or_default();
+        (
+            path,
+            format!("invalid length {len}, expected fewer elements in array"),
+        )
+    } else if message.starts_with("invalid type: unit variant") {
+        // A variant that carries data, given as a bare string: serde_json raises this one without
+        // a position, so it lands on the string, or on the enclosing container's closing bracket
+        // when the enum was its last member. The path names the variant, as for variants given as objects.
+        let at_string = if spot.string.is_none()
+            && matches!(text.get(offset), Some(b'}' | b']'))
+            && offset.checked_sub(1).and_then(|b| text.get(b)) == Some(&b'"')
+        {
+            json_path::locate(text, offset.saturating_sub(1))
+        } else {
+            spot
+        };
+        match at_string.string {
+            Some(variant) => (join_path(&at_string.path, &variant), message),
+            None => (at_string.path, message),
+        }
+    } else if message.starts_with("unknown variant") && spot.key_of.is_some() {
+        // `{"variant": ...}` with an unknown variant names the enum, not the key.
+        (spot.key_of.unwrap_or_default(), message)
+    } else if message.starts_with("invalid type: map")
+        || message.starts_with("invalid type: sequence")
+    {
+        // A container refused without being entered: serde_json stopped at the delimiter before.
+        match spot.next {
+            Some((next, true)) => (next, message),
+            _ => (spot.path, message),
+        }
+    } else {
+        (spot.path, message)
+    };
+    ConfigError::new(join_path(prefix, &path), tidy_rule(&rule))
 }
 
 fn syntax_error(err: &serde_json::Error) -> ConfigError {
@@ -155,33 +246,24 @@ pub fn parse_json_value(json: &[u8]) -> Result<serde_json::Value, ConfigError> {
 /// Parses a configuration document into `T`. An empty or all-whitespace document is read as `{}`,
 /// so a filter whose settings all have defaults needs no configuration at all.
 pub fn parse_json<T: DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
-    if json.iter().all(u8::is_ascii_whitespace) {
-        return parse_value(serde_json::Value::Object(serde_json::Map::new()), "");
-    }
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let value = match serde_path_to_error::deserialize(&mut de) {
-        Ok(value) => value,
-        Err(err) => {
-            let classify = err.inner().classify();
-            return Err(match classify {
-                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                    syntax_error(err.inner())
-                }
-                _ => from_path_error(err, ""),
-            });
-        }
-    };
-    de.end().map_err(|e| syntax_error(&e))?;
-    Ok(value)
+    parse_value(parse_json_value(json)?, "")
 }
 
 /// Parses an already-read JSON value; error paths are prefixed with `path_prefix`
 /// (`routes[1]` + `failure_rate_threshold` = `routes[1].failure_rate_threshold`).
+///
+/// The value is written back to compact JSON text and read from there: serde_json's text
+/// deserializer reports where an error happened, which `json_path` turns into the path, and
+/// every configuration type is then compiled for that one deserializer only (the filters' built-in
+/// defaults are read from text too). Configurations are small and parsed once per load.
 pub fn parse_value<T: DeserializeOwned>(
     value: serde_json::Value,
     path_prefix: &str,
 ) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|err| from_path_error(err, path_prefix))
+    let text = serde_json::to_string(&value)
+        .map_err(|e| ConfigError::new(path_prefix, format!("cannot be re-encoded: {e}")))?;
+    drop(value);
+    serde_json::from_str(&text).map_err(|err| data_error(&err, text.as_bytes(), path_prefix))
 }
 
 /// Describes a JSON value briefly for a "got ..." clause, never echoing more than a few bytes.
@@ -601,6 +683,138 @@ mod tests {
     fn a_missing_field_is_named() {
         let err = parse_value::<Thresholds>(json!({}), "").unwrap_err();
         assert_eq!(err.to_string(), r#"missing field "failure_rate_threshold""#);
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields, rename_all = "snake_case")]
+    #[allow(dead_code)]
+    enum Action {
+        Reject { status: u16 },
+        Pass,
+    }
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Shapes {
+        #[serde(default)]
+        action: Option<Action>,
+        #[serde(default)]
+        pair: Option<(u8, String)>,
+        #[serde(default)]
+        list: Vec<u32>,
+        #[serde(default)]
+        z: u8,
+    }
+
+    fn shapes_error(value: serde_json::Value) -> String {
+        parse_value::<Shapes>(value, "routes[3]")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_enum_given_a_number_or_an_array_names_the_field_and_what_it_got() {
+        assert_eq!(
+            shapes_error(json!({"action": 5})),
+            "routes[3].action: invalid type: integer `5`, expected string or map"
+        );
+        assert_eq!(
+            shapes_error(json!({"action": [true], "z": 1})),
+            "routes[3].action: invalid type: sequence, expected string or map"
+        );
+        assert_eq!(
+            shapes_error(json!({"action": -1.5})),
+            "routes[3].action: invalid type: floating point `-1.5`, expected string or map"
+        );
+        assert_eq!(
+            shapes_error(json!({"action": null, "z": 300})),
+            "routes[3].z: invalid value: integer `300`, expected u8"
+        );
+    }
+
+    #[test]
+    fn an_enum_object_with_two_variants_names_the_enum() {
+        assert_eq!(
+            shapes_error(json!({"action": {"pass": null, "reject": {"status": 1}}})),
+            "routes[3].action: invalid value: map, expected map with a single key"
+        );
+    }
+
+    #[test]
+    fn variants_are_named_like_fields() {
+        assert_eq!(
+            shapes_error(json!({"action": {"reject": {}}})),
+            r#"routes[3].action.reject: missing field "status""#
+        );
+        assert_eq!(
+            shapes_error(json!({"action": {"bogus": {}}})),
+            r#"routes[3].action: unknown variant "bogus", expected "reject" or "pass""#
+        );
+        for value in [
+            json!({"action": "reject"}),
+            json!({"action": "reject", "z": 1}),
+        ] {
+            assert_eq!(
+                shapes_error(value),
+                "routes[3].action.reject: invalid type: unit variant, expected struct variant"
+            );
+        }
+        let err = parse_value::<Vec<Action>>(json!(["pass", "reject"]), "actions").unwrap_err();
+        assert_eq!(err.path, "actions[1].reject");
+    }
+
+    #[test]
+    fn sequences_of_the_wrong_length_or_element_type_are_named() {
+        assert_eq!(
+            shapes_error(json!({"pair": [1, "a", 3]})),
+            "routes[3].pair: invalid length 3, expected fewer elements in array"
+        );
+        assert_eq!(
+            shapes_error(json!({"pair": [1]})),
+            "routes[3].pair: invalid length 1, expected a tuple of size 2"
+        );
+        assert_eq!(
+            shapes_error(json!({"list": [1, [2]]})),
+            "routes[3].list[1]: invalid type: sequence, expected u32"
+        );
+        assert_eq!(
+            shapes_error(json!({"list": [{}]})),
+            "routes[3].list[0]: invalid type: map, expected u32"
+        );
+        assert_eq!(
+            shapes_error(json!({"list": {}})),
+            "routes[3].list: invalid type: map, expected a sequence"
+        );
+    }
+
+    #[test]
+    fn a_duration_refusing_a_container_names_the_duration_not_an_element() {
+        let err = parse_value::<Thresholds>(
+            json!({"failure_rate_threshold": 1, "open_for": [["1s"]]}),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "open_for");
+        let err = parse_value::<Thresholds>(
+            json!({"failure_rate_threshold": 1, "open_for": {"s": 1}}),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(err.path, "open_for");
+    }
+
+    #[test]
+    fn keys_with_dots_quotes_and_non_ascii_are_named_as_written() {
+        let err = parse_value::<std::collections::BTreeMap<String, Percent>>(
+            json!({"a.b\"c": 5, "ключ\n": 101}),
+            "weights",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "weights.ключ\n: must be between 0 and 100, got 101"
+        );
     }
 
     #[test]

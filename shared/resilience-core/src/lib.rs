@@ -52,6 +52,7 @@ pub mod directory;
 pub mod estimator;
 pub mod governor;
 pub mod grpc;
+mod json_path;
 pub mod outcome;
 pub mod padding;
 pub mod problem;

@@ -492,6 +492,33 @@ mod tests {
             .is_err());
     }
 
+    /// The trade-off of pinning `idna_adapter` to the table-free 1.0.0 (root Cargo.toml): asserted
+    /// IDN formats accept ASCII and punycode names but refuse every non-ASCII one.
+    #[test]
+    fn asserted_idn_formats_refuse_non_ascii_names_since_idna_has_no_unicode_tables() {
+        let schema = json!({"type": "string", "format": "idn-hostname"});
+        let mut set = SchemaSet::new("s.json", schema, JsonDraft::V2020_12, true).unwrap();
+        let r = set.compile("").unwrap();
+        for ok in ["example.com", "xn--bcher-kva.example"] {
+            assert!(
+                set.validate(r, &json!(ok), Rule::JsonSchema).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(set
+            .validate(r, &json!("bücher.example"), Rule::JsonSchema)
+            .is_err());
+        let schema = json!({"type": "string", "format": "idn-email"});
+        let mut set = SchemaSet::new("s.json", schema, JsonDraft::V2020_12, true).unwrap();
+        let r = set.compile("").unwrap();
+        assert!(set
+            .validate(r, &json!("user@example.com"), Rule::JsonSchema)
+            .is_ok());
+        assert!(set
+            .validate(r, &json!("user@bücher.example"), Rule::JsonSchema)
+            .is_err());
+    }
+
     #[test]
     fn malformed_and_non_utf8_bodies_are_json_body_violations_with_a_position() {
         let v = parse_body(b"{\"a\": [1, 2", Rule::JsonBody).unwrap_err();
