@@ -45,3 +45,8 @@ fn a_garbage_flood_is_stopped_at_the_edge_by_the_validator() {
 fn a_cold_replica_is_warmed_up_by_slow_start() {
     run("coldreplica");
 }
+
+#[test]
+fn a_bad_cell_is_drained_without_errors_and_undrained_to_one_percent_by_slow_start() {
+    run("badcell");
+}

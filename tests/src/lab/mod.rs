@@ -8,6 +8,7 @@
 //! quick version of every scenario and fails if a criterion is missed.
 
 pub mod app;
+pub mod badcell;
 pub mod blackhole;
 pub mod cascade;
 pub mod coldreplica;
@@ -90,6 +91,7 @@ pub const SCENARIOS: &[&str] = &[
     "garbage",
     "blackhole",
     "coldreplica",
+    "badcell",
 ];
 
 /// Run one scenario by name.
@@ -104,6 +106,7 @@ pub fn run_scenario(
         "retrystorm" => retrystorm::run(scale, progress),
         "garbage" => garbage::run(scale, progress),
         "coldreplica" => coldreplica::run(scale, progress),
+        "badcell" => badcell::run(scale, progress),
         other => Err(format!("unknown scenario {other:?}; known: {SCENARIOS:?}")),
     }
 }
