@@ -160,6 +160,11 @@ struct RawSettings {
     /// traffic.
     #[serde(default = "d_min_rps")]
     min_retries_per_second: f64,
+    /// Pacing (100-1000, null: off): a tenth of the window may charge at most this percent of an
+    /// even spread of the budget, so saved-up budget cannot go out in one burst (at a spike's
+    /// start, or when a busy bucket leaves the window).
+    #[serde(default)]
+    burst_cap_percent: Option<f64>,
     /// Outbound: retries reserved for and granted to one request (0-100), sent as
     /// x-envoy-max-retries, which replaces the route's num_retries: set it to that. Required in
     /// the outbound modes, since any default would silently rewrite the route's retry count.
@@ -364,6 +369,15 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             format!("must be a number between 0 and 100000, got {rps}"),
         ));
     }
+    if let Some(b) = raw
+        .burst_cap_percent
+        .filter(|b| !(b.is_finite() && (100.0..=1000.0).contains(b)))
+    {
+        return Err(err(
+            "burst_cap_percent",
+            format!("must be a number between 100 and 1000, or null, got {b}"),
+        ));
+    }
     if let Some(m) = raw.max_retries.filter(|m| *m > 100) {
         return Err(err(
             "max_retries",
@@ -467,6 +481,7 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             min_retries_per_second: rps,
             window_ms,
             buckets: WINDOW_BUCKETS,
+            burst_cap_percent: raw.burst_cap_percent,
         },
         max_retries,
         retry_on,

@@ -75,6 +75,12 @@ pub struct BudgetPolicy {
     pub window_ms: u64,
     /// Buckets the window is split into (1–60).
     pub buckets: u32,
+    /// When set, what one bucket may charge is capped at this percent (100 or more) of an even
+    /// spread of the allowance over the window's buckets. Why: a window's unspent budget is
+    /// otherwise spendable at once, so the start of a spike (after a quiet, saving steady phase)
+    /// and the moment a heavily charged bucket leaves the window both let a burst of retries
+    /// through. With the cap, retries flow at most this much faster than the budget's steady rate.
+    pub burst_cap_percent: Option<f64>,
 }
 
 impl Default for BudgetPolicy {
@@ -85,6 +91,7 @@ impl Default for BudgetPolicy {
             min_retries_per_second: 10.0,
             window_ms: 10_000,
             buckets: 10,
+            burst_cap_percent: None,
         }
     }
 }
@@ -305,8 +312,43 @@ impl SharedBudget {
 
     /// Tokens that may still be reserved now.
     pub fn available(&self, now_ms: u64, policy: &BudgetPolicy) -> u64 {
-        let t = self.totals(now_ms);
-        policy.allowance(t.requests).saturating_sub(t.charged)
+        self.spendable(now_ms, policy)
+    }
+
+    /// What the window's allowance leaves, capped when the policy paces (`burst_cap_percent`):
+    /// the charges of the last bucket-width of time may not exceed the cap. That span is
+    /// estimated, as sliding-window rate limiters do, by the current bucket's charges plus the
+    /// previous bucket's in proportion to how much of it the span still covers; a cap per bucket
+    /// alone would let two caps through in one width, at the end of one bucket and the start of
+    /// the next.
+    fn spendable(&self, now_ms: u64, policy: &BudgetPolicy) -> u64 {
+        let epoch = self.epoch_at(now_ms);
+        let t = self.totals_at(epoch);
+        let allowance = policy.allowance(t.requests);
+        let left = allowance.saturating_sub(t.charged);
+        let Some(percent) = policy.burst_cap_percent else {
+            return left;
+        };
+        let even = allowance as f64 / self.len() as f64;
+        // At least one token a width, so a route whose budget rounds to less still retries.
+        let cap = (even * percent / 100.0).ceil().max(1.0);
+        let charged_in = |e: u64| {
+            self.slot_index(e)
+                .and_then(|i| self.buckets.get(i))
+                .filter(|b| b.epoch == e && self.is_live(e, epoch))
+                .map_or(0.0, |b| f64::from(b.charged))
+        };
+        let width = self.width_ms.max(1);
+        // Time past the head bucket's start; 0 when the clock is behind the newest epoch seen.
+        let into = if now_ms / width == epoch {
+            (now_ms % width) as f64 / width as f64
+        } else {
+            0.0
+        };
+        let previous = epoch.checked_sub(1).map_or(0.0, charged_in);
+        let recent = charged_in(epoch) + previous * (1.0 - into);
+        let room = (cap - recent).max(0.0).floor();
+        left.min(to_tokens(room))
     }
 
     /// The `budget_remaining` gauge value as last published.
@@ -347,10 +389,7 @@ impl SharedBudget {
             cur.requests = cur.requests.saturating_add(publication.delta.requests);
             cur.charged = cur.charged.saturating_add(publication.delta.extra);
         }
-        let totals = self.totals_at(epoch);
-        let available = policy
-            .allowance(totals.requests)
-            .saturating_sub(totals.charged);
+        let available = self.spendable(now_ms, policy);
         let grant = grant_size(available, publication.want, publication.min_useful);
         if let Some(cur) = self.current(epoch) {
             cur.charged = cur.charged.saturating_add(grant);
@@ -665,6 +704,7 @@ mod tests {
             min_retries_per_second: per_second,
             window_ms: 10_000,
             buckets: 10,
+            burst_cap_percent: None,
         }
     }
 
@@ -1101,5 +1141,45 @@ mod tests {
                 prop_assert!(p.allowance(lo) >= p.floor_tokens());
             }
         }
+    }
+
+    #[test]
+    fn with_a_burst_cap_a_window_of_saved_budget_is_spent_at_most_at_the_cap_per_bucket_width() {
+        // 20% of 1000 requests saved over a quiet window: 200 tokens. Without a cap they can all
+        // go at once; with a cap of 120%, one bucket (a tenth) spends at most 24.
+        let mut p = policy(20.0, 0.0);
+        let mut shared = SharedBudget::new(&p);
+        for i in 0..10u64 {
+            let publication = Publication {
+                delta: Delta {
+                    requests: 100,
+                    ..Delta::default()
+                },
+                ..Publication::default()
+            };
+            shared.apply(&publication, i * 1_000, &p);
+        }
+        assert_eq!(shared.available(9_500, &p), 200);
+        p.burst_cap_percent = Some(120.0);
+        assert_eq!(shared.available(9_500, &p), 24);
+        let want = Publication {
+            want: 1_000,
+            min_useful: 1,
+            ..Publication::default()
+        };
+        // Scarce leases are split (half of what is left each time): together they are the cap.
+        let granted: u32 = (0..20)
+            .map(|_| shared.apply(&want, 9_500, &p).lease.tokens)
+            .sum();
+        assert_eq!(granted, 24);
+        assert_eq!(
+            shared.available(9_900, &p),
+            0,
+            "the bucket's share is spent"
+        );
+        // A bucket-width later the spend is free again, gradually: just after the bucket ends
+        // most of it still counts, half-way through the next one half of it does.
+        assert_eq!(shared.available(10_100, &p), 0);
+        assert!(shared.available(10_500, &p) >= 8);
     }
 }

@@ -96,10 +96,10 @@ const VARIANTS: [Protection; 4] = [
 
 /// The caller's filter: retries may be 20% of the requests of the last 10 s, plus 1 per second.
 const OUTBOUND_JSON: &str = r#"{"sync_interval": "50ms", "mode": "outbound", "budget_percent": 20,
-  "min_retries_per_second": 1, "max_retries": 3}"#;
+  "min_retries_per_second": 1, "max_retries": 3, "burst_cap_percent": 110}"#;
 /// The dependency's own proxy: retries beyond 20% of first attempts (plus 1 per second) are shed.
 const INBOUND_JSON: &str = r#"{"sync_interval": "50ms", "mode": "inbound", "budget_percent": 20,
-  "min_retries_per_second": 1}"#;
+  "min_retries_per_second": 1, "burst_cap_percent": 110}"#;
 
 fn retry_policy_yaml() -> String {
     format!(
@@ -388,6 +388,10 @@ struct Measured {
     after_load: f64,
     /// Successful client requests per second from the spike's start to the end of the run.
     goodput_from_spike: f64,
+    /// After the spike, the most retries that reached the dependency in one second (its requests
+    /// less the clients' requests of that second) as a share of the budget's rate at that time
+    /// (20% of the client requests of the last 10 s window, per second, plus the floor of 1).
+    max_retries_over_rate_after: f64,
 }
 
 /// Runs the scenario with every variant.
@@ -415,10 +419,21 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
         let after_ok = ok_count(between(s, t.calm_ms, t.total_ms));
         let overall = Summary::of(s.iter());
         let recover = time_to_recover(s, t.calm_ms, t.total_ms);
+        let mut max_retries_over_rate_after: f64 = 0.0;
+        let mut at = t.calm_ms;
+        while at + 1_000 <= t.total_ms {
+            let retries = upstream_between(counts, at, at + 1_000)
+                - between(s, at, at + 1_000).count() as f64;
+            let window = between(s, (at + 1_000).saturating_sub(10_000), at + 1_000).count();
+            let rate = 0.2 * window as f64 / 10.0 + 1.0;
+            max_retries_over_rate_after = max_retries_over_rate_after.max(retries / rate);
+            at += 1_000;
+        }
         measured.push(Measured {
             spike_amplification,
             after_load,
             goodput_from_spike: (spike_ok + after_ok) as f64 / (spike_s + after_s),
+            max_retries_over_rate_after,
         });
         rows.push(Variant {
             name: p.name().to_owned(),
@@ -564,7 +579,22 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
             }],
         });
     }
+    let native_amp = amplification(Protection::NativeBudget);
+    let burst_after = of(Protection::Outbound, |m| m.max_retries_over_rate_after);
     let criteria = vec![
+        Criterion {
+            description: format!(
+                "the budget has no burst at the spike's start: amplification during the spike ≤ the native retry_budget's and ≤ 1.2×, outbound ({outbound_amp:.2}×) and inbound ({inbound_amp:.2}×; native {native_amp:.2}×)"
+            ),
+            passed: outbound_amp <= native_amp.min(1.2) && inbound_amp <= native_amp.min(1.2),
+        },
+        Criterion {
+            description: format!(
+                "nor after it: no second after the spike sends more retries than the budget's rate plus 20% (20% of the last 10 s of client requests, per second, plus 1; the worst second: {:.0}% of it)",
+                100.0 * burst_after
+            ),
+            passed: burst_after <= 1.2,
+        },
         Criterion {
             description: format!(
                 "gRPC callers retrying UNAVAILABLE make a storm without protection ({grpc_none:.2}×); the inbound budget and its pushback hold them at or below the HTTP variant's amplification ({grpc_inbound:.2}× vs {inbound_amp:.2}×)"
