@@ -31,6 +31,46 @@ pub struct Subject {
     /// 0: each request is a GET; otherwise a POST with a body of this many bytes (so that body
     /// callbacks run).
     pub body_bytes: usize,
+    /// Envoy's worker threads (one wasm VM per worker per module).
+    pub concurrency: u32,
+}
+
+/// The pack module's configuration in `envoy-configs/pack.yaml` on a healthy route: the edge
+/// filter's members and the sidecars' `failure_padding`, as one configuration. Slow start is
+/// left out: its shipped configuration balances over the fleet's sidecars (health checks and
+/// priming through a `fleet` cluster), which a single-upstream bench does not have.
+pub fn shipped_pack_config() -> Result<String, String> {
+    let path = crate::paths::workspace_root().join("envoy-configs/pack.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).map_err(|e| e.to_string())?;
+    let mut members = serde_json::Map::new();
+    let mut stack: Vec<&yaml_rust2::Yaml> = docs.iter().collect();
+    while let Some(node) = stack.pop() {
+        match node {
+            yaml_rust2::Yaml::Hash(h) => {
+                let config = &node["config"];
+                let module = config["vm_config"]["code"]["local"]["filename"].as_str();
+                if module.is_some_and(|m| m.ends_with("resilience_pack.wasm")) {
+                    let json = config["configuration"]["value"].as_str().unwrap_or("{}");
+                    let value: serde_json::Value =
+                        serde_json::from_str(json).map_err(|e| e.to_string())?;
+                    if let serde_json::Value::Object(m) = value {
+                        members.extend(m.into_iter().filter(|(k, _)| k != "slow_start"));
+                    }
+                }
+                stack.extend(h.values());
+            }
+            yaml_rust2::Yaml::Array(a) => stack.extend(a.iter()),
+            _ => {}
+        }
+    }
+    if members.is_empty() {
+        return Err(format!(
+            "{}: no resilience_pack.wasm filter",
+            path.display()
+        ));
+    }
+    Ok(serde_json::Value::Object(members).to_string())
 }
 
 /// A wasm filter entry for a subject. `vm_id` should be unique per filter in a chain.
@@ -239,8 +279,11 @@ pub fn measure(
             .route(RouteSpec::new("bench", "/", "upstream"))
             .cluster(cluster)
             .render();
-        let envoy = Envoy::start(&yaml, &EnvoyOptions::default())
-            .map_err(|e| format!("{}: {e}", s.name))?;
+        let options = EnvoyOptions {
+            concurrency: s.concurrency,
+            ..EnvoyOptions::default()
+        };
+        let envoy = Envoy::start(&yaml, &options).map_err(|e| format!("{}: {e}", s.name))?;
         envoy.wait_listener(listener)?;
         // Warm up: connections, VMs, JIT.
         keep_alive_load(
@@ -289,4 +332,27 @@ pub fn measure(
             allocated_bytes: admin_allocated(envoy),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_shipped_pack_config_is_the_edges_members_and_the_sidecars_padding_without_slow_start() {
+        let json = super::shipped_pack_config().unwrap_or_else(|e| panic!("{e}"));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let mut members: Vec<&str> = v
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        members.sort_unstable();
+        assert_eq!(
+            members,
+            [
+                "circuit_breaker",
+                "failure_padding",
+                "request_validator",
+                "retry_budget"
+            ]
+        );
+    }
 }

@@ -888,3 +888,64 @@ fn a_probe_that_never_completes_gives_its_permit_back_after_probe_timeout() {
         "a late report from an old half-open phase is ignored"
     );
 }
+
+#[test]
+fn an_active_probe_lets_traffic_back_within_a_second_of_recovery_without_risking_a_user_request() {
+    let upstream = Upstream::start().expect("upstream");
+    let port = upstream.port();
+    let (envoy, listener) = start_envoy(
+        &format!(
+            r#"{{ {FAST}, "consecutive_failures": 3, "open_duration": "10s", "half_open_probes": 1,
+                "active_probe": {{ "cluster": "health", "path": "/healthz", "interval": "250ms" }} }}"#
+        ),
+        2,
+        |config| {
+            config
+                .cluster(ClusterSpec::new("upstream", &[port]))
+                .cluster(ClusterSpec::new("health", &[port]))
+                .route(RouteSpec::new("api", "/", "upstream"))
+        },
+    );
+    upstream.set_behavior("/x", Behavior::status(503));
+    upstream.set_behavior("/healthz", Behavior::status(503));
+    for _ in 0..3 {
+        assert_eq!(get(listener, "/x").unwrap().status, 503);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let r = get(listener, "/x").unwrap();
+    assert!(is_rejection(&r), "{r:?}");
+    // Open, and probing: a failing probe keeps it open.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(is_rejection(&get(listener, "/x").unwrap()));
+    let users_before = upstream.requests_for("/x");
+
+    upstream.set_behavior("/x", Behavior::status(200));
+    upstream.set_behavior("/healthz", Behavior::status(200));
+    let recovered = Instant::now();
+    let back = loop {
+        let r = get(listener, "/x").unwrap();
+        if r.status == 200 {
+            break recovered.elapsed();
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_secs(5),
+            "never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let probes = upstream.requests_for("/healthz");
+    println!("figure: traffic back {back:?} after recovery (open_duration 10 s); {probes} active probes in all");
+    assert!(back < Duration::from_millis(1_000), "{back:?}");
+    // No user request went into the failing dependency while it was open.
+    assert_eq!(upstream.requests_for("/x") - users_before, 1);
+    // One probe per interval from the whole proxy (two workers): about 1.5 s of probing.
+    assert!(probes <= 10, "{probes}");
+    envoy
+        .wait_stat(
+            "wasmcustom.circuit_breaker.api.active_probes_succeeded",
+            1,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(envoy.vm_failure(), None);
+}

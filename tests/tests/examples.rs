@@ -181,12 +181,20 @@ fn wasm_filter_problems(file: &str, text: &str) -> (Vec<String>, usize) {
             ));
         }
         let module = yaml_str(config, &["vm_config", "code", "local", "filename"]).unwrap_or("");
-        if !module.ends_with("request_validator.wasm") {
-            continue;
-        }
         let json = yaml_str(config, &["configuration", "value"]).unwrap_or("{}");
         let settings: Value = serde_json::from_str(json)
             .unwrap_or_else(|e| panic!("{what}: configuration is not JSON: {e}"));
+        // The validator alone, or the pack module's `request_validator` member.
+        let settings = if module.ends_with("request_validator.wasm") {
+            settings
+        } else if module.ends_with("resilience_pack.wasm") {
+            match settings.get("request_validator") {
+                Some(member) => member.clone(),
+                None => continue,
+            }
+        } else {
+            continue;
+        };
         let checks_bodies = validator_checks_bodies(&settings);
         let holds = settings.get("hold_headers_for_body_checks") == Some(&Value::Bool(true));
         if checks_bodies && !holds {
@@ -304,8 +312,11 @@ struct Plugin {
     envoy_name: String,
     /// `spec.match[].mode`.
     modes: Vec<String>,
-    /// `spec.pluginConfig` as istiod hands it to Envoy.
+    /// `spec.pluginConfig` as istiod hands it to Envoy; for a pack plugin, this member's part.
     config: Value,
+    /// For `pack.yaml` (the pack module): the member of `pluginConfig` this is, one `Plugin` per
+    /// member, each proven through the pack module with only that member on.
+    member: Option<String>,
 }
 
 impl Plugin {
@@ -385,6 +396,10 @@ fn filter_crates() -> BTreeSet<String> {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect()
 }
+
+/// The manifest of the pack module (`examples/istio/pack.yaml`): its `pluginConfig` has one
+/// member per filter, as the pack module's configuration does.
+const PACK_MANIFEST: &str = "pack";
 
 /// `examples/istio/*.yaml`, sorted.
 fn istio_manifests() -> Vec<PathBuf> {
@@ -510,19 +525,34 @@ fn istio_plugins() -> Vec<Plugin> {
                 "{what}: no spec.pluginConfig"
             );
             let config = istio_json(&spec["pluginConfig"], &file);
-            let plugin = Plugin {
-                file: file.clone(),
-                filter: filter.clone(),
-                envoy_name: format!("{namespace}.{name}"),
-                name,
-                modes,
-                config,
+            // The pack module's manifest: one Plugin per member, named by its filter.
+            let parts: Vec<(String, Option<String>, Value)> = if filter == PACK_MANIFEST {
+                config
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{what}: pluginConfig is not an object"))
+                    .iter()
+                    .map(|(m, c)| (m.replace('_', "-"), Some(m.clone()), c.clone()))
+                    .collect()
+            } else {
+                vec![(filter.clone(), None, config)]
             };
-            assert!(
-                !plugin.routes().is_empty(),
-                "{what}: show per-route tuning with pluginConfig.routes"
-            );
-            plugins.push(plugin);
+            assert!(!parts.is_empty(), "{what}: no pack member");
+            for (filter, member, config) in parts {
+                let plugin = Plugin {
+                    file: file.clone(),
+                    filter,
+                    envoy_name: format!("{namespace}.{name}"),
+                    name: name.clone(),
+                    modes: modes.clone(),
+                    config,
+                    member,
+                };
+                assert!(
+                    !plugin.routes().is_empty(),
+                    "{what}: show per-route tuning with pluginConfig.routes"
+                );
+                plugins.push(plugin);
+            }
         }
         assert!(found > 0, "{file} holds no WasmPlugin");
         check_inbound_clusters_exist(&file, &docs, &plugins);
@@ -576,7 +606,9 @@ fn every_filter_has_an_istio_manifest_and_every_manifest_names_a_filter() {
         missing.is_empty(),
         "no examples/istio/<filter>.yaml for {missing:?}"
     );
-    let unknown: Vec<&String> = manifests.difference(&filters).collect();
+    let mut filters_and_pack = filters.clone();
+    filters_and_pack.insert(PACK_MANIFEST.to_owned());
+    let unknown: Vec<&String> = manifests.difference(&filters_and_pack).collect();
     assert!(
         unknown.is_empty(),
         "examples/istio/ manifests {unknown:?} name no filter under filters/ (the file name is the \
@@ -587,8 +619,16 @@ fn every_filter_has_an_istio_manifest_and_every_manifest_names_a_filter() {
     // Filters namespace their shared data and keys by plugin name: one name per instance.
     let mut names = BTreeSet::new();
     for p in &plugins {
+        // The members of one pack plugin share its name, as they share its root.
+        let first_member = p.member.as_ref().is_none_or(|m| {
+            plugins
+                .iter()
+                .find(|q| q.envoy_name == p.envoy_name)
+                .and_then(|q| q.member.as_ref())
+                == Some(m)
+        });
         assert!(
-            names.insert(p.envoy_name.clone()),
+            !first_member || names.insert(p.envoy_name.clone()),
             "{}: plugin name {} is used twice",
             p.file,
             p.envoy_name
@@ -621,7 +661,14 @@ fn every_filter_has_an_istio_manifest_and_every_manifest_names_a_filter() {
 /// the inbound route and for outbound routes without a VirtualService), and a cluster to the
 /// upstream for each cluster the configuration names.
 fn istio_like_bootstrap(plugin: &Plugin, config_json: &str, upstream: &Upstream) -> String {
-    let wasm = filter_wasm(&plugin.filter).unwrap();
+    let (wasm, config_json) = match &plugin.member {
+        None => (filter_wasm(&plugin.filter).unwrap(), config_json.to_owned()),
+        Some(member) => (
+            filter_wasm("resilience-pack").unwrap(),
+            format!("{{\"{member}\": {config_json}}}"),
+        ),
+    };
+    let config_json = config_json.as_str();
     // Istio sets neither a root_id (unless `pluginName` is given) nor a vm_id: YAML's ''.
     let filter = wasm_filter_yaml(&plugin.envoy_name, "''", "''", &wasm, config_json);
     let mut config = ProxyConfig::new(free_port(), free_port()).with_http_filters(&filter);

@@ -175,3 +175,78 @@ fn a_bad_member_refuses_the_pack_naming_the_member_and_the_field() {
         assert!(line.contains(expected), "{line}");
     }
 }
+
+#[test]
+fn slow_start_as_a_stage_sheds_most_requests_of_a_cold_replica_and_admits_all_once_warm() {
+    let rig = Rig::start(
+        r#"{
+        "slow_start": {
+            "sync_interval": "50ms", "slow_start_window": "2s", "min_weight_percent": 10,
+            "retry_after": "1s", "health_checks": {"paths": ["/healthz"]}
+        }
+    }"#,
+    );
+    let early = (0..100)
+        .map(|_| get(rig.port, "/work").unwrap())
+        .collect::<Vec<_>>();
+    let shed = early.iter().filter(|r| r.status == 503).count();
+    assert!(
+        shed >= 50,
+        "a cold replica sheds most requests: {shed} of 100"
+    );
+    assert!(early
+        .iter()
+        .filter(|r| r.status == 503)
+        .all(|r| r.header("retry-after") == Some("1")));
+    // Health checks are never shed.
+    for _ in 0..20 {
+        assert_eq!(get(rig.port, "/healthz").unwrap().status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    let late = (0..100)
+        .filter(|_| get(rig.port, "/work").unwrap().status == 200)
+        .count();
+    assert_eq!(late, 100, "warm: everything admitted");
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn slow_starts_sheds_are_not_counted_by_the_breaker_before_it_in_the_same_pack() {
+    // As two separate filters the breaker sees slow start's local 503s on the way back and
+    // counts them as the dependency's failures: three in a row would open it here. In the pack
+    // the chain tells the breaker that a later stage answered, so only upstream outcomes count.
+    let rig = Rig::start(
+        r#"{
+        "circuit_breaker": {
+            "consecutive_failures": 3, "open_duration": "5s", "sync_interval": "50ms"
+        },
+        "slow_start": {
+            "sync_interval": "50ms", "slow_start_window": "2s", "min_weight_percent": 10,
+            "retry_after": "1s"
+        }
+    }"#,
+    );
+    let statuses: Vec<(u16, bool)> = (0..100)
+        .map(|_| {
+            let r = get(rig.port, "/work").unwrap();
+            (r.status, r.header("x-resilience-slow-start").is_some())
+        })
+        .collect();
+    let shed = statuses.iter().filter(|(s, _)| *s == 503).count();
+    assert!(
+        shed >= 50,
+        "a cold replica sheds most requests: {shed} of 100"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|(s, by_slow_start)| *s == 200 || *by_slow_start),
+        "every 503 is slow start's, none the breaker's: {statuses:?}"
+    );
+    rig.wait_stat("circuit_breaker.api.requests", 100 - shed as u64);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rig.stat("circuit_breaker.api.failures"), 0);
+    assert_eq!(rig.stat("circuit_breaker.api.rejected"), 0);
+    assert_eq!(rig.upstream.requests(), 100 - shed as u64);
+    rig.assert_no_vm_failure();
+}

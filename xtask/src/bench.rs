@@ -25,6 +25,15 @@ const FILTERS: &[(&str, &str, &str)] = &[
     ("failure-padding", "failure_padding", "{}"),
 ];
 
+/// The filters the pack module runs as stages: all five.
+const PACK_STAGES: &[&str] = &[
+    "request_validator",
+    "circuit_breaker",
+    "retry_budget",
+    "slow_start",
+    "failure_padding",
+];
+
 const NATIVE_FILTER: &str = r#"- name: envoy.filters.http.admission_control
   typed_config:
     "@type": type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl
@@ -48,6 +57,7 @@ fn subject(name: &str, filters_yaml: String) -> Subject {
         filters_yaml,
         cluster_yaml: String::new(),
         body_bytes: 0,
+        concurrency: 2,
     }
 }
 
@@ -87,11 +97,53 @@ fn subjects() -> Result<Vec<Subject>, String> {
             chain,
         ));
     }
+    // The same filters with the same configurations as stages of one module.
+    let members: Vec<String> = FILTERS
+        .iter()
+        .filter(|(_, root, _)| PACK_STAGES.contains(root))
+        .map(|(_, root, config)| format!("\"{root}\": {config}"))
+        .collect();
+    let pack = bench::wasm_filter(
+        "resilience-pack",
+        "resilience_pack",
+        &format!("{{{}}}", members.join(", ")),
+    )?;
+    out.push(subject(
+        &format!("the pack module, {} stages", members.len()),
+        pack.clone(),
+    ));
+    // The shipped configuration's own settings (per-route entries, schemas), not `{}`.
+    out.push(subject(
+        "the pack module, envoy-configs/pack.yaml's settings (all but slow start)",
+        bench::wasm_filter(
+            "resilience-pack",
+            "resilience_pack",
+            &bench::shipped_pack_config()?,
+        )?,
+    ));
+    // Memory has a fixed part per module and a part per worker (one VM each): the same two
+    // configurations at 1 and 4 workers, each against bare Envoy at that many.
+    for concurrency in [1, 4] {
+        for (name, filters) in [
+            ("bare Envoy", String::new()),
+            (
+                &*format!("the pack module, {} stages", members.len()),
+                pack.clone(),
+            ),
+        ] {
+            out.push(Subject {
+                name: format!("{name}, --concurrency {concurrency}"),
+                concurrency,
+                ..subject(name, filters)
+            });
+        }
+    }
     out.push(Subject {
         name: "Envoy native (outlier + retry budget + admission control)".into(),
         filters_yaml: NATIVE_FILTER.into(),
         cluster_yaml: NATIVE_CLUSTER.into(),
         body_bytes: 0,
+        concurrency: 2,
     });
     Ok(out)
 }
@@ -110,24 +162,27 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     })?;
     eprintln!();
     // Each subject is compared with bare Envoy under the same load (GET, or POST with a body).
-    let bare_for = |body: usize| {
+    let bare_for = |body: (usize, u32)| {
         subjects
             .iter()
             .zip(&results)
             .find(|(s, _)| {
-                s.filters_yaml.is_empty() && s.cluster_yaml.is_empty() && s.body_bytes == body
+                s.filters_yaml.is_empty()
+                    && s.cluster_yaml.is_empty()
+                    && s.body_bytes == body.0
+                    && s.concurrency == body.1
             })
             .map_or(1.0, |(_, r)| r.cpu_us_per_request.max(1e-9))
     };
     let mut md = String::new();
-    let _ = writeln!(md, "Envoy {} at --concurrency 2, {rounds} interleaved rounds of {requests} requests, median CPU per request.\n", harness::ENVOY_VERSION);
+    let _ = writeln!(md, "Envoy {} at --concurrency 2 (unless a row says otherwise; its × bare is then against bare Envoy at that concurrency), {rounds} interleaved rounds of {requests} requests, median CPU per request.\n", harness::ENVOY_VERSION);
     let _ = writeln!(
         md,
         "| configuration | Envoy CPU µs/request | × bare | errors | Envoy RSS | Envoy allocated (admin /memory) |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     for (s, r) in subjects.iter().zip(&results) {
-        let bare = bare_for(s.body_bytes);
+        let bare = bare_for((s.body_bytes, s.concurrency));
         let _ = writeln!(
             md,
             "| {} | {:.1} | {:.2} | {} | {} | {} |",
@@ -161,7 +216,8 @@ pub fn bench(args: &[String]) -> Result<(), String> {
                 .map(|s| s.to_string_lossy().replace('_', "-"));
             stem.is_some_and(|stem| {
                 FILTERS.iter().any(|(k, _, _)| *k == stem)
-                    || ["noop-filter", "noop-headers-only"].contains(&stem.as_str())
+                    || ["noop-filter", "noop-headers-only", "resilience-pack"]
+                        .contains(&stem.as_str())
             })
         })
         .collect();

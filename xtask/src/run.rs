@@ -2,8 +2,8 @@
 //!
 //! Builds the filters, installs the pinned Envoy into `.tools/` if needed, starts a simulated
 //! fleet of four instances (`harness::fleet`: 127.0.0.1:18081–18084, control API on 18090) and an
-//! Envoy with `envoy-configs/pack.yaml` — all five filters — in front of it, and prints where to
-//! send traffic and how to cause each outage. `--config FILE` runs one of the single-filter
+//! Envoy with `envoy-configs/pack.yaml` — all five filters, as stages of the pack module — in
+//! front of it, and prints where to send traffic and how to cause each outage. `--config FILE` runs one of the single-filter
 //! configs instead, in front of one example upstream on 18080. Stops on Ctrl-C, or after
 //! `--for SECONDS`.
 

@@ -215,6 +215,99 @@ struct RawSettings {
     /// How a rejection looks.
     #[serde(default)]
     rejection: RawRejection,
+    /// While the breaker is open, learn that the dependency is back without sending it a user's
+    /// request: this request is sent through `cluster` every `interval`, and its success moves
+    /// the breaker to half-open at once. Unset: the breaker waits out its open time.
+    active_probe: Option<RawActiveProbe>,
+}
+
+/// A request the breaker sends on its own while open (see `active_probe`).
+#[derive(Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "ActiveProbe"))]
+#[serde(deny_unknown_fields)]
+struct RawActiveProbe {
+    /// The Envoy cluster the probe goes through (1-256 characters).
+    cluster: String,
+    /// The path, starting with "/", without spaces or control characters.
+    path: String,
+    /// The HTTP method.
+    #[serde(default = "d_probe_method")]
+    method: String,
+    /// Extra headers, name to value (not host: see `authority`).
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// The probe's :authority; defaults to `cluster`.
+    authority: Option<String>,
+    /// How often a probe is sent while open, across all workers together (10ms-1h); a worker
+    /// sends on its tick, so the effective interval is rounded up to `sync_interval`.
+    #[serde(default = "d_probe_interval")]
+    interval: DurationMs,
+    /// The probe's timeout (1ms-1min); a probe that times out is a failure.
+    #[serde(default = "d_probe_timeout_active")]
+    timeout: DurationMs,
+}
+
+fn d_probe_method() -> String {
+    "GET".to_owned()
+}
+fn d_probe_interval() -> DurationMs {
+    DurationMs(250)
+}
+fn d_probe_timeout_active() -> DurationMs {
+    DurationMs(500)
+}
+
+/// A checked `active_probe`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveProbe {
+    pub cluster: String,
+    /// `:method`, `:path`, `:authority` and the extra headers.
+    pub headers: Vec<(String, String)>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+fn check_active_probe(raw: &RawActiveProbe, prefix: &str) -> Result<ActiveProbe, ConfigError> {
+    let at = field(prefix, "active_probe");
+    let err = |name: &str, rule: String| ConfigError::new(field(&at, name), rule);
+    if raw.cluster.is_empty()
+        || raw.cluster.len() > 256
+        || raw.cluster.bytes().any(|b| b.is_ascii_control())
+    {
+        return Err(err(
+            "cluster",
+            "must be a cluster name of 1 to 256 characters".to_owned(),
+        ));
+    }
+    let interval_ms = raw.interval.as_ms();
+    if !(10..=3_600_000).contains(&interval_ms) {
+        return Err(err(
+            "interval",
+            format!("must be between 10ms and 1h, got {}", raw.interval),
+        ));
+    }
+    let timeout_ms = raw.timeout.as_ms();
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(err(
+            "timeout",
+            format!("must be between 1ms and 1min, got {}", raw.timeout),
+        ));
+    }
+    let authority = raw.authority.as_deref().unwrap_or(&raw.cluster);
+    let headers = resilience_core::config::check_callout_headers(
+        &at,
+        &raw.method,
+        &raw.path,
+        authority,
+        &raw.headers,
+    )?;
+    Ok(ActiveProbe {
+        cluster: raw.cluster.clone(),
+        headers,
+        interval_ms,
+        timeout_ms,
+    })
 }
 
 fn d_window() -> DurationMs {
@@ -272,6 +365,7 @@ pub struct Settings {
     pub force_open: bool,
     pub force_closed: bool,
     pub rejection: Rejection,
+    pub active_probe: Option<ActiveProbe>,
 }
 
 /// Settings of the whole filter instance.
@@ -484,6 +578,10 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
         (None, None) => None,
     };
     let (d_statuses, d_grpc, d_local) = default_classifier_sets()?;
+    let active_probe = match &raw.active_probe {
+        Some(p) => Some(check_active_probe(p, prefix)?),
+        None => None,
+    };
     let slow_call_ms = raw.slow_call_duration.map(|d| d.as_ms());
     if slow_call_ms == Some(0) {
         return Err(err(
@@ -523,6 +621,7 @@ fn check_settings(raw: RawSettings, prefix: &str) -> Result<Settings, ConfigErro
             headers,
             body,
         },
+        active_probe,
     })
 }
 

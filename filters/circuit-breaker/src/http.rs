@@ -298,6 +298,26 @@ fn explain(r: Rejection, forced: bool) -> String {
 
 impl<H: Host + Clone> Context for BreakerHttp<H> {}
 
+impl<H: Host + Clone> resilience_host::stage::Stage for BreakerHttp<H> {
+    /// A later stage's local reply (slow start's shed, a budget's 503) never reached the
+    /// dependency: not counted, and a probe permit it held is given back at once.
+    fn later_stage_answered(&mut self) {
+        match self.role {
+            Role::Counted => {}
+            Role::Probe { generation } => {
+                let now = clock::now_ms_on(&self.host);
+                if let Some(worker) = self.worker.as_ref().map(Rc::clone) {
+                    if let Ok(mut w) = worker.try_borrow_mut() {
+                        w.report_probe(&self.key, generation, ProbeOutcome::Abandoned, 0, now);
+                    }
+                }
+            }
+            _ => return,
+        }
+        self.role = Role::Unguarded;
+    }
+}
+
 impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {

@@ -12,6 +12,7 @@
 //! and an `rlib` whose contexts another module can host; the `entrypoint` feature (default) exports
 //! the proxy-wasm entry point.
 
+pub mod active;
 pub mod config;
 pub mod http;
 pub mod root;

@@ -42,6 +42,11 @@ impl<H: Host + Clone + 'static> Filter<H> for BreakerFilter {
         worker.tick(now_ms);
     }
 
+    fn on_http_call_response(worker: &mut Worker<H>, token_id: u32, _body_size: usize) {
+        let now = resilience_host::clock::now_ms_on(&worker.host);
+        worker.active_probe_answered(token_id, now);
+    }
+
     fn stream(host: H, worker: Option<Rc<RefCell<Worker<H>>>>, _context_id: u32) -> BreakerHttp<H> {
         BreakerHttp::on(host, worker)
     }

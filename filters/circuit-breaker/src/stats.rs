@@ -32,6 +32,11 @@ counters! {
         probes_failed,
         /// Trips the open-breaker governor (`max_open_percent`) kept back.
         trips_held,
+        /// Requests the breaker sent on its own while open (`active_probe`), and what came of
+        /// them: a success moves the breaker to half-open at once.
+        active_probes_sent,
+        active_probes_succeeded,
+        active_probes_failed,
     }
 }
 

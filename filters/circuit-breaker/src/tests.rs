@@ -521,3 +521,141 @@ fn a_worker_learns_of_another_workers_trip_by_its_next_tick() {
     // The outcome b recorded under the old generation was dropped, not merged into the new one.
     assert_eq!(proxy.state("orders").totals(proxy.store.now_ms()).total, 0);
 }
+
+/// [`BASE`] open for 10 s, with an active probe every 250 ms through cluster `health`.
+fn with_active_probe() -> String {
+    BASE.replace(r#""open_duration": "1s""#, r#""open_duration": "10s""#)
+        .replace(
+            r#""half_open_probes": 1,"#,
+            r#""half_open_probes": 1, "active_probe": {"cluster": "health", "path": "/healthz", "interval": "250ms"},"#,
+        )
+}
+
+/// Answers worker `w`'s probe `token` with `status` (`None`: the callout failed).
+fn answer(w: &TestWorker, token: u32, status: Option<u16>) {
+    match status {
+        Some(s) => w.host.set_map(
+            MapType::HttpCallResponseHeaders,
+            &[(":status", &s.to_string())],
+        ),
+        None => w.host.set_map(MapType::HttpCallResponseHeaders, &[]),
+    }
+    let now = w.host.store().now_ms();
+    assert!(w.worker.borrow_mut().active_probe_answered(token, now));
+}
+
+#[test]
+fn an_open_breaker_sends_one_active_probe_per_interval_from_all_workers_together() {
+    let proxy = Proxy::new(&with_active_probe());
+    let (a, b) = (proxy.worker(), proxy.worker());
+    assert_eq!(b.request("orders", 200), Action::Continue);
+    trip(&a, "orders");
+    b.tick();
+    let sent = || a.host.callouts().len() + b.host.callouts().len();
+    a.tick();
+    b.tick();
+    assert_eq!(sent(), 1, "one probe from the two workers");
+    let probe = a
+        .host
+        .callouts()
+        .into_iter()
+        .chain(b.host.callouts())
+        .next()
+        .unwrap();
+    assert_eq!(probe.cluster, "health");
+    assert!(probe
+        .headers
+        .contains(&(":path".to_owned(), "/healthz".to_owned())));
+    assert!(probe
+        .headers
+        .contains(&(":authority".to_owned(), "health".to_owned())));
+    assert_eq!(probe.timeout_ms, 500);
+    proxy.advance_ms(100);
+    a.tick();
+    b.tick();
+    assert_eq!(sent(), 1, "not yet due");
+    proxy.advance_ms(150);
+    b.tick();
+    a.tick();
+    // Each worker keeps at most one probe out per key: the worker whose probe is still out sends
+    // none, the other one takes the turn.
+    assert_eq!(sent(), 2);
+}
+
+#[test]
+fn a_failed_active_probe_leaves_the_breaker_open_and_a_successful_one_moves_it_to_half_open() {
+    let proxy = Proxy::new(&with_active_probe());
+    let (a, b) = (proxy.worker(), proxy.worker());
+    trip(&a, "orders");
+    a.tick();
+    let token = a.host.callouts()[0].token;
+    answer(&a, token, Some(503));
+    assert_eq!(proxy.state("orders").state, State::Open);
+    proxy.advance_ms(250);
+    a.tick();
+    let token = a.host.callouts()[1].token;
+    answer(&a, token, None);
+    assert_eq!(proxy.state("orders").state, State::Open, "a failed callout");
+    proxy.advance_ms(250);
+    a.tick();
+    let token = a.host.callouts()[2].token;
+    answer(&a, token, Some(200));
+    assert_eq!(proxy.state("orders").state, State::HalfOpen);
+    assert_eq!(
+        proxy.state_gauge("orders"),
+        2,
+        "counted once, by the worker that moved it"
+    );
+    // Long before the open time is over, the other worker lets one probe request through.
+    b.tick();
+    assert_eq!(b.request("orders", 200), Action::Continue);
+    assert_eq!(proxy.state("orders").state, State::Closed);
+    a.tick();
+    b.tick();
+    assert_eq!(proxy.counter("orders.active_probes_sent"), 3);
+    assert_eq!(proxy.counter("orders.active_probes_failed"), 2);
+    assert_eq!(proxy.counter("orders.active_probes_succeeded"), 1);
+}
+
+#[test]
+fn an_active_probe_answer_for_a_breaker_that_moved_on_changes_nothing() {
+    let proxy = Proxy::new(&with_active_probe());
+    let a = proxy.worker();
+    trip(&a, "orders");
+    a.tick();
+    let token = a.host.callouts()[0].token;
+    // The open time ends and a half-open probe closes the breaker before the answer arrives.
+    proxy.advance_ms(10_000);
+    assert_eq!(a.request("orders", 200), Action::Continue);
+    assert_eq!(proxy.state("orders").state, State::Closed);
+    answer(&a, token, Some(200));
+    assert_eq!(proxy.state("orders").state, State::Closed);
+    assert_eq!(proxy.state_gauge("orders"), 0);
+}
+
+#[test]
+fn an_active_probe_is_refused_at_load_when_its_request_is_malformed() {
+    let err = |probe: &str| {
+        config::parse(
+            BASE.replace(
+                r#""half_open_probes": 1,"#,
+                &format!(r#""half_open_probes": 1, "active_probe": {probe},"#),
+            )
+            .as_bytes(),
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    assert!(err(r#"{"cluster": "h", "path": "healthz"}"#).starts_with("active_probe.path: "));
+    assert!(err(r#"{"cluster": "", "path": "/"}"#).starts_with("active_probe.cluster: "));
+    assert!(err(r#"{"cluster": "h", "path": "/", "interval": "1ms"}"#)
+        .starts_with("active_probe.interval: "));
+    assert!(
+        err(r#"{"cluster": "h", "path": "/", "headers": {"host": "x"}}"#)
+            .starts_with("active_probe.headers: ")
+    );
+    assert!(err(r#"{"cluster": "h", "path": "/", "method": "G T"}"#)
+        .starts_with("active_probe.method: "));
+    assert!(err(r#"{"cluster": "h", "path": "/", "colour": 1}"#).contains("colour"));
+}

@@ -62,7 +62,7 @@ pub struct Entry {
 /// All of one worker's breakers for one filter instance, on host `H` (the real proxy unless a
 /// test says otherwise).
 pub struct Worker<H: Host = WasmHost> {
-    host: H,
+    pub(crate) host: H,
     pub config: Rc<FilterConfig>,
     pub entries: HashMap<String, Entry>,
     pub metrics: Metrics<H>,
@@ -71,6 +71,8 @@ pub struct Worker<H: Host = WasmHost> {
     /// The open-breaker governor, when `max_open_percent` is below 100.
     governor: Option<Governor>,
     pub global_pending: stats::GlobalPending,
+    /// Active probes out, one per key at most (see [`crate::active`]).
+    pub(crate) active: Vec<crate::active::InFlight>,
 }
 
 /// Where the open-breaker set lives and how full it may get.
@@ -114,6 +116,7 @@ impl<H: Host + Clone> Worker<H> {
             registry,
             governor,
             global_pending: stats::GlobalPending::default(),
+            active: Vec::new(),
         }
     }
 
@@ -240,6 +243,7 @@ impl<H: Host + Clone> Worker<H> {
         if let Some(g) = &self.governor {
             release_stale(&self.host, g, &self.entries, &mut self.global_pending);
         }
+        self.send_active_probes(now_ms);
         stats::flush_global(
             &mut self.metrics,
             &config.global.stat_prefix,
@@ -338,14 +342,17 @@ impl<H: Host + Clone> Worker<H> {
     }
 }
 
-fn route_settings(config: &FilterConfig, route_index: Option<usize>) -> &Settings {
+pub(crate) fn route_settings(config: &FilterConfig, route_index: Option<usize>) -> &Settings {
     route_index
         .and_then(|i| config.routes.routes.get(i))
         .map_or(&config.routes.defaults, |r| &r.settings)
 }
 
 /// Decode shared bytes, starting afresh on absence or garbage; the flag says garbage was seen.
-fn decode(cur: Option<&[u8]>, policy: &resilience_core::breaker::Policy) -> (SharedBreaker, bool) {
+pub(crate) fn decode(
+    cur: Option<&[u8]>,
+    policy: &resilience_core::breaker::Policy,
+) -> (SharedBreaker, bool) {
     match cur {
         None => (SharedBreaker::new(policy), false),
         Some([]) => (SharedBreaker::new(policy), false),
@@ -539,7 +546,7 @@ fn release_stale<H: Host>(
     }
 }
 
-fn log_transition(stat_base: &str, t: &Transition) {
+pub(crate) fn log_transition(stat_base: &str, t: &Transition) {
     match (t.to, t.reason) {
         (State::Open, Some(r)) => log::warn!(
             "circuit breaker {stat_base}: {} -> open for {} ms ({})",

@@ -267,6 +267,8 @@ fn skipped_header<H: Host>(host: &H, s: Skip) {
 
 impl<H: Host> Context for PaddingHttp<H> {}
 
+impl<H: Host> resilience_host::stage::Stage for PaddingHttp<H> {}
+
 impl<H: Host> HttpContext for PaddingHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {

@@ -291,6 +291,8 @@ fn shed_violation(in_flight: u32, limit: u32, retry_after_s: u64) -> Violation {
 
 impl<H: Host + Clone> Context for ValidatorHttp<H> {}
 
+impl<H: Host + Clone> resilience_host::stage::Stage for ValidatorHttp<H> {}
+
 impl<H: Host + Clone> HttpContext for ValidatorHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(headers) = stream::request_headers_on(&self.host) else {

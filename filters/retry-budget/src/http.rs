@@ -473,6 +473,8 @@ fn remaining_deadline<H: Host>(host: &H, settings: &Settings) -> Option<u64> {
 
 impl<H: Host + Clone> Context for RetryBudgetHttp<H> {}
 
+impl<H: Host + Clone> resilience_host::stage::Stage for RetryBudgetHttp<H> {}
+
 impl<H: Host + Clone> HttpContext for RetryBudgetHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {

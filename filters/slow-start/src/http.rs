@@ -20,18 +20,23 @@
 //!
 //! Outcomes (status, Envoy's failure flags, latency) go into the worker's batch for the chosen
 //! endpoint; the healthy path makes no shared-data call.
+//!
+//! The context reads headers, properties and the clock through its [`Host`], the same calls and
+//! as many as before the trait existed: the per-request path pays nothing for being testable.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use resilience_core::grpc::{Code, Pushback, Refusal};
 use resilience_core::outcome::{local_failure_from_flags, ResponseFacts};
 use resilience_core::problem::{bounded, Problem};
 use resilience_core::ramp::admits;
 use resilience_core::routes::{HeaderMatch, RequestView};
+use resilience_host::host::Host;
 use resilience_host::request::{self, HostRequest};
+use resilience_host::wasm::WasmHost;
 use resilience_host::{clock, props, reply};
 
 use crate::config::{Global, Kind, Mode, Settings, DECISION_HEADER, MAX_ALTERNATES};
@@ -66,9 +71,11 @@ impl Alternates {
     }
 }
 
-/// The HTTP context of the slow-start filter.
-pub struct SlowStartHttp {
-    worker: Option<Rc<RefCell<Worker>>>,
+/// The HTTP context of the slow-start filter, on host `H` (the real proxy unless a test says
+/// otherwise).
+pub struct SlowStartHttp<H: Host = WasmHost> {
+    host: H,
+    worker: Option<Rc<RefCell<Worker<H>>>>,
     role: Role,
     start_ms: u64,
     first_byte_ms: u64,
@@ -78,8 +85,17 @@ pub struct SlowStartHttp {
 }
 
 impl SlowStartHttp {
+    /// A stream on the real proxy.
     pub fn new(worker: Option<Rc<RefCell<Worker>>>) -> Self {
+        SlowStartHttp::on(WasmHost, worker)
+    }
+}
+
+impl<H: Host> SlowStartHttp<H> {
+    /// A stream on `host`, deciding with `worker`'s ramps.
+    pub fn on(host: H, worker: Option<Rc<RefCell<Worker<H>>>>) -> Self {
         SlowStartHttp {
+            host,
             worker,
             role: Role::Untouched,
             start_ms: 0,
@@ -89,16 +105,22 @@ impl SlowStartHttp {
         }
     }
 
-    fn decide(&mut self, w: &mut Worker) -> Action {
+    fn decide(&mut self, w: &mut Worker<H>) -> Action {
         let config = Rc::clone(&w.config);
         let g = &config.global;
-        if g.kind == Kind::Balance && request::request_header_bytes(&g.destination_header).is_some()
+        if g.kind == Kind::Balance
+            && request::map_value_on(
+                &self.host,
+                MapType::HttpRequestHeaders,
+                &g.destination_header,
+            )
+            .is_some()
         {
             // Overwritten below (or removed): a client never picks the destination.
             w.global_pending.destination_header_overridden += 1;
         }
-        let mut req = HostRequest::new();
-        let now = clock::now_ms();
+        let mut req = HostRequest::on(&self.host);
+        let now = clock::now_ms_on(&self.host);
         self.start_ms = now;
         if g.kind == Kind::Admit && is_health_check(g, &mut req) {
             if let Some(ep) = w.endpoints.first_mut() {
@@ -116,7 +138,11 @@ impl SlowStartHttp {
         let s: &Settings = selected.settings;
         match (g.kind, s.mode) {
             (Kind::Balance, Mode::Disabled) => {
-                request::remove_request_header(&g.destination_header);
+                request::remove_header_on(
+                    &self.host,
+                    MapType::HttpRequestHeaders,
+                    &g.destination_header,
+                );
                 Action::Continue
             }
             (Kind::Admit, Mode::Disabled) => Action::Continue,
@@ -129,7 +155,11 @@ impl SlowStartHttp {
                 match go {
                     Some(i) => self.route(w, i, g),
                     None => {
-                        request::remove_request_header(&g.destination_header);
+                        request::remove_header_on(
+                            &self.host,
+                            MapType::HttpRequestHeaders,
+                            &g.destination_header,
+                        );
                         Action::Continue
                     }
                 }
@@ -155,7 +185,7 @@ impl SlowStartHttp {
         }
     }
 
-    fn route(&mut self, w: &mut Worker, index: usize, g: &Global) -> Action {
+    fn route(&mut self, w: &mut Worker<H>, index: usize, g: &Global) -> Action {
         let mut alternates = Alternates::default();
         if g.alternates > 0 {
             let mut picked = [0usize; MAX_ALTERNATES];
@@ -170,11 +200,20 @@ impl SlowStartHttp {
             }
         }
         let Some(ep) = w.endpoints.get(index) else {
-            request::remove_request_header(&g.destination_header);
+            request::remove_header_on(
+                &self.host,
+                MapType::HttpRequestHeaders,
+                &g.destination_header,
+            );
             return Action::Continue;
         };
         if alternates.len == 0 {
-            request::set_request_header(&g.destination_header, &ep.address);
+            request::set_header_on(
+                &self.host,
+                MapType::HttpRequestHeaders,
+                &g.destination_header,
+                &ep.address,
+            );
         } else {
             let mut value = String::with_capacity(24 * (alternates.len + 1));
             value.push_str(&ep.address);
@@ -184,7 +223,12 @@ impl SlowStartHttp {
                     value.push_str(&e.address);
                 }
             }
-            request::set_request_header(&g.destination_header, &value);
+            request::set_header_on(
+                &self.host,
+                MapType::HttpRequestHeaders,
+                &g.destination_header,
+                &value,
+            );
         }
         let identity = ep.identity;
         if let Some(ep) = w.endpoints.get_mut(index) {
@@ -200,7 +244,7 @@ impl SlowStartHttp {
         Action::Continue
     }
 
-    fn admit(&mut self, w: &mut Worker, s: &Settings, mode: Mode, now: u64) -> Action {
+    fn admit(&mut self, w: &mut Worker<H>, s: &Settings, mode: Mode, now: u64) -> Action {
         let (fraction, phase) = w.admit_fraction(now, &s.curve);
         let random = w.next_random();
         let mut admitted = admits(fraction, random);
@@ -266,7 +310,8 @@ impl SlowStartHttp {
             Refusal::new(Code::Unavailable, "slow_start", reason).with_pushback(Pushback::After {
                 ms: s.retry_after_s.saturating_mul(1000),
             });
-        reply::send_problem(
+        reply::send_problem_on(
+            &self.host,
             &problem,
             &refusal,
             &[
@@ -301,7 +346,8 @@ impl SlowStartHttp {
             Refusal::new(Code::Unavailable, "slow_start", reason).with_pushback(Pushback::After {
                 ms: s.retry_after_s.saturating_mul(1000),
             });
-        reply::send_problem(
+        reply::send_problem_on(
+            &self.host,
             &problem,
             &refusal,
             &[
@@ -314,16 +360,17 @@ impl SlowStartHttp {
 
     /// Success or failure of the finished exchange; `None` when the client went away before
     /// any response and Envoy saw no upstream failure (not an outcome).
-    fn outcome(&self, w: &Worker) -> Option<bool> {
+    fn outcome(&self, w: &Worker<H>) -> Option<bool> {
         let mut status = self.status;
         if status == 0 {
-            status = props::u64(&["response", "code"])
+            status = props::u64_on(&self.host, &["response", "code"])
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(0);
         }
         let mut local = None;
         if status == 0 || status >= 500 {
-            local = props::u64(&["response", "flags"]).and_then(local_failure_from_flags);
+            local = props::u64_on(&self.host, &["response", "flags"])
+                .and_then(local_failure_from_flags);
             if status == 0 && local.is_none() {
                 return None;
             }
@@ -331,7 +378,7 @@ impl SlowStartHttp {
         let end = if self.first_byte_ms > 0 {
             self.first_byte_ms
         } else {
-            clock::now_ms()
+            clock::now_ms_on(&self.host)
         };
         let facts = ResponseFacts {
             status,
@@ -346,11 +393,16 @@ impl SlowStartHttp {
 /// Which of the named endpoints served the request, when it was not the first: its position
 /// in the destination header (1 is the first alternate). Asks the host for `upstream.address`
 /// only when alternates were named.
-fn served_by_alternate(w: &Worker, first: usize, alternates: &Alternates) -> Option<usize> {
+fn served_by_alternate<H: Host>(
+    host: &H,
+    w: &Worker<H>,
+    first: usize,
+    alternates: &Alternates,
+) -> Option<usize> {
     if alternates.len == 0 {
         return None;
     }
-    let upstream = props::bytes(&["upstream", "address"])?;
+    let upstream = props::bytes_on(host, &["upstream", "address"])?;
     let is = |i: usize| {
         w.endpoints
             .get(i)
@@ -366,7 +418,7 @@ fn served_by_alternate(w: &Worker, first: usize, alternates: &Alternates) -> Opt
         .map(|p| p + 1)
 }
 
-fn header_matches(m: &HeaderMatch, req: &mut HostRequest) -> bool {
+fn header_matches(m: &HeaderMatch, req: &mut impl RequestView) -> bool {
     let found = req.header(&m.name);
     match (&m.value, m.present.unwrap_or(true)) {
         (Some(expected), _) => found == Some(expected.as_str()),
@@ -375,7 +427,7 @@ fn header_matches(m: &HeaderMatch, req: &mut HostRequest) -> bool {
     }
 }
 
-fn is_health_check(g: &Global, req: &mut HostRequest) -> bool {
+fn is_health_check(g: &Global, req: &mut impl RequestView) -> bool {
     let hc = &g.health_checks;
     if !hc.paths.is_empty() {
         if let Some(full) = req.path() {
@@ -388,9 +440,11 @@ fn is_health_check(g: &Global, req: &mut HostRequest) -> bool {
     hc.headers.iter().any(|m| header_matches(m, req))
 }
 
-impl Context for SlowStartHttp {}
+impl<H: Host> Context for SlowStartHttp<H> {}
 
-impl HttpContext for SlowStartHttp {
+impl<H: Host> resilience_host::stage::Stage for SlowStartHttp<H> {}
+
+impl<H: Host> HttpContext for SlowStartHttp<H> {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
@@ -403,11 +457,16 @@ impl HttpContext for SlowStartHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Role::Routed { .. } = self.role {
-            self.first_byte_ms = clock::now_ms();
-            self.status = request::response_status().unwrap_or(0);
+            self.first_byte_ms = clock::now_ms_on(&self.host);
+            self.status = request::response_status_on(&self.host).unwrap_or(0);
         }
         if let Some(note) = &self.dry_run_note {
-            request::set_response_header(DECISION_HEADER, note);
+            request::set_header_on(
+                &self.host,
+                MapType::HttpResponseHeaders,
+                DECISION_HEADER,
+                note,
+            );
         }
         Action::Continue
     }
@@ -429,7 +488,7 @@ impl HttpContext for SlowStartHttp {
             return;
         };
         let outcome = self.outcome(&w);
-        let now = clock::now_ms();
+        let now = clock::now_ms_on(&self.host);
         let end = if self.first_byte_ms > 0 {
             self.first_byte_ms
         } else {
@@ -442,7 +501,7 @@ impl HttpContext for SlowStartHttp {
         if in_flight {
             ep.batch.in_flight_delta = ep.batch.in_flight_delta.saturating_sub(1);
         }
-        if let Some(k) = served_by_alternate(&w, endpoint, &alternates) {
+        if let Some(k) = served_by_alternate(&self.host, &w, endpoint, &alternates) {
             // Every endpoint named before the one that served failed its attempt; the one that
             // served gets the outcome, but not the latency (it includes the failed attempts).
             for j in 0..k {

@@ -29,5 +29,8 @@ pub mod root;
 pub mod stats;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 pub use http::SlowStartHttp;
 pub use root::SlowStartRoot;

@@ -3,13 +3,16 @@
 //! worker, and owns the callouts: priming requests and health checks are sent from the tick and
 //! answered here (`dispatch_http_call` belongs to the context that sent it and cannot be
 //! cancelled).
+//!
+//! Sending and answering callouts are generic over the worker's [`Host`] ([`send_due`],
+//! [`callout_answered`]), so a test drives the tick and the callouts' answers on a fake host.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use resilience_core::config::ConfigError;
+use resilience_host::host::Host;
 use resilience_host::root::{Filter, FilterRoot};
-use resilience_host::wasm::WasmHost;
 use resilience_host::{callout, clock};
 
 use crate::config;
@@ -25,61 +28,68 @@ pub struct SlowStartFilter;
 /// The root context of the slow-start filter.
 pub type SlowStartRoot = FilterRoot<SlowStartFilter>;
 
-impl Filter for SlowStartFilter {
+impl<H: Host + Clone + 'static> Filter<H> for SlowStartFilter {
     const NAME: &'static str = "slow_start";
-    type Worker = Worker;
-    type Stream = SlowStartHttp;
+    type Worker = Worker<H>;
+    type Stream = SlowStartHttp<H>;
 
     fn configure(
-        _host: WasmHost,
+        host: H,
         config: &[u8],
         plugin: &str,
         _now_ms: u64,
-    ) -> Result<Worker, ConfigError> {
+    ) -> Result<Worker<H>, ConfigError> {
         let cfg = config::parse(config)?;
-        Ok(Worker::new(Rc::new(cfg), plugin))
+        Ok(Worker::on(host, Rc::new(cfg), plugin))
     }
 
-    fn tick_period_ms(worker: &Worker) -> u64 {
+    fn tick_period_ms(worker: &Worker<H>) -> u64 {
         worker.config.global.sync_interval_ms
     }
 
-    fn on_tick(worker: &mut Worker, now_ms: u64) {
+    fn on_tick(worker: &mut Worker<H>, now_ms: u64) {
         send_due(worker, now_ms);
     }
 
     fn stream(
-        _host: WasmHost,
-        worker: Option<Rc<RefCell<Worker>>>,
+        host: H,
+        worker: Option<Rc<RefCell<Worker<H>>>>,
         _context_id: u32,
-    ) -> SlowStartHttp {
-        SlowStartHttp::new(worker)
+    ) -> SlowStartHttp<H> {
+        SlowStartHttp::on(host, worker)
     }
 
-    fn on_http_call_response(w: &mut Worker, token_id: u32, body_size: usize) {
-        if w.is_discovery(token_id) {
-            let status = callout::response_status();
-            let body = callout::response_body(body_size, MAX_DISCOVERY_BYTES);
-            w.discovery_answered(status, body);
-            return;
-        }
-        // No `:status` means the callout failed (Envoy calls back with zero headers).
-        let success = callout::response_status()
-            .is_some_and(|s| !w.config.global.classifier.statuses.contains(s));
-        w.callout_answered(token_id, success, clock::now_ms());
+    fn on_http_call_response(w: &mut Worker<H>, token_id: u32, body_size: usize) {
+        callout_answered(w, token_id, body_size);
     }
 }
 
+/// The answer to callout `token_id` arrived on `w`'s root context (`body_size` as the host
+/// reported it): the discovery document, or a priming request's or health check's answer.
+pub fn callout_answered<H: Host>(w: &mut Worker<H>, token_id: u32, body_size: usize) {
+    if w.is_discovery(token_id) {
+        let status = callout::response_status_on(w.host());
+        let body = callout::response_body_on(w.host(), body_size, MAX_DISCOVERY_BYTES);
+        w.discovery_answered(status, body);
+        return;
+    }
+    // No `:status` means the callout failed (Envoy calls back with zero headers).
+    let success = callout::response_status_on(w.host())
+        .is_some_and(|s| !w.config.global.classifier.statuses.contains(s));
+    let now_ms = clock::now_ms_on(w.host());
+    w.callout_answered(token_id, success, now_ms);
+}
+
 /// The tick: fetch the endpoint list when due, then tick the worker and send the priming
-/// requests and health checks it asks for.
-fn send_due(w: &mut Worker, now_ms: u64) {
+/// requests and health checks it asks for, all through `w`'s host.
+pub fn send_due<H: Host>(w: &mut Worker<H>, now_ms: u64) {
     if let Some(req) = w.discovery_due(now_ms) {
         let headers: Vec<(&str, &str)> = req
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match callout::send(&req.cluster, &headers, None, req.timeout_ms) {
+        match callout::send_on(w.host(), &req.cluster, &headers, None, req.timeout_ms) {
             Ok(token) => w.discovery_sent(Some(token)),
             Err(e) => {
                 log::warn!(
@@ -100,7 +110,8 @@ fn send_due(w: &mut Worker, now_ms: u64) {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match callout::send(
+        match callout::send_on(
+            w.host(),
             &req.cluster,
             &headers,
             req.body.as_deref().map(str::as_bytes),

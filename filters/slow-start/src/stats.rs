@@ -11,6 +11,7 @@
 
 use resilience_core::ramp::{Event, GaugeDeltas};
 use resilience_host::counters;
+use resilience_host::host::Host;
 use resilience_host::metrics::Metrics;
 use resilience_host::shared::SharedDataTrouble;
 
@@ -70,11 +71,11 @@ counters! {
     }
 }
 
-pub fn define_global(m: &mut Metrics, prefix: &str) {
+pub fn define_global<H: Host>(m: &mut Metrics<H>, prefix: &str) {
     m.define_counters::<GlobalPending>(prefix);
 }
 
-pub fn define_endpoint(m: &mut Metrics, base: &str) {
+pub fn define_endpoint<H: Host>(m: &mut Metrics<H>, base: &str) {
     m.define_counters::<Pending>(base);
     for c in EVENT_COUNTERS {
         m.define_counter(&format!("{base}.{c}"));
@@ -84,11 +85,11 @@ pub fn define_endpoint(m: &mut Metrics, base: &str) {
     }
 }
 
-pub fn flush_endpoint(m: &mut Metrics, base: &str, p: &mut Pending) {
+pub fn flush_endpoint<H: Host>(m: &mut Metrics<H>, base: &str, p: &mut Pending) {
     m.flush(base, p);
 }
 
-pub fn flush_global(m: &mut Metrics, prefix: &str, g: &mut GlobalPending) {
+pub fn flush_global<H: Host>(m: &mut Metrics<H>, prefix: &str, g: &mut GlobalPending) {
     m.flush(prefix, g);
 }
 
@@ -106,12 +107,12 @@ fn event_counter(e: &Event) -> &'static str {
 }
 
 /// Count a transition this worker made.
-pub fn event(m: &mut Metrics, base: &str, e: &Event) {
+pub fn event<H: Host>(m: &mut Metrics<H>, base: &str, e: &Event) {
     m.count(&format!("{base}.{}", event_counter(e)), 1);
 }
 
 /// Move the gauges by what the shared state says is owed.
-pub fn gauges(m: &mut Metrics, base: &str, d: &GaugeDeltas) {
+pub fn gauges<H: Host>(m: &mut Metrics<H>, base: &str, d: &GaugeDeltas) {
     m.gauge_add(&format!("{base}.effective_weight"), d.weight);
     m.gauge_add(&format!("{base}.phase"), d.phase);
     m.gauge_add(&format!("{base}.paused"), d.paused);

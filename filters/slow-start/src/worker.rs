@@ -23,6 +23,9 @@
 //! the priming requests and health checks that are due, and settles the gauges. Whatever that
 //! CAS decided happened exactly once across all workers; this worker then counts it, logs it
 //! and sends the requests it claimed. The request path reads only the cached views.
+//!
+//! Every host call goes through the worker's [`Host`] (`H`, the real proxy by default), so the
+//! glue also runs natively, on several fake workers sharing one in-memory store.
 
 use std::rc::Rc;
 
@@ -35,8 +38,10 @@ use resilience_core::ramp::{
     RecentTotals, Shown,
 };
 use resilience_core::rate_cap;
+use resilience_host::host::Host;
 use resilience_host::metrics::{sanitize_segment, Metrics};
-use resilience_host::shared::{self, cas_update, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::shared::{self, cas_update_on, Update, DEFAULT_CAS_ATTEMPTS};
+use resilience_host::wasm::WasmHost;
 
 use crate::config::{CalloutSpec, FilterConfig, Kind, DECISION_HEADER};
 use crate::stats::{self, GlobalPending, Pending};
@@ -91,11 +96,13 @@ pub enum Choice {
     },
 }
 
-/// All of one worker's ramps for one filter instance.
-pub struct Worker {
+/// All of one worker's ramps for one filter instance, on host `H` (the real proxy unless a test
+/// says otherwise).
+pub struct Worker<H: Host = WasmHost> {
+    host: H,
     pub config: Rc<FilterConfig>,
     pub endpoints: Vec<Endpoint>,
-    pub metrics: Metrics,
+    pub metrics: Metrics<H>,
     pub global_pending: GlobalPending,
     calls: HashMap<u32, Outgoing>,
     rng: u64,
@@ -110,11 +117,20 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The worker's ramps on the real proxy.
     pub fn new(config: Rc<FilterConfig>, plugin: &str) -> Self {
+        Worker::on(WasmHost, config, plugin)
+    }
+}
+
+impl<H: Host + Clone> Worker<H> {
+    /// The worker's ramps on `host`: stats defined, every endpoint's ramp read from shared data.
+    pub fn on(host: H, config: Rc<FilterConfig>, plugin: &str) -> Self {
         let namespace = format!("rpack/ss/{}", sanitize_segment(plugin, 64));
-        let mut metrics = Metrics::new();
+        let mut metrics = Metrics::on(host.clone());
         stats::define_global(&mut metrics, &config.global.stat_prefix);
         let mut w = Worker {
+            host,
             config: Rc::clone(&config),
             endpoints: Vec::new(),
             metrics,
@@ -145,6 +161,13 @@ impl Worker {
         }
         w
     }
+}
+
+impl<H: Host> Worker<H> {
+    /// The host this worker runs on (the root context sends its callouts through it).
+    pub fn host(&self) -> &H {
+        &self.host
+    }
 
     fn static_directory(&self) -> Directory {
         let list: Vec<(String, u32)> = self
@@ -163,7 +186,7 @@ impl Worker {
 
     /// The directory in shared data, if a discovered list was ever written.
     fn shared_directory(&mut self) -> Option<Directory> {
-        match shared::get(&self.directory_key()) {
+        match shared::get_on(&self.host, &self.directory_key()) {
             Ok(v) => match v.value.as_deref() {
                 None | Some([]) => None,
                 Some(bytes) => match Directory::decode(bytes) {
@@ -204,7 +227,7 @@ impl Worker {
             pending: Pending::default(),
         };
         // Another worker may have this endpoint's ramp already (or this VM was reloaded).
-        refresh(&mut ep, &policy, &mut self.global_pending);
+        refresh(&self.host, &mut ep, &policy, &mut self.global_pending);
         ep
     }
 
@@ -246,16 +269,19 @@ impl Worker {
         stats::flush_endpoint(&mut self.metrics, &ep.stat_base, &mut ep.pending);
         let policy = self.config.global.policy;
         let identity = ep.identity;
-        let result = cas_update(&ep.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
-            match cur.map(|b| EndpointRamp::decode(b, &policy)) {
+        let result = cas_update_on(
+            &self.host,
+            &ep.shared_key,
+            DEFAULT_CAS_ATTEMPTS,
+            |cur| match cur.map(|b| EndpointRamp::decode(b, &policy)) {
                 Some(Ok(mut st)) if st.identity == identity && st.shown != Shown::default() => {
                     let shown = st.shown;
                     st.shown = Shown::default();
                     Update::Write(st.encode(), Some(shown))
                 }
                 _ => Update::Keep(None),
-            }
-        });
+            },
+        );
         match result {
             Ok(Some(shown)) => {
                 let d = GaugeDeltas {
@@ -293,7 +319,7 @@ impl Worker {
         }
         let me = self.me;
         let key = format!("{}/discovery_lease", self.namespace);
-        let claimed = cas_update(&key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        let claimed = cas_update_on(&self.host, &key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let lease = cur.and_then(|b| FetchLease::decode(b).ok());
             match FetchLease::claim(lease, me, now_ms, d.interval_ms) {
                 Some(l) => Update::Write(l.encode(), true),
@@ -354,17 +380,22 @@ impl Worker {
             }
         };
         let fallback = self.static_directory();
-        let result = cas_update(&self.directory_key(), DEFAULT_CAS_ATTEMPTS, |cur| {
-            let current = cur
-                .and_then(|b| Directory::decode(b).ok())
-                .unwrap_or_else(|| fallback.clone());
-            let (next, overflow) = current.next(&list, max);
-            if next.version == current.version {
-                Update::Keep((next, overflow, false))
-            } else {
-                Update::Write(next.encode(), (next, overflow, true))
-            }
-        });
+        let result = cas_update_on(
+            &self.host,
+            &self.directory_key(),
+            DEFAULT_CAS_ATTEMPTS,
+            |cur| {
+                let current = cur
+                    .and_then(|b| Directory::decode(b).ok())
+                    .unwrap_or_else(|| fallback.clone());
+                let (next, overflow) = current.next(&list, max);
+                if next.version == current.version {
+                    Update::Keep((next, overflow, false))
+                } else {
+                    Update::Write(next.encode(), (next, overflow, true))
+                }
+            },
+        );
         match result {
             Ok((next, overflow, changed)) => {
                 self.global_pending.endpoints_overflow += overflow as u64;
@@ -427,7 +458,7 @@ impl Worker {
             let batch = ep.batch.clone();
             let identity = ep.identity;
             let weight = ep.weight;
-            let result = cas_update(&ep.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+            let result = cas_update_on(&self.host, &ep.shared_key, DEFAULT_CAS_ATTEMPTS, |cur| {
                 let (mut st, reset) = decode(cur, identity, &policy);
                 let mut events = Vec::new();
                 if !batch.is_empty() {
@@ -571,7 +602,7 @@ impl Worker {
             return false;
         }
         let now_us = now_ms.saturating_mul(1_000);
-        let result = cas_update(&ep.cap_key, DEFAULT_CAS_ATTEMPTS, |cur| {
+        let result = cas_update_on(&self.host, &ep.cap_key, DEFAULT_CAS_ATTEMPTS, |cur| {
             let tat = cur.and_then(|b| rate_cap::decode_tat(b).ok()).unwrap_or(0);
             match cap.try_take(tat, now_us) {
                 Ok(next) => Update::Write(rate_cap::encode_tat(next), false),
@@ -731,8 +762,8 @@ fn weight_centi(
 }
 
 /// Re-read one endpoint's shared state into the cached view (used at start-up).
-fn refresh(ep: &mut Endpoint, policy: &Policy, g: &mut GlobalPending) {
-    match shared::get(&ep.shared_key) {
+fn refresh<H: Host>(host: &H, ep: &mut Endpoint, policy: &Policy, g: &mut GlobalPending) {
+    match shared::get_on(host, &ep.shared_key) {
         Ok(v) => {
             let (st, reset) = decode(v.value.as_deref(), ep.identity, policy);
             if reset {

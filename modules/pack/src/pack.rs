@@ -15,12 +15,13 @@ use resilience_host::host::Host;
 use resilience_host::root::Filter;
 use resilience_host::stage::{Chain, Hooks, StageHost, StageSet, Stages};
 
-use crate::config::{self, MEMBERS};
+use crate::config;
 
 type Breaker = circuit_breaker::root::BreakerFilter;
 type Budget = retry_budget::root::RetryBudgetFilter;
 type Padding = failure_padding::root::PaddingFilter;
 type Validator = request_validator::root::ValidatorFilter;
+type SlowStart = slow_start::root::SlowStartFilter;
 
 /// Each stage's place in the chain (and in [`MEMBERS`]).
 pub const VALIDATOR: usize = 0;
@@ -85,6 +86,7 @@ pub struct Pack<H: Host + Clone + 'static> {
     validator: Slot<Validator, H>,
     breaker: Slot<Breaker, H>,
     budget: Slot<Budget, H>,
+    slow_start: Slot<SlowStart, H>,
     padding: Slot<Padding, H>,
 }
 
@@ -109,12 +111,9 @@ impl<H: Host + Clone + 'static> Pack<H> {
         periods[BREAKER] = p;
         let (budget, p) = Slot::configure(&hosts[BUDGET], member(BUDGET), plugin, now_ms)?;
         periods[BUDGET] = p;
-        if member(SLOW_START).is_some() {
-            return Err(ConfigError::new(
-                MEMBERS[SLOW_START],
-                "is not available as a stage of the pack yet; load slow_start.wasm beside it",
-            ));
-        }
+        let (slow_start, p) =
+            Slot::configure(&hosts[SLOW_START], member(SLOW_START), plugin, now_ms)?;
+        periods[SLOW_START] = p;
         let (padding, p) = Slot::configure(&hosts[PADDING], member(PADDING), plugin, now_ms)?;
         periods[PADDING] = p;
         for (i, period) in periods.iter().enumerate() {
@@ -129,6 +128,7 @@ impl<H: Host + Clone + 'static> Pack<H> {
             validator,
             breaker,
             budget,
+            slow_start,
             padding,
         })
     }
@@ -147,6 +147,7 @@ impl<H: Host + Clone + 'static> Pack<H> {
                 VALIDATOR => self.validator.tick(now_ms),
                 BREAKER => self.breaker.tick(now_ms),
                 BUDGET => self.budget.tick(now_ms),
+                SLOW_START => self.slow_start.tick(now_ms),
                 PADDING => self.padding.tick(now_ms),
                 _ => {}
             }
@@ -161,6 +162,7 @@ impl<H: Host + Clone + 'static> Pack<H> {
             Some(VALIDATOR) => self.validator.on_http_call_response(token_id, body_size),
             Some(BREAKER) => self.breaker.on_http_call_response(token_id, body_size),
             Some(BUDGET) => self.budget.on_http_call_response(token_id, body_size),
+            Some(SLOW_START) => self.slow_start.on_http_call_response(token_id, body_size),
             Some(PADDING) => self.padding.on_http_call_response(token_id, body_size),
             _ => {}
         }
@@ -174,6 +176,7 @@ impl<H: Host + Clone + 'static> Pack<H> {
                 validator: self.validator.stream(&h[VALIDATOR], context_id),
                 breaker: self.breaker.stream(&h[BREAKER], context_id),
                 budget: self.budget.stream(&h[BUDGET], context_id),
+                slow_start: self.slow_start.stream(&h[SLOW_START], context_id),
                 padding: self.padding.stream(&h[PADDING], context_id),
             },
             Rc::clone(&self.stages),
@@ -186,6 +189,7 @@ pub struct PackStages<H: Host + Clone + 'static> {
     pub validator: Option<<Validator as Filter<StageHost<H>>>::Stream>,
     pub breaker: Option<<Breaker as Filter<StageHost<H>>>::Stream>,
     pub budget: Option<<Budget as Filter<StageHost<H>>>::Stream>,
+    pub slow_start: Option<<SlowStart as Filter<StageHost<H>>>::Stream>,
     pub padding: Option<<Padding as Filter<StageHost<H>>>::Stream>,
 }
 
@@ -197,6 +201,7 @@ impl<H: Host + Clone + 'static> StageSet for PackStages<H> {
             VALIDATOR => self.validator.as_mut().map(|s| s as &mut dyn Hooks),
             BREAKER => self.breaker.as_mut().map(|s| s as &mut dyn Hooks),
             BUDGET => self.budget.as_mut().map(|s| s as &mut dyn Hooks),
+            SLOW_START => self.slow_start.as_mut().map(|s| s as &mut dyn Hooks),
             PADDING => self.padding.as_mut().map(|s| s as &mut dyn Hooks),
             _ => None,
         }

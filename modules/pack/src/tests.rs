@@ -211,8 +211,59 @@ fn a_healthy_request_through_four_stages_reads_the_route_name_and_status_once() 
         one.host.calls() - before
     })
     .sum();
+    println!(
+        "host calls per healthy request: the pack {pack_calls}, the four filters alone {alone}"
+    );
     assert!(
         pack_calls + 4 <= alone,
         "the pack made {pack_calls} host calls, the four filters alone {alone}"
+    );
+}
+
+#[test]
+fn a_retry_the_inbound_budget_sheds_is_not_a_failure_to_the_breaker_before_it() {
+    // Alone, the breaker would see the budget's 503 on the way back and count it: two in a row
+    // would open it. In the chain it learns that a later stage answered.
+    let w = Worker::new(
+        r#"{
+        "circuit_breaker": { "consecutive_failures": 2, "open_duration": "1s" },
+        "retry_budget": {
+            "mode": "inbound", "budget_percent": 0, "min_retries_per_second": 0.1,
+            "window": "10s", "retry_after_min": "1s", "retry_after_max": "1s"
+        }
+    }"#,
+    );
+    let mut shed = 0;
+    for _ in 0..5 {
+        let (mut s, action) = w.start("GET", &[("x-envoy-attempt-count", "2")]);
+        match action {
+            Action::Continue => {
+                w.respond(&mut s, 200);
+            }
+            _ => {
+                // As Envoy does: the local reply goes back through the encoder path, and the
+                // log sees its status.
+                shed += 1;
+                w.respond(&mut s, 503);
+                w.host
+                    .set_property(&["response", "code"], &503u64.to_le_bytes());
+            }
+        }
+        s.http.on_log();
+        w.host
+            .set_property(&["response", "code"], &200u64.to_le_bytes());
+    }
+    assert!(shed >= 3, "the budget shed {shed} of 5 retries");
+    assert!(w
+        .host
+        .replies()
+        .iter()
+        .all(|r| r.status == 503 && r.header("x-resilience-circuit-breaker").is_none()));
+    w.flush();
+    assert_eq!(w.counter("circuit_breaker.orders.failures"), 0);
+    assert_eq!(
+        w.request(200),
+        Action::Continue,
+        "the breaker stayed closed"
     );
 }

@@ -656,6 +656,32 @@ impl SharedBreaker {
         None
     }
 
+    /// Open to half-open: a new generation, no probe issued yet.
+    fn enter_half_open(&mut self, now_ms: u64) -> Transition {
+        self.state = State::HalfOpen;
+        self.bump_generation();
+        self.probes_issued = 0;
+        self.probes_succeeded = 0;
+        self.last_probe_ms = now_ms;
+        Transition {
+            from: State::Open,
+            to: State::HalfOpen,
+            reason: self.reason,
+            open_ms: 0,
+        }
+    }
+
+    /// An active probe, sent while the breaker was open in `generation`, succeeded: the
+    /// dependency answers again, so the breaker goes half-open now rather than at
+    /// `open_until_ms`, and the half-open probes decide as usual. Ignored in any other state or
+    /// generation (the breaker moved on while the probe was out).
+    pub fn active_probe_succeeded(&mut self, generation: u32, now_ms: u64) -> Option<Transition> {
+        if self.state != State::Open || generation != self.generation {
+            return None;
+        }
+        Some(self.enter_half_open(now_ms))
+    }
+
     /// Take one of the half-open probe permits, moving an expired open breaker to half-open.
     ///
     /// Permits held by probes older than `probe_timeout_ms` that never reported are reclaimed
@@ -677,19 +703,7 @@ impl SharedBreaker {
                     None,
                 )
             }
-            State::Open => {
-                self.state = State::HalfOpen;
-                self.bump_generation();
-                self.probes_issued = 0;
-                self.probes_succeeded = 0;
-                self.last_probe_ms = now_ms;
-                transition = Some(Transition {
-                    from: State::Open,
-                    to: State::HalfOpen,
-                    reason: self.reason,
-                    open_ms: 0,
-                });
-            }
+            State::Open => transition = Some(self.enter_half_open(now_ms)),
             State::HalfOpen => {}
         }
         if self.probes_issued > self.probes_succeeded
@@ -849,6 +863,42 @@ impl SharedBreaker {
             run_first_failure_ms,
             window,
         })
+    }
+}
+
+/// Kind tag of [`ProbeTurn`].
+const PROBE_TURN_KIND: u8 = 0xCC;
+const PROBE_TURN_VERSION: u8 = 1;
+
+/// Whose turn it is to send an open breaker's active probe: the time the next one is due, one
+/// value per breaker key shared by every worker, so the dependency sees one probe per interval
+/// from the whole proxy rather than one per worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProbeTurn {
+    pub due_ms: u64,
+}
+
+impl ProbeTurn {
+    /// Takes the turn at `now_ms` if it is due, making the next one due `interval_ms` later.
+    pub fn claim(&mut self, now_ms: u64, interval_ms: u64) -> bool {
+        if now_ms < self.due_ms {
+            return false;
+        }
+        self.due_ms = now_ms.saturating_add(interval_ms);
+        true
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Encoder::new(PROBE_TURN_KIND, PROBE_TURN_VERSION);
+        e.u64(self.due_ms);
+        e.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Decoder::new(bytes, PROBE_TURN_KIND, PROBE_TURN_VERSION)?;
+        let due_ms = d.u64()?;
+        d.finish()?;
+        Ok(ProbeTurn { due_ms })
     }
 }
 
@@ -1306,5 +1356,36 @@ mod tests {
                 prop_assert!((1..=5_000).contains(&ms));
             }
         }
+    }
+
+    #[test]
+    fn an_active_probe_success_goes_half_open_at_once_but_only_for_the_generation_it_was_sent_in() {
+        let mut policy = policy();
+        policy.consecutive_failures = 1;
+        policy.open_duration_ms = 10_000;
+        let mut b = SharedBreaker::new(&policy);
+        let failure = delta_at(&b, &policy, &[(true, 100)]);
+        b.publish(&failure, 100, &policy, 0);
+        assert_eq!(b.state, State::Open);
+        let open_generation = b.generation;
+        assert_eq!(b.active_probe_succeeded(open_generation + 1, 200), None);
+        let t = b.active_probe_succeeded(open_generation, 200).unwrap();
+        assert_eq!((t.from, t.to), (State::Open, State::HalfOpen));
+        assert_eq!(b.state, State::HalfOpen);
+        // Half-open as usual: the probes now decide, and a late second success changes nothing.
+        assert_eq!(b.active_probe_succeeded(open_generation, 250), None);
+        let (grant, _) = b.try_acquire_probe(300, &policy);
+        assert!(matches!(grant, ProbeGrant::Granted { .. }));
+    }
+
+    #[test]
+    fn a_probe_turn_is_taken_once_per_interval_and_survives_its_encoding() {
+        let mut turn = ProbeTurn::default();
+        assert!(turn.claim(1_000, 250));
+        assert!(!turn.claim(1_100, 250));
+        assert!(turn.claim(1_250, 250));
+        assert_eq!(ProbeTurn::decode(&turn.encode()), Ok(turn));
+        assert!(ProbeTurn::decode(&[0xCC]).is_err());
+        assert!(ProbeTurn::decode(&SharedBreaker::new(&policy()).encode()).is_err());
     }
 }

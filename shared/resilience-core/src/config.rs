@@ -794,6 +794,64 @@ pub fn check_header_name(path: &str, name: &str) -> Result<String, ConfigError> 
     Ok(name.to_ascii_lowercase())
 }
 
+/// The headers of a request a filter sends on its own (a callout): `:method`, `:path`,
+/// `:authority` and `extra`, each checked, names lowercased. `prefix` is the callout's field
+/// (`active_probe`); errors name `prefix.method`, `prefix.path`, `prefix.authority` or
+/// `prefix.headers`.
+pub fn check_callout_headers(
+    prefix: &str,
+    method: &str,
+    path: &str,
+    authority: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let at = |f: &str| join_path(prefix, f);
+    if method.is_empty() || method.len() > 32 || !method.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            at("method"),
+            format!("must be an HTTP method (1 to 32 token characters), got {method:?}"),
+        ));
+    }
+    let clean = |v: &str| !v.is_empty() && !v.bytes().any(|b| b.is_ascii_control() || b == b' ');
+    if !path.starts_with('/') || !clean(path) || path.len() > 2048 {
+        return Err(ConfigError::new(
+            at("path"),
+            format!(
+                "must start with \"/\" and hold no spaces or control characters (at most 2048 bytes), got {:?}",
+                crate::problem::bounded(path, 64)
+            ),
+        ));
+    }
+    if !clean(authority) || authority.len() > 256 {
+        return Err(ConfigError::new(
+            at("authority"),
+            format!("must be a host name of 1 to 256 characters, got {authority:?}"),
+        ));
+    }
+    let mut headers = vec![
+        (":method".to_owned(), method.to_owned()),
+        (":path".to_owned(), path.to_owned()),
+        (":authority".to_owned(), authority.to_owned()),
+    ];
+    for (name, value) in extra {
+        let name = check_header_name(&at("headers"), name)?;
+        if name == "host" {
+            return Err(ConfigError::new(
+                at("headers"),
+                "must not set host (use authority)",
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(ConfigError::new(
+                at(&format!("headers.{name}")),
+                "must not contain CR, LF or NUL",
+            ));
+        }
+        headers.push((name, value.clone()));
+    }
+    Ok(headers)
+}
+
 /// The filter-wide `max_keys`: every key space in shared data is bounded (it cannot delete).
 pub fn check_max_keys(max_keys: u32) -> Result<u32, ConfigError> {
     if !(1..=10_000).contains(&max_keys) {

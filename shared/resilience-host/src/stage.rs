@@ -65,10 +65,16 @@ pub struct Stages {
     facts: RefCell<Facts>,
 }
 
+/// A header map as name-value pairs, in the host's order.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Debug, Default)]
 struct Facts {
     now_ns: Option<u64>,
     headers: Vec<(MapType, Box<str>, Option<Vec<u8>>)>,
+    /// Whole header maps a stage read (the validator reads the request's): later single-header
+    /// reads of that map are answered from them.
+    maps: Vec<(MapType, Pairs)>,
     /// Keyed by the path's segments joined with NUL (no segment contains one).
     properties: Vec<(Box<str>, Option<Vec<u8>>)>,
 }
@@ -77,6 +83,7 @@ impl Facts {
     fn clear(&mut self) {
         self.now_ns = None;
         self.headers.clear();
+        self.maps.clear();
         self.properties.clear();
     }
 }
@@ -208,11 +215,9 @@ impl<H: Host> StageHost<H> {
     }
 
     fn forget_map(&self, map: MapType) {
-        self.stages
-            .facts
-            .borrow_mut()
-            .headers
-            .retain(|(m, _, _)| *m != map);
+        let mut facts = self.stages.facts.borrow_mut();
+        facts.headers.retain(|(m, _, _)| *m != map);
+        facts.maps.retain(|(m, _)| *m != map);
     }
 }
 
@@ -255,6 +260,20 @@ impl<H: Host> Host for StageHost<H> {
         {
             return Ok(v.clone());
         }
+        if let Some((_, pairs)) = self
+            .stages
+            .facts
+            .borrow()
+            .maps
+            .iter()
+            .find(|(m, _)| *m == map)
+        {
+            // As the host answers: the first value of the name, compared without case.
+            return Ok(pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v.clone()));
+        }
         let value = self.inner.get_header_map_value(map, name)?;
         self.stages
             .facts
@@ -265,7 +284,13 @@ impl<H: Host> Host for StageHost<H> {
     }
 
     fn get_header_map_pairs(&self, map: MapType) -> Result<Option<Vec<u8>>, HostStatus> {
-        self.inner.get_header_map_pairs(map)
+        let bytes = self.inner.get_header_map_pairs(map)?;
+        if let Some(pairs) = bytes.as_deref().and_then(crate::stream::parse_header_map) {
+            let mut facts = self.stages.facts.borrow_mut();
+            facts.maps.retain(|(m, _)| *m != map);
+            facts.maps.push((map, pairs));
+        }
+        Ok(bytes)
     }
 
     fn replace_header_map_value(
@@ -381,9 +406,20 @@ pub trait Hooks {
     fn response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action;
     fn response_trailers(&mut self, num_trailers: usize) -> Action;
     fn log(&mut self);
+    /// See [`Stage::later_stage_answered`].
+    fn later_stage_answered(&mut self);
 }
 
-impl<T: HttpContext> Hooks for T {
+/// A filter's HTTP context as a stage: what it learns only because it runs in a chain.
+pub trait Stage: HttpContext {
+    /// A stage after this one answered the request locally, before it left the module. Its
+    /// reply (a shed, an open breaker's 503) is not an outcome of the upstream, so a stage that
+    /// classifies outcomes must not count it: as separate filters, the breaker would count slow
+    /// start's 503 sheds as the dependency's failures and trip on them. Default: nothing to do.
+    fn later_stage_answered(&mut self) {}
+}
+
+impl<T: Stage> Hooks for T {
     fn request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
         self.on_http_request_headers(num_headers, end_of_stream)
     }
@@ -404,6 +440,9 @@ impl<T: HttpContext> Hooks for T {
     }
     fn log(&mut self) {
         self.on_log();
+    }
+    fn later_stage_answered(&mut self) {
+        Stage::later_stage_answered(self);
     }
 }
 
@@ -448,6 +487,7 @@ impl<S: StageSet> Chain<S> {
             let action = stage.request_headers(self.num_headers, end_of_stream);
             self.reached = i + 1;
             if self.shared.take_answered() {
+                self.tell_earlier_stages_of_answer(i);
                 return Action::Pause;
             }
             if action == Action::Pause {
@@ -468,6 +508,7 @@ impl<S: StageSet> Chain<S> {
             let action = hook(stage);
             if self.shared.take_answered() {
                 self.held_at = None;
+                self.tell_earlier_stages_of_answer(i);
                 return Action::Pause;
             }
             if action == Action::Pause {
@@ -477,6 +518,16 @@ impl<S: StageSet> Chain<S> {
         match self.held_at.take() {
             Some(held) => self.request_headers_from(held + 1, false),
             None => Action::Continue,
+        }
+    }
+
+    /// Stage `answerer` replied locally to the request: the stages before it learn that the
+    /// reply is not the upstream's.
+    fn tell_earlier_stages_of_answer(&mut self, answerer: usize) {
+        for j in 0..answerer {
+            if let Some(stage) = self.stages.stage(j) {
+                stage.later_stage_answered();
+            }
         }
     }
 
@@ -544,5 +595,66 @@ impl<S: StageSet> HttpContext for Chain<S> {
                 stage.log();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeStore;
+
+    #[test]
+    fn a_fact_read_by_one_stage_costs_the_next_stage_no_host_call_until_the_next_callback() {
+        let store = FakeStore::new();
+        let host = store.worker();
+        host.set_map(
+            MapType::HttpRequestHeaders,
+            &[(":path", "/a"), ("x-k", "1")],
+        );
+        host.set_property(&["xds", "route_name"], b"orders");
+        let stages = Stages::new();
+        let (a, b) = (
+            StageHost::new(host.clone(), 0, Rc::clone(&stages)),
+            StageHost::new(host.clone(), 1, Rc::clone(&stages)),
+        );
+        stages.begin();
+        let before = host.calls();
+        assert!(a.get_header_map_pairs(MapType::HttpRequestHeaders).is_ok());
+        assert!(a.get_property(&["xds", "route_name"]).is_ok());
+        assert!(a.current_time_ns().is_ok());
+        assert_eq!(host.calls() - before, 3);
+        // Stage b reads the same facts, and a header out of the map stage a read whole.
+        let x = b.get_header_map_value(MapType::HttpRequestHeaders, "X-K");
+        assert_eq!(x, Ok(Some(b"1".to_vec())));
+        let route = b.get_property(&["xds", "route_name"]);
+        assert_eq!(route, Ok(Some(b"orders".to_vec())));
+        assert_eq!(b.current_time_ns(), a.current_time_ns());
+        assert_eq!(host.calls() - before, 3, "no further host call");
+        // A write drops what was known of that map; a new callback drops everything.
+        assert!(b
+            .replace_header_map_value(MapType::HttpRequestHeaders, "x-k", "2")
+            .is_ok());
+        let x = a.get_header_map_value(MapType::HttpRequestHeaders, "x-k");
+        assert_eq!(x, Ok(Some(b"2".to_vec())));
+        stages.begin();
+        let calls = host.calls();
+        assert!(a.get_property(&["xds", "route_name"]).is_ok());
+        assert_eq!(host.calls() - calls, 1);
+    }
+
+    #[test]
+    fn a_local_reply_is_seen_once_and_a_callout_answer_finds_its_stage() {
+        let store = FakeStore::new();
+        let host = store.worker();
+        let stages = Stages::new();
+        let s = StageHost::new(host.clone(), 3, Rc::clone(&stages));
+        assert!(s.send_local_response(503, &[], b"").is_ok());
+        assert!(stages.take_answered());
+        assert!(!stages.take_answered());
+        let token = s
+            .dispatch_http_call("c", &[(":path", "/")], None, 100)
+            .unwrap();
+        assert_eq!(stages.callout_owner(token), Some(3));
+        assert_eq!(stages.callout_owner(token), None, "an answer comes once");
     }
 }

@@ -17,7 +17,7 @@ use super::series::{self, between, percentile, Summary};
 use super::svg::Chart;
 use super::topology::{self, Listener};
 use super::{Progress, Scale};
-use crate::config::{indent_yaml, wasm_filter_yaml};
+use crate::config::indent_yaml;
 use crate::envoy::{free_port, Envoy, EnvoyOptions};
 use crate::upstream::{Behavior, Upstream};
 
@@ -126,24 +126,21 @@ fn listener<'a>(name: &'a str, port: u16, cluster: &'a str, filters: &'a str) ->
 /// four hosts, and the four hosts' sidecar listeners, each (optionally) carrying the filter in
 /// front of its own application instance.
 fn topology_yaml(ports: &Ports<'_>, setup: Setup) -> Result<String, String> {
-    let wasm = if setup.padding {
-        Some(crate::wasm::filter_wasm("failure-padding")?)
-    } else {
-        None
-    };
     let mut y = topology::header(ports.admin);
     y.push_str(&listener("edge", ports.edge, "hosts", "").yaml());
     for (i, port) in ports.sidecars.iter().enumerate() {
-        let filters = match &wasm {
+        let filters = if setup.padding {
             // Distinct plugin names and stat prefixes: one VM, four independent filters.
-            Some(wasm) => {
-                let name = format!("pad_{i}");
-                let json = format!(
-                    r#"{{ "sync_interval": "50ms", "min_samples": 20, "stat_prefix": "fp_{i}" }}"#
-                );
-                indent_yaml(&wasm_filter_yaml(&name, &name, "lab_fp", wasm, &json), 10)
-            }
-            None => String::new(),
+            let name = format!("pad_{i}");
+            let json = format!(
+                r#"{{ "sync_interval": "50ms", "min_samples": 20, "stat_prefix": "fp_{i}" }}"#
+            );
+            indent_yaml(
+                &super::pack_stage_yaml(&name, "lab_fp", "failure_padding", &json)?,
+                10,
+            )
+        } else {
+            String::new()
         };
         let (name, cluster) = (format!("sidecar_{i}"), format!("app_{i}"));
         y.push_str(&listener(&name, *port, &cluster, &filters).yaml());

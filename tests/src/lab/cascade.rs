@@ -13,7 +13,6 @@ use super::report::{Criterion, Figure, ScenarioReport, Variant};
 use super::series::{self, between, Summary};
 use super::svg::Chart;
 use super::{Progress, Scale};
-use crate::config::wasm_filter_yaml;
 use crate::envoy::{free_port, Envoy, EnvoyOptions};
 use crate::upstream::{Behavior, Upstream};
 use crate::{ClusterSpec, ProxyConfig, RouteSpec};
@@ -79,14 +78,12 @@ fn config(p: Protection, listener: u16, upstream: u16) -> Result<String, String>
             );
         }
         Protection::Breaker => {
-            let wasm = crate::wasm::filter_wasm("circuit-breaker")?;
-            filters = wasm_filter_yaml(
-                "circuit_breaker",
+            filters = super::pack_stage_yaml(
                 "circuit_breaker",
                 "lab_cb",
-                &wasm,
+                "circuit_breaker",
                 BREAKER_JSON,
-            );
+            )?;
         }
     }
     Ok(ProxyConfig::new(listener, free_port())

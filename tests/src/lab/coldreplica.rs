@@ -29,7 +29,7 @@ use super::svg::Chart;
 use super::topology::{self, Listener};
 use super::{Progress, Scale};
 use crate::client::request_with_timeout;
-use crate::config::{indent_yaml, wasm_filter_yaml};
+use crate::config::indent_yaml;
 use crate::envoy::{free_port, Envoy, EnvoyOptions};
 use crate::upstream::{Behavior, Upstream};
 
@@ -207,13 +207,9 @@ fn primed_stat(p: Protection, ports: &Ports<'_>, i: usize) -> Option<String> {
 /// One Envoy process playing two roles: the edge listener, which balances over the replicas,
 /// and each replica's sidecar listener in front of its own application instance.
 fn topology_yaml(p: Protection, ports: &Ports<'_>, t: &Timeline) -> Result<String, String> {
-    let wasm = match p {
-        Protection::Balance | Protection::Admit => Some(crate::wasm::filter_wasm("slow-start")?),
-        Protection::None | Protection::Native => None,
-    };
     let mut y = topology::header(ports.admin);
-    let edge_filters = match (&wasm, p) {
-        (Some(wasm), Protection::Balance) => {
+    let edge_filters = match p {
+        Protection::Balance => {
             let endpoints: Vec<String> = ports
                 .sidecars
                 .iter()
@@ -226,7 +222,7 @@ fn topology_yaml(p: Protection, ports: &Ports<'_>, t: &Timeline) -> Result<Strin
                 common_json(t)
             );
             indent_yaml(
-                &wasm_filter_yaml("slow_start", "slow_start", "lab_ss", wasm, &json),
+                &super::pack_stage_yaml("slow_start", "lab_ss", "slow_start", &json)?,
                 10,
             )
         }
@@ -250,9 +246,9 @@ fn topology_yaml(p: Protection, ports: &Ports<'_>, t: &Timeline) -> Result<Strin
         .yaml(),
     );
     for (i, port) in ports.sidecars.iter().enumerate() {
-        let filters = match (&wasm, p) {
+        let filters = match p {
             // Distinct plugin names and stat prefixes: one VM, an independent filter per sidecar.
-            (Some(wasm), Protection::Admit) => {
+            Protection::Admit => {
                 let name = format!("ss_{i}");
                 let json = format!(
                     r#"{{ "stat_prefix": "ss_{i}", "dispatch_cluster": "app_{i}",
@@ -260,7 +256,10 @@ fn topology_yaml(p: Protection, ports: &Ports<'_>, t: &Timeline) -> Result<Strin
   {} }}"#,
                     common_json(t)
                 );
-                indent_yaml(&wasm_filter_yaml(&name, &name, "lab_ss", wasm, &json), 10)
+                indent_yaml(
+                    &super::pack_stage_yaml(&name, "lab_ss", "slow_start", &json)?,
+                    10,
+                )
             }
             _ => String::new(),
         };

@@ -21,7 +21,6 @@ use super::report::{Criterion, Figure, ScenarioReport, Variant};
 use super::series::{self, between, Series, Summary};
 use super::svg::Chart;
 use super::{Progress, Scale};
-use crate::config::wasm_filter_yaml;
 use crate::envoy::{free_port, Envoy, EnvoyOptions};
 use crate::upstream::{Behavior, Upstream, LOG_CAPACITY};
 use crate::{ClusterSpec, ProxyConfig, RouteSpec};
@@ -302,14 +301,12 @@ fn config(p: Protection, listener: u16, upstream: u16) -> Result<String, String>
     let filters = match p {
         Protection::None => String::new(),
         Protection::DryRun | Protection::Validator => {
-            let wasm = crate::wasm::filter_wasm("request-validator")?;
-            let filter = wasm_filter_yaml(
-                "request_validator",
+            let filter = super::pack_stage_yaml(
                 "request_validator",
                 "lab_rv",
-                &wasm,
+                "request_validator",
                 &validator_json(p == Protection::DryRun),
-            );
+            )?;
             // Lets the filter hold a request's headers until its body is checked.
             let policy = "      failure_policy: FAIL_CLOSED\n";
             if !filter.contains(policy) {

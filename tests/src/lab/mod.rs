@@ -106,3 +106,22 @@ pub fn run_scenario(
         other => Err(format!("unknown scenario {other:?}; known: {SCENARIOS:?}")),
     }
 }
+
+/// The HTTP filter entry for one filter as the lab runs it: a stage of the pack module
+/// (`resilience_pack.wasm`, the shipped form) with only `member` on, configured with that
+/// filter's own `json`. Stat names, shared-data keys and decision headers are the single filter's.
+pub(crate) fn pack_stage_yaml(
+    name: &str,
+    vm_id: &str,
+    member: &str,
+    json: &str,
+) -> Result<String, String> {
+    let wasm = crate::wasm::filter_wasm("resilience-pack")?;
+    Ok(crate::config::wasm_filter_yaml(
+        name,
+        name,
+        vm_id,
+        &wasm,
+        &format!("{{\"{member}\": {json}}}"),
+    ))
+}

@@ -19,7 +19,6 @@ use super::report::{Criterion, Figure, ScenarioReport, Variant};
 use super::series::{self, between, Series, Summary};
 use super::svg::Chart;
 use super::{Progress, Scale};
-use crate::config::wasm_filter_yaml;
 use crate::envoy::{free_port, Envoy, EnvoyOptions};
 use crate::upstream::{Behavior, Upstream};
 use crate::{ClusterSpec, ProxyConfig, RouteSpec};
@@ -126,14 +125,7 @@ const NATIVE_BUDGET: &str = "circuit_breakers:
       min_retry_concurrency: 3";
 
 fn filter(json: &str, vm_id: &str) -> Result<String, String> {
-    let wasm = crate::wasm::filter_wasm("retry-budget")?;
-    Ok(wasm_filter_yaml(
-        "retry_budget",
-        "retry_budget",
-        vm_id,
-        &wasm,
-        json,
-    ))
+    super::pack_stage_yaml("retry_budget", vm_id, "retry_budget", json)
 }
 
 /// The callers' Envoy: one retrying route to `target` (the dependency, or its proxy).
