@@ -9,9 +9,14 @@
 //!   JSON whose `rule` is that name and whose `status` is the rule's, the detail is bounded;
 //! - the body's chunking does not change whether a request is admitted: the proxy may hand the
 //!   same body over in any chunks, and the gRPC message reader and the size count must read the
-//!   same stream the same way.
+//!   same stream the same way;
+//! - the validator agrees with the schema: on the `schema` route of [`EVERY_RULE`], a JSON body
+//!   that JSON Schema (boon, called directly with the route's draft and format assertion) finds
+//!   valid is never refused for `json_schema`, and one it finds invalid, sent as JSON, is never
+//!   admitted.
 
 use request_validator::config::FilterConfig;
+use request_validator::rules::media::{essence, is_json};
 use request_validator::rules::{Rule, Violation, MAX_DETAIL};
 use request_validator::verdict::{verdict, Verdict};
 use serde_json::Value;
@@ -114,6 +119,71 @@ thread_local! {
     .collect();
 }
 
+/// The `schema` route's schema, compiled by boon on its own: the oracle.
+struct Oracle {
+    schemas: boon::Schemas,
+    index: boon::SchemaIndex,
+}
+
+fn oracle() -> Oracle {
+    let config: Value = serde_json::from_str(EVERY_RULE).unwrap();
+    let routes = config["routes"].as_array().unwrap();
+    let route = routes.iter().find(|r| r["name"] == "schema").unwrap();
+    let url = "urn:fuzz:every-rule:schema";
+    let mut compiler = boon::Compiler::new();
+    compiler.set_default_draft(boon::Draft::V2020_12);
+    compiler.enable_format_assertions();
+    compiler
+        .add_resource(url, route["json_schema"].clone())
+        .unwrap();
+    let mut schemas = boon::Schemas::new();
+    let index = compiler.compile(url, &mut schemas).unwrap();
+    Oracle { schemas, index }
+}
+
+thread_local! {
+    static ORACLE: Oracle = oracle();
+}
+
+/// Whether `req` takes the `schema` route of [`EVERY_RULE`] with a complete JSON body; if so,
+/// what boon says of that body.
+fn schema_says(req: &Request) -> Option<bool> {
+    let path = std::str::from_utf8(req.head.path()).ok()?;
+    if req.head.end_of_stream
+        || !path.starts_with("/schema")
+        || req.route_name.as_deref() == Some("off")
+    {
+        return None;
+    }
+    let body: Value = serde_json::from_slice(&req.body).ok()?;
+    Some(ORACLE.with(|o| o.schemas.validate(&body, o.index).is_ok()))
+}
+
+fn check_schema_agreement(req: &Request, verdict: &Verdict) {
+    let Some(valid) = schema_says(req) else {
+        return;
+    };
+    if valid {
+        if let Verdict::Rejected(v) = verdict {
+            assert_ne!(
+                v.rule,
+                Rule::JsonSchema,
+                "a body the schema finds valid is refused: {v:?}"
+            );
+        }
+    } else {
+        let sent_as_json = req
+            .head
+            .get("content-type")
+            .and_then(essence)
+            .is_some_and(|e| is_json(&e));
+        assert!(
+            !(sent_as_json && *verdict == Verdict::Admitted),
+            "a JSON body the schema finds invalid is admitted"
+        );
+    }
+}
+
 /// A rejection names one of the rules, and its problem says so.
 pub fn check_violation(v: &Violation) {
     assert!(Rule::ALL.contains(&v.rule));
@@ -138,8 +208,11 @@ fn decide(config: &FilterConfig, req: &Request, chunks: &[&[u8]]) -> Verdict {
 pub fn validator_request(data: &[u8]) {
     let req = request::parse(data);
     CONFIGS.with(|configs| {
-        for config in configs {
+        for (i, config) in configs.iter().enumerate() {
             let as_sent = decide(config, &req, &req.chunks());
+            if i == 0 {
+                check_schema_agreement(&req, &as_sent);
+            }
             if !req.head.end_of_stream {
                 // The same body whole, and byte by byte (bounded: the fuzzer's inputs are small).
                 let whole = decide(config, &req, &[&req.body]);
