@@ -84,16 +84,31 @@ fn path_string(path: &serde_path_to_error::Path) -> String {
     for segment in path.iter() {
         match segment {
             Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
+            Segment::Map { key } | Segment::Enum { variant: key } => push_key(&mut out, key),
             Segment::Unknown => {}
         }
     }
     out
+}
+
+/// Appends a map key to a path: a plain name (letters, digits, `_`, `-`) after a `.`, any other
+/// key as `["..."]` (a JSON string), so that a key with a `.` or a `[` in it (a typo, or a
+/// generated config) cannot read as two fields or an index.
+fn push_key(out: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    } else {
+        out.push('[');
+        out.push_str(&serde_json::Value::from(key).to_string());
+        out.push(']');
+    }
 }
 
 /// serde's own messages quote names with backticks (written for Rust developers); operators read
@@ -559,6 +574,29 @@ mod tests {
         }
         assert_eq!(parse_json::<AllDefault>(b"").unwrap().n, 0);
         assert_eq!(parse_json::<AllDefault>(b"  \n\t ").unwrap().n, 0);
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_plain_name_is_quoted_in_the_path_so_it_cannot_read_as_two_fields() {
+        // Found by the config fuzz targets: an unknown key ".window" under `routes[0]` gave the
+        // path `routes[0]..window`.
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Route {
+            window: Option<u32>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            routes: Vec<Route>,
+        }
+        let err = parse_json::<Doc>(br#"{"routes": [{".window": 1}]}"#).unwrap_err();
+        assert_eq!(err.path, r#"routes[0][".window"]"#);
+        let err = parse_json::<Doc>(br#"{"routes": [{"a\"b[": 1}]}"#).unwrap_err();
+        assert_eq!(err.path, r#"routes[0]["a\"b["]"#);
+        let err = parse_json::<Doc>(br#"{"routes": [{"x_y-z": 1}]}"#).unwrap_err();
+        assert_eq!(err.path, "routes[0].x_y-z");
     }
 
     #[test]

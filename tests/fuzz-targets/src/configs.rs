@@ -39,11 +39,65 @@ fn compile(name: &str, schema: Value) -> Compiled {
     Compiled { schemas, index }
 }
 
+/// Whether `path` reads as one unambiguous path: a plain name (letters, digits, `_`, `-`),
+/// then `.name`, `[index]` or `["any key"]` (a JSON string) segments.
+fn well_formed_path(path: &str) -> bool {
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut rest = path;
+    let mut first = true;
+    while !rest.is_empty() {
+        if let Some(inner) = rest.strip_prefix('[') {
+            if let Some(quoted) = inner.strip_prefix('"') {
+                // The shortest JSON string, then `]`.
+                let Some(end) = (1..=quoted.len()).find(|&i| {
+                    quoted.is_char_boundary(i)
+                        && quoted[..i].ends_with('"')
+                        && serde_json::from_str::<String>(&format!("\"{}", &quoted[..i])).is_ok()
+                }) else {
+                    return false;
+                };
+                let Some(after) = quoted[end..].strip_prefix(']') else {
+                    return false;
+                };
+                rest = after;
+            } else {
+                let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
+                let Some(after) = inner[digits..].strip_prefix(']') else {
+                    return false;
+                };
+                if digits == 0 {
+                    return false;
+                }
+                rest = after;
+            }
+        } else {
+            let body = if first {
+                rest
+            } else {
+                match rest.strip_prefix('.') {
+                    Some(b) => b,
+                    None => return false,
+                }
+            };
+            let len = body
+                .chars()
+                .take_while(|c| plain(*c))
+                .map(char::len_utf8)
+                .sum::<usize>();
+            if len == 0 {
+                return false;
+            }
+            rest = &body[len..];
+        }
+        first = false;
+    }
+    true
+}
+
 fn check_error(name: &str, e: &ConfigError) {
     assert!(!e.rule.is_empty(), "{name}: an error without a rule: {e:?}");
     assert!(
-        e.path.is_empty()
-            || !(e.path.starts_with('.') || e.path.ends_with('.') || e.path.contains("..")),
+        e.path.is_empty() || well_formed_path(&e.path),
         "{name}: a malformed error path: {e:?}"
     );
 }
@@ -97,3 +151,32 @@ config_target!(config_budget, "retry-budget", retry_budget);
 config_target!(config_padding, "failure-padding", failure_padding);
 config_target!(config_validator, "request-validator", request_validator);
 config_target!(config_slow_start, "slow-start", slow_start);
+
+#[cfg(test)]
+mod tests {
+    use super::well_formed_path;
+
+    #[test]
+    fn an_error_path_is_names_indexes_and_quoted_keys_and_nothing_ambiguous() {
+        for ok in [
+            "x",
+            "routes[1].failure_rate_threshold",
+            r#"routes[0][".window"]"#,
+            r#"["a\"b["].c"#,
+            "[2].x",
+        ] {
+            assert!(well_formed_path(ok), "{ok}");
+        }
+        for bad in [
+            ".x",
+            "x.",
+            "routes[0]..ame",
+            "a[]",
+            "a[x]",
+            r#"a["b"#,
+            "a b",
+        ] {
+            assert!(!well_formed_path(bad), "{bad}");
+        }
+    }
+}

@@ -2,14 +2,14 @@
 //! the fuzzer's bytes and asserting what must hold for every input.
 //!
 //! Why a workspace crate rather than code inside `fuzz/`: the coverage-guided runs
-//! (`cargo pack fuzz`, libFuzzer through cargo-fuzz) need an instrumented build of their own,
+//! (`cargo pack fuzz`: libFuzzer, on stable Rust without cargo-fuzz) need an instrumented build,
 //! minutes long, while a regression should be caught by every `cargo pack test`. So each target's
 //! body lives here, `fuzz/fuzz_targets/<name>.rs` is one line calling it, and `tests/corpus.rs`
 //! replays every file of `fuzz/corpus/<name>/` through it natively in well under a second.
 //!
 //! A target panics when a property breaks: that is how libFuzzer learns of a finding, and how the
 //! replay test fails. Beyond "no panic, whatever the bytes", each asserts what its surface
-//! promises; see [`TARGETS`] and `fuzz/README.md`.
+//! promises; see [`TARGETS`] and the README's "Fuzzing" section.
 
 // A fuzz target's job is to panic (assert) when a property breaks, and its inputs are the
 // fuzzer's: the workspace's no-panic rules are for code that runs inside the proxy.

@@ -1,6 +1,6 @@
 //! Replays the committed seed corpus (`fuzz/corpus/<target>/`) through every fuzz target's body,
 //! natively: the regression check `cargo pack test` runs, in well under a second. The
-//! coverage-guided runs are `cargo pack fuzz` (see fuzz/README.md).
+//! coverage-guided runs are `cargo pack fuzz` (see the README's "Fuzzing" section).
 //!
 //! Every input a fuzz run ever found (a crash, or a property that broke) is added to its
 //! target's corpus when it is fixed, so this test keeps it fixed.
