@@ -93,8 +93,9 @@ fn path_string(path: &serde_path_to_error::Path) -> String {
 
 /// Appends a map key to a path: a plain name (letters, digits, `_`, `-`) after a `.`, any other
 /// key as `["..."]` (a JSON string), so that a key with a `.` or a `[` in it (a typo, or a
-/// generated config) cannot read as two fields or an index.
-fn push_key(out: &mut String, key: &str) {
+/// generated config, or an OpenAPI path template like `/pets`) cannot read as two fields or an
+/// index.
+pub fn push_key(out: &mut String, key: &str) {
     let plain = !key.is_empty()
         && key
             .bytes()
@@ -597,6 +598,22 @@ mod tests {
         assert_eq!(err.path, r#"routes[0]["a\"b["]"#);
         let err = parse_json::<Doc>(br#"{"routes": [{"x_y-z": 1}]}"#).unwrap_err();
         assert_eq!(err.path, "routes[0].x_y-z");
+    }
+
+    #[test]
+    fn a_long_decimal_reads_as_the_same_number_after_a_control_plane_reserializes_it() {
+        // Found by the config fuzz targets: serde_json's default float parsing can be one ULP
+        // off, so the value read from the file and from its re-serialization differed.
+        let text = "51111111111111111111111111111111111111111111111111111111111111111111111.5";
+        let direct: f64 = parse_json(text.as_bytes()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        let again: f64 = parse_json(value.to_string().as_bytes()).unwrap();
+        assert_eq!(direct.to_bits(), again.to_bits());
+        let e: f64 = parse_json(b"1.00000007e+65").unwrap();
+        assert_eq!(
+            e.to_string(),
+            "100000007000000000000000000000000000000000000000000000000000000000"
+        );
     }
 
     #[test]
