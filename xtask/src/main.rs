@@ -10,6 +10,7 @@
 //!   pack's cost (see `harness::bench`).
 //! - `cargo pack schema` writes each filter configuration's JSON Schema to `schemas/` (see
 //!   `schemas/README.md`).
+//! - `cargo pack fuzz` runs every fuzz target for a while (see `fuzz`).
 
 // On the host only: a wasm build of the whole workspace (`cargo build --target wasm32-wasip1`
 // at the root) compiles this program to an empty module rather than failing.
@@ -17,6 +18,7 @@
 #![cfg(not(target_family = "wasm"))]
 
 mod bench;
+mod fuzz;
 mod lab;
 mod run;
 mod schema;
@@ -34,7 +36,9 @@ fn usage() -> ExitCode {
          the failure lab: outages with and without the pack, HTML report in lab-results/\n  \
          bench [--quick]       Envoy CPU per request: bare, no-op wasm, each filter, chained, Envoy native\n  \
          build                 build every filter for wasm32-wasip1 (release)\n  \
-         schema [--check]      write each filter's configuration JSON Schema to schemas/ (--check: only compare)"
+         schema [--check]      write each filter's configuration JSON Schema to schemas/ (--check: only compare)\n  \
+         fuzz [--seconds N] [--target NAME]\n                        \
+         coverage-guided fuzzing, N seconds per target (default 60), stable Rust, no cargo-fuzz"
     );
     ExitCode::from(2)
 }
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Some("lab") => lab::lab(rest),
         Some("bench") => bench::bench(rest),
         Some("schema") => schema::schema(rest),
+        Some("fuzz") => fuzz::fuzz(rest),
         Some("build") => test::build_wasm().map(|p| {
             println!("built {}", p.display());
         }),

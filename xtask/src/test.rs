@@ -1,5 +1,8 @@
 //! `cargo pack test`: every check, in the order that fails fastest.
 //!
+//! The last steps fuzz every target briefly (`cargo pack fuzz --seconds 3`, see `fuzz`) and run
+//! the core's tests inside wasm.
+//!
 //! Each step runs as a child process with inherited output, so cargo's own `test result:` lines
 //! reach the terminal and CI. A summary table closes the run; any failed step fails the command.
 
@@ -36,6 +39,9 @@ pub const FILTERS: &[&str] = &[
     "slow-start",
     "resilience-pack",
 ];
+
+/// Seconds `cargo pack test` fuzzes each target for (the "fuzz every target" step).
+const CI_FUZZ_SECONDS: u32 = 3;
 
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
@@ -227,6 +233,28 @@ pub fn test(args: &[String]) -> Result<(), String> {
     }
 
     if !quick {
+        // A short coverage-guided run of every fuzz target: the corpus replay in the tests
+        // catches a known input breaking again, this catches a change that makes a new one
+        // easy to find. About half a minute once the instrumented build is cached (minutes the
+        // first time, in fuzz/target/).
+        let fuzz_step = format!("fuzz every target ({CI_FUZZ_SECONDS} s each)");
+        match std::env::current_exe() {
+            Ok(xtask) => {
+                let mut fuzz = Command::new(xtask);
+                fuzz.current_dir(workspace_root()).args([
+                    "fuzz",
+                    "--seconds",
+                    &CI_FUZZ_SECONDS.to_string(),
+                ]);
+                ok &= step(&fuzz_step, fuzz, &mut results);
+            }
+            Err(e) => {
+                eprintln!("cannot find the xtask binary: {e}");
+                results.push((fuzz_step, false, 0.0));
+                ok = false;
+            }
+        }
+
         match ensure_node().and_then(|()| ensure_wasm_bindgen_runner()) {
             Ok(()) => {
                 let mut in_wasm = cargo();

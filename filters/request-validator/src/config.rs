@@ -875,27 +875,25 @@ fn check_settings(
     })
 }
 
-/// A JSON pointer into `doc` as a configuration path below `prefix`: object keys after dots,
-/// array indices in brackets (`/properties/tags/items/0` → `prefix.properties.tags.items[0]`).
+/// A JSON pointer into `doc` as a configuration path below `prefix`: object keys after dots (or
+/// quoted, `["/pets"]`, when not plain names), array indices in brackets
+/// (`/properties/tags/items/0` → `prefix.properties.tags.items[0]`).
 pub fn config_path(prefix: &str, doc: &Value, pointer: &str) -> String {
     let mut out = prefix.to_owned();
     let mut cur = Some(doc);
     for raw in pointer.split('/').skip(1) {
         let token = raw.replace("~1", "/").replace("~0", "~");
-        match cur {
-            Some(Value::Array(items)) => {
-                let idx = token.parse::<usize>().ok();
-                out.push_str(&format!("[{token}]"));
-                cur = idx.and_then(|i| items.get(i));
+        match (cur, token.parse::<usize>()) {
+            (Some(Value::Array(items)), Ok(i)) => {
+                out.push_str(&format!("[{i}]"));
+                cur = items.get(i);
             }
-            Some(Value::Object(map)) => {
-                out.push('.');
-                out.push_str(&token);
+            (Some(Value::Object(map)), _) => {
+                resilience_core::config::push_key(&mut out, &token);
                 cur = map.get(&token);
             }
             _ => {
-                out.push('.');
-                out.push_str(&token);
+                resilience_core::config::push_key(&mut out, &token);
                 cur = None;
             }
         }
@@ -1045,6 +1043,21 @@ mod tests {
     }
 
     #[test]
+    fn an_openapi_path_template_in_an_error_path_is_quoted_so_its_slashes_and_dots_read_as_one_key()
+    {
+        // Found by the config_validator fuzz target: `paths./pets.get` read as three fields.
+        let doc = serde_json::json!({"paths": {"/pets.json": {"get": {"parameters": [{}]}}}});
+        assert_eq!(
+            config_path(
+                "routes[0].openapi",
+                &doc,
+                "/paths/~1pets.json/get/parameters/0"
+            ),
+            r#"routes[0].openapi.paths["/pets.json"].get.parameters[0]"#
+        );
+    }
+
+    #[test]
     fn a_bad_schema_is_refused_with_the_path_down_to_the_keyword() {
         assert_eq!(
             err(r#"{"routes": [{"match": {"prefix": "/"}, "json_schema": {"properties": {"tags": {"items": [{"minLength": -1}]}}}, "json_schema_draft": "7"}]}"#)
@@ -1129,7 +1142,7 @@ mod tests {
         );
         assert!(
             e.starts_with(
-                "openapi.paths./a.get.parameters[0].schema.minimum: is not a valid JSON Schema"
+                r#"openapi.paths["/a"].get.parameters[0].schema.minimum: is not a valid JSON Schema"#
             ),
             "{e}"
         );

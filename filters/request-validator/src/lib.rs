@@ -14,7 +14,8 @@
 //! [`resilience_core::shedding`] and the observed latency its
 //! [`resilience_core::estimator`]; [`worker`] keeps the per-worker state and the shared-data
 //! calls; [`http`] decides per request; [`root`] parses the configuration and ticks; [`stats`]
-//! names and flushes the counters. The crate is a `cdylib` (the `.wasm` Envoy loads) and an
+//! names and flushes the counters; [`verdict`] asks the same rules about one request without a
+//! host (for the fuzz targets and tools). The crate is a `cdylib` (the `.wasm` Envoy loads) and an
 //! `rlib` whose contexts another module can host; the `entrypoint` feature (default) exports the
 //! proxy-wasm entry point.
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod root;
 pub mod rules;
 pub mod stats;
+pub mod verdict;
 pub mod worker;
 
 #[cfg(test)]

@@ -78,6 +78,27 @@ pub(crate) fn join_path(prefix: &str, rest: &str) -> String {
     }
 }
 
+/// Appends a map key to a path: a plain name (letters, digits, `_`, `-`) after a `.`, any other
+/// key as `["..."]` (a JSON string), so that a key with a `.` or a `[` in it (a typo, or a
+/// generated config, or an OpenAPI path template like `/pets`) cannot read as two fields or an
+/// index.
+pub fn push_key(out: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    } else {
+        out.push('[');
+        out.push_str(&serde_json::Value::from(key).to_string());
+        out.push(']');
+    }
+}
+
 /// serde's own messages quote names with backticks (written for Rust developers); operators read
 /// them in YAML context, where double quotes are the norm.
 fn tidy_rule(message: &str) -> String {
@@ -644,6 +665,45 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_is_not_a_plain_name_is_quoted_in_the_path_so_it_cannot_read_as_two_fields() {
+        // Found by the config fuzz targets: an unknown key ".window" under `routes[0]` gave the
+        // path `routes[0]..window`.
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Route {
+            window: Option<u32>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            routes: Vec<Route>,
+        }
+        let err = parse_json::<Doc>(br#"{"routes": [{".window": 1}]}"#).unwrap_err();
+        assert_eq!(err.path, r#"routes[0][".window"]"#);
+        let err = parse_json::<Doc>(br#"{"routes": [{"a\"b[": 1}]}"#).unwrap_err();
+        assert_eq!(err.path, r#"routes[0]["a\"b["]"#);
+        let err = parse_json::<Doc>(br#"{"routes": [{"x_y-z": 1}]}"#).unwrap_err();
+        assert_eq!(err.path, "routes[0].x_y-z");
+    }
+
+    #[test]
+    fn a_long_decimal_reads_as_the_same_number_after_a_control_plane_reserializes_it() {
+        // Found by the config fuzz targets: serde_json's default float parsing can be one ULP
+        // off, so the value read from the file and from its re-serialization differed.
+        let text = "51111111111111111111111111111111111111111111111111111111111111111111111.5";
+        let direct: f64 = parse_json(text.as_bytes()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        let again: f64 = parse_json(value.to_string().as_bytes()).unwrap();
+        assert_eq!(direct.to_bits(), again.to_bits());
+        let e: f64 = parse_json(b"1.00000007e+65").unwrap();
+        assert_eq!(
+            e.to_string(),
+            "100000007000000000000000000000000000000000000000000000000000000000"
+        );
+    }
+
+    #[test]
     fn a_syntax_error_has_no_path_and_says_where_it_is() {
         let err = parse_json::<Doc>(b"{\n  \"routes\": [,]\n}").unwrap_err();
         assert_eq!(err.path, "");
@@ -805,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_with_dots_quotes_and_non_ascii_are_named_as_written() {
+    fn keys_with_dots_quotes_and_non_ascii_are_named_as_quoted_json_strings() {
         let err = parse_value::<std::collections::BTreeMap<String, Percent>>(
             json!({"a.b\"c": 5, "ключ\n": 101}),
             "weights",
@@ -813,7 +873,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "weights.ключ\n: must be between 0 and 100, got 101"
+            "weights[\"ключ\\n\"]: must be between 0 and 100, got 101"
         );
     }
 

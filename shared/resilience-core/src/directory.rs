@@ -168,6 +168,11 @@ impl Directory {
             let slot = d.u16()?;
             let weight = d.u32()?;
             let len = d.u8()?;
+            // The encoder writes at most this many; a longer one is not this layout, and keeping
+            // it would make the next write-back differ from what was read.
+            if usize::from(len) > MAX_ADDRESS_BYTES {
+                return Err(DecodeError::Invalid);
+            }
             let mut raw = Vec::with_capacity(usize::from(len));
             for _ in 0..len {
                 raw.push(d.u8()?);
@@ -342,6 +347,29 @@ mod tests {
             endpoints: list(items),
             cells: None,
         })
+    }
+
+    #[test]
+    fn an_address_longer_than_the_encoder_writes_is_refused_rather_than_shortened_on_write_back() {
+        // Found by the shared_decode fuzz target: a 200-byte address decoded, and re-encoding
+        // cut it to 128, so decode(encode(x)) != x.
+        let long = "k".repeat(MAX_ADDRESS_BYTES + 1);
+        let mut e = Encoder::new(KIND, VERSION);
+        e.u32(1).u16(1).u16(0).u32(1).u8(long.len() as u8);
+        for b in long.bytes() {
+            e.u8(b);
+        }
+        assert_eq!(Directory::decode(&e.finish()), Err(DecodeError::Invalid));
+        let fits = Directory {
+            version: 1,
+            entries: vec![Entry {
+                slot: 0,
+                address: "k".repeat(MAX_ADDRESS_BYTES),
+                weight: 1,
+                cell: None,
+            }],
+        };
+        assert_eq!(Directory::decode(&fits.encode()), Ok(fits));
     }
 
     #[test]

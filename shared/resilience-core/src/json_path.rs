@@ -58,12 +58,7 @@ fn render(stack: &[Frame], with_last: bool) -> String {
     };
     for frame in stack.iter().take(count) {
         match frame {
-            Frame::Object { key: Some(key) } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
+            Frame::Object { key: Some(key) } => crate::config::push_key(&mut out, key),
             Frame::Object { key: None } => {}
             Frame::Array { index, .. } => {
                 out.push('[');
@@ -424,17 +419,18 @@ mod tests {
     #[test]
     fn escaped_and_non_ascii_keys_are_decoded() {
         let text = r#"{"k.e\"y":{"\u00e9\ud83d\ude00\n":1,"ключ":2}}"#;
-        assert_eq!(at(text, ":1").path, "k.e\"y.é😀\n");
-        assert_eq!(at(text, ":2").path, "k.e\"y.ключ");
+        // Keys that are not plain names are quoted (`config::push_key`), so none reads as two.
+        assert_eq!(at(text, ":1").path, r#"["k.e\"y"]["é😀\n"]"#);
+        assert_eq!(at(text, ":2").path, r#"["k.e\"y"]["ключ"]"#);
         let lone = r#"{"\ud800x":1,"\udc00":2,"\u12":3}"#;
-        assert_eq!(at(lone, "1").path, "\u{fffd}x");
-        assert_eq!(at(lone, "2").path, "\u{fffd}");
-        assert_eq!(at(lone, "3").path, "\u{fffd}12");
+        assert_eq!(at(lone, "1").path, "[\"\u{fffd}x\"]");
+        assert_eq!(at(lone, "2").path, "[\"\u{fffd}\"]");
+        assert_eq!(at(lone, "3").path, "[\"\u{fffd}12\"]");
     }
 
     #[test]
-    fn an_empty_key_still_takes_its_dot() {
-        assert_eq!(at(r#"{"map":{"":{}}}"#, "{}").path, "map.");
+    fn an_empty_key_is_named_as_an_empty_quoted_key() {
+        assert_eq!(at(r#"{"map":{"":{}}}"#, "{}").path, r#"map[""]"#);
     }
 
     #[test]

@@ -553,6 +553,11 @@ impl Api {
             .validate(schema, &value, Rule::OpenapiRequestBody)
     }
 
+    /// The path every request path must start with (the first `servers` entry's), `""` for none.
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     /// The path templates, in match order (for logs and tests).
     pub fn templates(&self) -> Vec<&str> {
         self.items.iter().map(|i| i.template.as_str()).collect()
