@@ -1482,7 +1482,7 @@ fn invalid_config_makes_envoy_refuse_the_filter_with_the_field_named() {
         (r#"{"max_body_size": 1024}"#, r#"max_body_size: unknown field "max_body_size""#),
         (
             r#"{"openapi": {"openapi": "3.1.0", "paths": {"/pets": {"get": {"parameters": [{"name": "limit", "in": "body"}]}}}}}"#,
-            r#"openapi.paths./pets.get.parameters[0].in: must be one of "path", "query", "header", "cookie""#,
+            r#"openapi.paths["/pets"].get.parameters[0].in: must be one of "path", "query", "header", "cookie""#,
         ),
         (
             r#"{"priority": {"header": "x-priority"}}"#,
