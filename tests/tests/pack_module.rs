@@ -27,10 +27,26 @@ struct Rig {
 
 impl Rig {
     fn start(pack_json: &str) -> Rig {
+        Rig::start_with(pack_json, false)
+    }
+
+    /// `allow_stop`: Envoy's `allow_on_headers_stop_iteration`, which the validator's
+    /// `hold_headers_for_body_checks` needs; with it, a held stream still gets its body and
+    /// trailer callbacks.
+    fn start_with(pack_json: &str, allow_stop: bool) -> Rig {
         let upstream = Upstream::start().expect("upstream");
         let wasm = filter_wasm("resilience-pack").expect("resilience_pack.wasm");
         let port = free_port();
-        let filter = wasm_filter_yaml("pack", "resilience_pack", "pack", &wasm, pack_json);
+        let mut filter = wasm_filter_yaml("pack", "resilience_pack", "pack", &wasm, pack_json);
+        if allow_stop {
+            let policy = "      failure_policy:";
+            assert!(filter.contains(policy), "{filter}");
+            filter = filter.replacen(
+                policy,
+                &format!("      allow_on_headers_stop_iteration: true\n{policy}"),
+                1,
+            );
+        }
         let config = ProxyConfig::new(port, free_port())
             .with_http_filters(&filter)
             .cluster(ClusterSpec::new("upstream", &[upstream.port()]))
@@ -143,6 +159,33 @@ fn padded_fast_failures_open_the_breaker_which_then_admits_exactly_one_probe_acr
     let statuses = parallel(8, 16, |_| get(rig.port, "/x").unwrap().status);
     assert_eq!(rig.upstream.requests() - before, 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1);
+    rig.assert_no_vm_failure();
+}
+
+#[test]
+fn a_held_failure_with_a_body_stays_held_when_envoy_lets_the_filter_see_the_body() {
+    // With allow_on_headers_stop_iteration, Envoy calls the body and trailer callbacks of a
+    // response whose headers are held; a stage that answered "continue" there would let the
+    // padded failure go at its first body chunk.
+    let rig = Rig::start_with(
+        r#"{"failure_padding": { "min_samples": 1000, "fallback_target": "150ms" }}"#,
+        true,
+    );
+    rig.upstream
+        .set_default(Behavior::status(503).with_body(vec![b'x'; 20_000]));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = get(rig.port, "/x").unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body.len(), 20_000, "the held body arrives whole");
+        assert!(
+            took >= Duration::from_millis(140),
+            "padded to the 150 ms target, body and all: {took:?}, {:?}",
+            r.header("x-resilience-failure-padding")
+        );
+    }
+    rig.wait_stat("failure_padding.api.padded", 3);
     rig.assert_no_vm_failure();
 }
 

@@ -256,6 +256,27 @@ impl<H: Host> PaddingHttp<H> {
     }
 }
 
+impl<H: Host> PaddingHttp<H> {
+    /// A body or trailer callback: `Pause` while the response is held, so that it stays held.
+    /// Envoy makes these calls during a hold only with `allow_on_headers_stop_iteration` (without
+    /// it a held header map stops the body too); there, "continue" would let the response go at
+    /// its first body chunk, long before its release.
+    fn while_held(&self) -> Action {
+        if !self.held {
+            return Action::Continue;
+        }
+        let held = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.try_borrow().ok().map(|w| w.is_holding(self.context_id)));
+        if held == Some(true) {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+}
+
 fn skipped_header<H: Host>(host: &H, s: Skip) {
     request::set_header_on(
         host,
@@ -306,6 +327,10 @@ impl<H: Host> HttpContext for PaddingHttp<H> {
         self.on_failure(&mut w, now)
     }
 
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.while_held()
+    }
+
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         if self.active {
             if let Some(g) =
@@ -315,7 +340,7 @@ impl<H: Host> HttpContext for PaddingHttp<H> {
                 self.grpc_status = Some(g);
             }
         }
-        Action::Continue
+        self.while_held()
     }
 
     fn on_log(&mut self) {

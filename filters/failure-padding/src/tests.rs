@@ -237,6 +237,25 @@ fn a_held_failure_is_released_by_the_workers_tick_at_its_due_time_and_counted() 
 }
 
 #[test]
+fn a_held_failures_body_and_trailers_stay_held_until_its_release_and_pass_after_it() {
+    // Envoy calls these during a hold when allow_on_headers_stop_iteration is set.
+    let proxy = Proxy::new(FALLBACK);
+    let w = proxy.worker();
+    let mut s = w.start();
+    assert_eq!(s.respond(503).0, Action::Pause);
+    assert_eq!(s.http.on_http_response_body(100, false), Action::Pause);
+    assert_eq!(s.http.on_http_response_trailers(1), Action::Pause);
+    proxy.advance_ms(50);
+    w.tick();
+    assert_eq!(w.resumed_ids(), vec![s.id]);
+    assert_eq!(s.http.on_http_response_body(100, true), Action::Continue);
+    // A response that was not held is never paused by its body.
+    let mut ok = w.start();
+    assert_eq!(ok.respond(200).0, Action::Continue);
+    assert_eq!(ok.http.on_http_response_body(100, true), Action::Continue);
+}
+
+#[test]
 fn a_hold_the_client_abandons_gives_its_slot_back_to_every_worker() {
     let proxy = Proxy::new(
         r#"{ "min_samples": 1000, "fallback_target": "50ms", "max_padded_in_flight": 1 }"#,

@@ -199,6 +199,11 @@ impl<H: Host> Worker<H> {
     /// Hold the response of stream `id` (key `key`) as `hold` says: take an in-flight slot across
     /// all workers, queue the response and make sure the timer fires when it is due. On `Err`
     /// nothing is held and the reason is the skip to report.
+    /// Whether stream `id`'s response is still held (not yet released by a tick).
+    pub fn is_holding(&self, id: u32) -> bool {
+        self.held.holds(id)
+    }
+
     pub fn try_hold(&mut self, key: &str, id: u32, hold: &Hold, now_ms: u64) -> Result<(), Skip> {
         let cap = u64::from(self.config.global.max_padded_in_flight);
         let local = u32::try_from(self.held.len()).unwrap_or(u32::MAX);

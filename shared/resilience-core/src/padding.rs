@@ -408,6 +408,11 @@ impl<T> HoldQueue<T> {
         });
     }
 
+    /// Whether the response of stream `id` is held.
+    pub fn holds(&self, id: u32) -> bool {
+        self.items.iter().any(|h| h.id == id)
+    }
+
     /// Take out the response of stream `id`, if it is held.
     pub fn remove(&mut self, id: u32) -> Option<Held<T>> {
         let pos = self.items.iter().position(|h| h.id == id)?;
