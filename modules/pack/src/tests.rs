@@ -267,3 +267,46 @@ fn a_retry_the_inbound_budget_sheds_is_not_a_failure_to_the_breaker_before_it() 
         "the breaker stayed closed"
     );
 }
+
+/// The bench's five stages on their healthy paths (`cargo pack bench`, "the pack module").
+const BENCH: &str = r#"{
+    "request_validator": { "allowed_methods": ["GET", "POST"], "max_path_bytes": 2048, "max_header_count": 64 },
+    "circuit_breaker": {}, "retry_budget": { "max_retries": 1 },
+    "slow_start": { "min_weight_percent": 100 }, "failure_padding": {}
+}"#;
+
+#[test]
+fn a_healthy_request_through_five_stages_costs_at_most_twelve_host_calls() {
+    // Each host call is Envoy glue (and often a call back into the VM for memory): the pack's
+    // cost per request is mostly these. Each fact is read once per callback and shared.
+    let w = Worker::new(BENCH);
+    for _ in 0..100 {
+        w.request(200);
+        w.store.advance_ms(1);
+    }
+    w.host.take_call_log();
+    let requests = 1000;
+    for i in 0..requests {
+        w.request(200);
+        w.store.advance_ms(1);
+        if i % 100 == 99 {
+            w.pack.tick(w.store.now_ms());
+        }
+    }
+    let log = w.host.take_call_log();
+    let mut by_kind: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &log {
+        *by_kind.entry(c).or_default() += 1;
+    }
+    println!("host calls per {requests} healthy requests, ticks included: {by_kind:?}");
+    assert!(
+        log.len() <= 12 * requests,
+        "{} host calls per request: {by_kind:?}",
+        log.len() as f64 / requests as f64
+    );
+    assert_eq!(
+        by_kind.get("get_header_map_pairs"),
+        Some(&requests),
+        "the request's headers are read once"
+    );
+}

@@ -38,6 +38,9 @@ use crate::host::Host;
 /// treats 0 as "unset" cannot pass by accident.
 pub const START_MS: u64 = 1_767_225_600_000;
 
+/// How many host call names a worker keeps for [`FakeHost::take_call_log`].
+pub const CALL_LOG_LIMIT: usize = 100_000;
+
 /// What every worker of one fake proxy shares: shared data, the clock and the stats. Cloning it
 /// gives another handle to the same store.
 #[derive(Clone, Default)]
@@ -326,6 +329,7 @@ struct WorkerState {
     callout_refusal: Option<CalloutError>,
     next_token: u32,
     calls: u64,
+    call_log: Vec<&'static str>,
 }
 
 impl WorkerState {
@@ -345,6 +349,7 @@ impl WorkerState {
             callout_refusal: None,
             next_token: 1,
             calls: 0,
+            call_log: Vec::new(),
         }
     }
 }
@@ -371,6 +376,12 @@ impl FakeHost {
     /// This worker's number on its store, from 1.
     pub fn id(&self) -> u32 {
         self.worker.borrow().id
+    }
+
+    /// The names of the host calls this worker made since the last call of this (the first
+    /// [`CALL_LOG_LIMIT`]), for tests that show what a request costs.
+    pub fn take_call_log(&self) -> Vec<&'static str> {
+        std::mem::take(&mut self.worker.borrow_mut().call_log)
     }
 
     /// Host calls this worker has made so far (every [`Host`] method counts one).
@@ -487,9 +498,12 @@ impl FakeHost {
         self.worker.borrow_mut().callout_refusal = error;
     }
 
-    fn count_call(&self) {
+    fn count_call(&self, name: &'static str) {
         let mut w = self.worker.borrow_mut();
         w.calls = w.calls.saturating_add(1);
+        if w.call_log.len() < CALL_LOG_LIMIT {
+            w.call_log.push(name);
+        }
     }
 }
 
@@ -501,23 +515,23 @@ impl Default for FakeHost {
 
 impl Host for FakeHost {
     fn current_time_ns(&self) -> Result<u64, HostStatus> {
-        self.count_call();
+        self.count_call("current_time_ns");
         Ok(self.store.inner.borrow().now_ns)
     }
 
     fn set_tick_period_ms(&self, ms: u32) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("set_tick_period_ms");
         self.worker.borrow_mut().tick_period_ms = Some(ms);
         Ok(())
     }
 
     fn get_shared_data(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostStatus> {
-        self.count_call();
+        self.count_call("get_shared_data");
         self.store.read_shared(key)
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("set_shared_data");
         self.store.write_shared(key, value, cas)
     }
 
@@ -526,7 +540,7 @@ impl Host for FakeHost {
         map: MapType,
         name: &str,
     ) -> Result<Option<Vec<u8>>, HostStatus> {
-        self.count_call();
+        self.count_call("get_header_map_value");
         let w = self.worker.borrow();
         let pairs = w.maps.get(&map).ok_or(HostStatus::BAD_ARGUMENT)?;
         Ok(pairs
@@ -536,7 +550,7 @@ impl Host for FakeHost {
     }
 
     fn get_header_map_pairs(&self, map: MapType) -> Result<Option<Vec<u8>>, HostStatus> {
-        self.count_call();
+        self.count_call("get_header_map_pairs");
         let w = self.worker.borrow();
         let pairs = w.maps.get(&map).ok_or(HostStatus::BAD_ARGUMENT)?;
         Ok(Some(serialize_map(pairs)))
@@ -548,7 +562,7 @@ impl Host for FakeHost {
         name: &str,
         value: &str,
     ) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("replace_header_map_value");
         let mut w = self.worker.borrow_mut();
         let pairs = w.maps.get_mut(&map).ok_or(HostStatus::BAD_ARGUMENT)?;
         pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -557,7 +571,7 @@ impl Host for FakeHost {
     }
 
     fn remove_header_map_value(&self, map: MapType, name: &str) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("remove_header_map_value");
         let mut w = self.worker.borrow_mut();
         let pairs = w.maps.get_mut(&map).ok_or(HostStatus::BAD_ARGUMENT)?;
         pairs.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -570,7 +584,7 @@ impl Host for FakeHost {
         start: usize,
         max_size: usize,
     ) -> Result<Option<Vec<u8>>, HostStatus> {
-        self.count_call();
+        self.count_call("get_buffer");
         let w = self.worker.borrow();
         Ok(w.buffers
             .get(&buffer)
@@ -578,7 +592,7 @@ impl Host for FakeHost {
     }
 
     fn get_property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostStatus> {
-        self.count_call();
+        self.count_call("get_property");
         let w = self.worker.borrow();
         Ok(w.properties
             .iter()
@@ -592,7 +606,7 @@ impl Host for FakeHost {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("send_local_response");
         let mut w = self.worker.borrow_mut();
         if let Some(refusal) = w.reply_refusal {
             return Err(refusal);
@@ -614,7 +628,7 @@ impl Host for FakeHost {
         headers: &[(&str, &str)],
         code: u8,
     ) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("send_grpc_local_response");
         let mut w = self.worker.borrow_mut();
         if let Some(refusal) = w.reply_refusal {
             return Err(refusal);
@@ -632,7 +646,7 @@ impl Host for FakeHost {
     }
 
     fn define_metric(&self, kind: MetricType, name: &str) -> Result<u32, HostStatus> {
-        self.count_call();
+        self.count_call("define_metric");
         let mut s = self.store.inner.borrow_mut();
         let index = match s
             .metrics
@@ -655,7 +669,7 @@ impl Host for FakeHost {
     }
 
     fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("increment_metric");
         let mut s = self.store.inner.borrow_mut();
         let index = usize::try_from(id.saturating_sub(1)).unwrap_or(usize::MAX);
         let metric = match s.metrics.get_mut(index) {
@@ -672,7 +686,7 @@ impl Host for FakeHost {
     }
 
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("record_metric");
         let mut s = self.store.inner.borrow_mut();
         let index = usize::try_from(id.saturating_sub(1)).unwrap_or(usize::MAX);
         match s.metrics.get_mut(index) {
@@ -686,7 +700,7 @@ impl Host for FakeHost {
     }
 
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("set_effective_context");
         let mut w = self.worker.borrow_mut();
         if w.streams.contains(&context_id) {
             w.effective = Some(context_id);
@@ -697,7 +711,7 @@ impl Host for FakeHost {
     }
 
     fn continue_stream(&self, stream: StreamType) -> Result<(), HostStatus> {
-        self.count_call();
+        self.count_call("continue_stream");
         let mut w = self.worker.borrow_mut();
         match w.effective {
             Some(id) => {
@@ -715,7 +729,7 @@ impl Host for FakeHost {
         body: Option<&[u8]>,
         timeout_ms: u64,
     ) -> Result<u32, CalloutError> {
-        self.count_call();
+        self.count_call("dispatch_http_call");
         let mut w = self.worker.borrow_mut();
         if let Some(error) = w.callout_refusal {
             return Err(error);

@@ -214,6 +214,42 @@ impl<H: Host> StageHost<H> {
         Ok(ns)
     }
 
+    /// A stage set (`Some`) or removed (`None`) header `name` of `map`: what was read of the
+    /// map is brought up to date as the host changed it (the first value replaced and the
+    /// others dropped, or every value dropped), so the next stage's reads still cost no call.
+    fn learn_edit(&self, map: MapType, name: &str, value: Option<&[u8]>) {
+        let mut facts = self.stages.facts.borrow_mut();
+        let known = facts
+            .headers
+            .iter_mut()
+            .find(|(m, n, _)| *m == map && n.eq_ignore_ascii_case(name));
+        match known {
+            Some((_, _, v)) => *v = value.map(<[u8]>::to_vec),
+            None => facts
+                .headers
+                .push((map, name.into(), value.map(<[u8]>::to_vec))),
+        }
+        if let Some((_, pairs)) = facts.maps.iter_mut().find(|(m, _)| *m == map) {
+            let same = |k: &[u8]| k.eq_ignore_ascii_case(name.as_bytes());
+            let first = pairs.iter().position(|(k, _)| same(k));
+            let mut i = 0;
+            pairs.retain(|(k, _)| {
+                let keep = !same(k) || (value.is_some() && Some(i) == first);
+                i += 1;
+                keep
+            });
+            match (value, first) {
+                (Some(v), Some(_)) => {
+                    if let Some(pair) = pairs.iter_mut().find(|(k, _)| same(k)) {
+                        pair.1 = v.to_vec();
+                    }
+                }
+                (Some(v), None) => pairs.push((name.as_bytes().to_vec(), v.to_vec())),
+                (None, _) => {}
+            }
+        }
+    }
+
     fn forget_map(&self, map: MapType) {
         let mut facts = self.stages.facts.borrow_mut();
         facts.headers.retain(|(m, _, _)| *m != map);
@@ -299,13 +335,21 @@ impl<H: Host> Host for StageHost<H> {
         name: &str,
         value: &str,
     ) -> Result<(), HostStatus> {
-        self.forget_map(map);
-        self.inner.replace_header_map_value(map, name, value)
+        let done = self.inner.replace_header_map_value(map, name, value);
+        match done {
+            Ok(()) => self.learn_edit(map, name, Some(value.as_bytes())),
+            Err(_) => self.forget_map(map),
+        }
+        done
     }
 
     fn remove_header_map_value(&self, map: MapType, name: &str) -> Result<(), HostStatus> {
-        self.forget_map(map);
-        self.inner.remove_header_map_value(map, name)
+        let done = self.inner.remove_header_map_value(map, name);
+        match done {
+            Ok(()) => self.learn_edit(map, name, None),
+            Err(_) => self.forget_map(map),
+        }
+        done
     }
 
     fn get_buffer(
@@ -630,16 +674,55 @@ mod tests {
         assert_eq!(route, Ok(Some(b"orders".to_vec())));
         assert_eq!(b.current_time_ns(), a.current_time_ns());
         assert_eq!(host.calls() - before, 3, "no further host call");
-        // A write drops what was known of that map; a new callback drops everything.
+        // A write is learned: the next read sees it and costs nothing; a new callback drops
+        // everything.
         assert!(b
             .replace_header_map_value(MapType::HttpRequestHeaders, "x-k", "2")
             .is_ok());
+        let calls = host.calls();
         let x = a.get_header_map_value(MapType::HttpRequestHeaders, "x-k");
         assert_eq!(x, Ok(Some(b"2".to_vec())));
+        assert_eq!(host.calls(), calls);
         stages.begin();
         let calls = host.calls();
         assert!(a.get_property(&["xds", "route_name"]).is_ok());
         assert_eq!(host.calls() - calls, 1);
+    }
+
+    #[test]
+    fn header_edits_keep_what_was_read_of_the_map_equal_to_what_the_host_now_holds() {
+        let store = FakeStore::new();
+        let host = store.worker();
+        let map = MapType::HttpRequestHeaders;
+        host.set_map(
+            map,
+            &[(":path", "/a"), ("x-r", "1"), ("x-r", "2"), ("x-d", "3")],
+        );
+        let stages = Stages::new();
+        let s = StageHost::new(host.clone(), 0, Rc::clone(&stages));
+        stages.begin();
+        assert!(s.get_header_map_pairs(map).is_ok());
+        assert!(s.get_header_map_value(map, "x-gone").is_ok());
+        assert!(s.replace_header_map_value(map, "x-r", "9").is_ok());
+        assert!(s.replace_header_map_value(map, "x-new", "4").is_ok());
+        assert!(s.remove_header_map_value(map, "x-d").is_ok());
+        assert!(s.replace_header_map_value(map, "x-gone", "5").is_ok());
+        let calls = host.calls();
+        let cached: Vec<_> = ["x-r", "x-new", "x-d", "x-gone", ":path"]
+            .iter()
+            .map(|n| s.get_header_map_value(map, n))
+            .collect();
+        assert_eq!(
+            host.calls(),
+            calls,
+            "answered from what was read and written"
+        );
+        let truth: Vec<_> = ["x-r", "x-new", "x-d", "x-gone", ":path"]
+            .iter()
+            .map(|n| Ok(host.header(map, n).map(String::into_bytes)))
+            .collect();
+        assert_eq!(cached, truth);
+        assert_eq!(cached[0], Ok(Some(b"9".to_vec())));
     }
 
     #[test]
