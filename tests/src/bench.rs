@@ -85,6 +85,31 @@ pub fn wasm_filter(crate_name: &str, root_id: &str, config_json: &str) -> Result
     ))
 }
 
+/// A wasm filter entry for a copy of `crate_name`'s module without the exports `drop` names
+/// (see [`crate::exports`]), written to `target/bench-modules/<label>.wasm`.
+pub fn wasm_filter_without(
+    crate_name: &str,
+    root_id: &str,
+    config_json: &str,
+    label: &str,
+    drop: &[&str],
+) -> Result<String, String> {
+    let wasm = crate::wasm::filter_wasm(crate_name)?;
+    let bytes = std::fs::read(&wasm).map_err(|e| format!("{}: {e}", wasm.display()))?;
+    let slim = crate::exports::without(&bytes, |name| drop.contains(&name))?;
+    let dir = crate::paths::workspace_root().join("target/bench-modules");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join(format!("{label}.wasm"));
+    std::fs::write(&path, slim).map_err(|e| e.to_string())?;
+    Ok(wasm_filter_yaml(
+        root_id,
+        root_id,
+        &format!("bench_{label}"),
+        &path,
+        config_json,
+    ))
+}
+
 /// Total CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
 pub fn process_cpu(pid: u32) -> Result<Duration, String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -258,6 +283,85 @@ pub fn admin_allocated(envoy: &Envoy) -> Option<u64> {
     }
 }
 
+/// Starts one subject's Envoy in front of `upstream` and warms it up (connections, VMs, JIT)
+/// with `warmup` requests; returns it and its listener port.
+fn start_warm(
+    s: &Subject,
+    upstream: &Upstream,
+    warmup: u64,
+    connections: usize,
+) -> Result<(Envoy, u16), String> {
+    let listener = free_port();
+    let mut cluster = ClusterSpec::new("upstream", &[upstream.port()]);
+    if !s.cluster_yaml.is_empty() {
+        cluster = cluster.with_extra_yaml(&s.cluster_yaml);
+    }
+    let yaml = ProxyConfig::new(listener, free_port())
+        .with_http_filters(&s.filters_yaml)
+        .route(RouteSpec::new("bench", "/", "upstream"))
+        .cluster(cluster)
+        .render();
+    let options = EnvoyOptions {
+        concurrency: s.concurrency,
+        ..EnvoyOptions::default()
+    };
+    let envoy = Envoy::start(&yaml, &options).map_err(|e| format!("{}: {e}", s.name))?;
+    envoy.wait_listener(listener)?;
+    keep_alive_load(listener, "/bench", s.body_bytes, connections, warmup);
+    Ok((envoy, listener))
+}
+
+/// Where one subject's Envoy spends its CPU: `perf record -e cpu-clock -g` on the Envoy process
+/// for `seconds` under the bench's load, then `perf report` by shared object and symbol (the
+/// wasm code V8 compiled shows as JIT addresses, Envoy's glue by name). Writes the raw profile
+/// to `data` and returns the report's text.
+pub fn profile(
+    s: &Subject,
+    seconds: u32,
+    connections: usize,
+    data: &std::path::Path,
+) -> Result<String, String> {
+    let upstream = Upstream::start_named("bench")?;
+    let (envoy, listener) = start_warm(s, &upstream, 5_000, connections)?;
+    let mut perf = std::process::Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-F", "2000", "-g", "-o"])
+        .arg(data)
+        .args([
+            "-p",
+            &envoy.pid().to_string(),
+            "--",
+            "sleep",
+            &seconds.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("perf record (is perf installed?): {e}"))?;
+    // Load until perf has its samples; each batch is a few seconds at most.
+    loop {
+        keep_alive_load(listener, "/bench", s.body_bytes, connections, 20_000);
+        if perf.try_wait().map_err(|e| e.to_string())?.is_some() {
+            break;
+        }
+    }
+    let report = std::process::Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--percent-limit",
+            "0.4",
+        ])
+        .args(["--sort", "dso,symbol", "-i"])
+        .arg(data)
+        .output()
+        .map_err(|e| format!("perf report: {e}"))?;
+    drop(envoy);
+    Ok(String::from_utf8_lossy(&report.stdout).into_owned())
+}
+
 /// Runs every subject for `rounds` interleaved rounds of `requests` requests each.
 pub fn measure(
     subjects: &[Subject],
@@ -269,31 +373,7 @@ pub fn measure(
     let upstream = Upstream::start_named("bench")?;
     let mut envoys = Vec::new();
     for s in subjects {
-        let listener = free_port();
-        let mut cluster = ClusterSpec::new("upstream", &[upstream.port()]);
-        if !s.cluster_yaml.is_empty() {
-            cluster = cluster.with_extra_yaml(&s.cluster_yaml);
-        }
-        let yaml = ProxyConfig::new(listener, free_port())
-            .with_http_filters(&s.filters_yaml)
-            .route(RouteSpec::new("bench", "/", "upstream"))
-            .cluster(cluster)
-            .render();
-        let options = EnvoyOptions {
-            concurrency: s.concurrency,
-            ..EnvoyOptions::default()
-        };
-        let envoy = Envoy::start(&yaml, &options).map_err(|e| format!("{}: {e}", s.name))?;
-        envoy.wait_listener(listener)?;
-        // Warm up: connections, VMs, JIT.
-        keep_alive_load(
-            listener,
-            "/bench",
-            s.body_bytes,
-            connections,
-            requests / 10 + 100,
-        );
-        envoys.push((envoy, listener));
+        envoys.push(start_warm(s, &upstream, requests / 10 + 100, connections)?);
     }
     let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); subjects.len()];
     let mut errors = vec![0u64; subjects.len()];

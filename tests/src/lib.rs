@@ -27,6 +27,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod envoy;
+pub mod exports;
 pub mod fleet;
 pub mod grpc;
 pub mod lab;

@@ -148,6 +148,89 @@ fn subjects() -> Result<Vec<Subject>, String> {
     Ok(out)
 }
 
+/// `--profile NAME`: the first configuration whose name contains NAME, under the bench's load,
+/// profiled with perf; the report goes to `lab-results/profile-<slug>.txt`.
+fn profile(subjects: &[Subject], wanted: &str) -> Result<(), String> {
+    let s = subjects
+        .iter()
+        .find(|s| s.name.contains(wanted))
+        .ok_or(format!("no configuration's name contains {wanted:?}"))?;
+    let slug: String = s
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let dir = workspace_root().join("lab-results");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    println!(
+        "profiling {:?} for 15 s (perf record -e cpu-clock -g)",
+        s.name
+    );
+    let report = bench::profile(s, 15, 8, &dir.join(format!("profile-{slug}.data")))?;
+    let out = dir.join(format!("profile-{slug}.txt"));
+    std::fs::write(&out, &report).map_err(|e| e.to_string())?;
+    for line in report
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(40)
+    {
+        println!("{line}");
+    }
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+/// `--exports`: the SDK's no-op with callbacks taken away from its exports, one group at a time,
+/// under GET and POST load: what each callback Envoy calls costs it per request.
+fn export_subjects() -> Result<Vec<Subject>, String> {
+    const GROUPS: &[(&str, &[&str])] = &[
+        ("proxy_on_log", &["proxy_on_log"]),
+        (
+            "body and trailer callbacks",
+            &[
+                "proxy_on_request_body",
+                "proxy_on_response_body",
+                "proxy_on_request_trailers",
+                "proxy_on_response_trailers",
+            ],
+        ),
+        (
+            "log, body and trailer callbacks",
+            &[
+                "proxy_on_log",
+                "proxy_on_request_body",
+                "proxy_on_response_body",
+                "proxy_on_request_trailers",
+                "proxy_on_response_trailers",
+            ],
+        ),
+    ];
+    let mut out = Vec::new();
+    for (i, (label, drop)) in GROUPS.iter().enumerate() {
+        let yaml = bench::wasm_filter_without(
+            "noop-filter",
+            "noop",
+            "{}",
+            &format!("noop-without-{i}"),
+            drop,
+        )?;
+        let name = format!("no-op wasm filter without {label}");
+        out.push(subject(&name, yaml.clone()));
+        out.push(Subject {
+            name: format!("{name}, POST {} KiB", POST_BODY_BYTES / 1024),
+            body_bytes: POST_BODY_BYTES,
+            ..subject(&name, yaml)
+        });
+    }
+    Ok(out)
+}
+
 pub fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let (rounds, requests) = if quick { (3, 3_000) } else { (7, 20_000) };
@@ -155,7 +238,27 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     crate::test::build_wasm()?;
     harness::wasm::build(&["noop-filter", "noop-headers-only"])?;
     harness::envoy::ensure_installed()?;
-    let subjects = subjects()?;
+    let mut subjects = subjects()?;
+    if args.iter().any(|a| a == "--exports") {
+        subjects.extend(export_subjects()?);
+    }
+    if let Some(pos) = args.iter().position(|a| a == "--only") {
+        let wanted: Vec<&str> = args
+            .get(pos + 1)
+            .ok_or("usage: cargo pack bench --only NAME[,NAME...]")?
+            .split(',')
+            .collect();
+        subjects.retain(|s| {
+            (s.filters_yaml.is_empty() && s.cluster_yaml.is_empty())
+                || wanted.iter().any(|w| s.name.contains(w))
+        });
+    }
+    if let Some(pos) = args.iter().position(|a| a == "--profile") {
+        let wanted = args
+            .get(pos + 1)
+            .ok_or("usage: cargo pack bench --profile NAME")?;
+        return profile(&subjects, wanted);
+    }
     println!("{} configurations × {rounds} interleaved rounds × {requests} requests (8 keep-alive connections)", subjects.len());
     let results = bench::measure(&subjects, rounds, requests, 8, |name, round| {
         eprint!("\r  round {}/{rounds}: {name:<60}", round + 1);
