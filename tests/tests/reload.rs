@@ -2,7 +2,9 @@
 //! (file-based LDS, as a control plane's push would change it), and the pack module's
 //! configuration changes six times while clients keep sending. No client sees an error, an
 //! invalid configuration is refused while the old one keeps serving, breaker state survives an
-//! unrelated change, and a response padding holds across a reload is still delivered.
+//! unrelated change, and what is held across a reload is finished by the configuration that
+//! held it: a response padding holds is delivered, and a request the validator holds at its
+//! headers until its body is checked is passed whole (or refused whole) once the body comes.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +13,8 @@
     clippy::indexing_slicing
 )]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,6 +43,11 @@ fn pack_json(consecutive: u32, max_keys: u32, extra_route: bool) -> String {
         "consecutive_failures": {consecutive}, "open_duration": "60s", "open_jitter_percent": 0,
         "routes": [ {{ "name": "dead", "match": {{ "prefix": "/dead" }} }}{extra} ]
     }},
+    "request_validator": {{
+        "hold_headers_for_body_checks": true, "sync_interval": "50ms",
+        "routes": [ {{ "name": "orders", "match": {{ "prefix": "/orders" }},
+                       "json_schema": {{ "type": "object", "required": ["id"] }} }} ]
+    }},
     "failure_padding": {{
         "sync_interval": "50ms", "min_samples": 1000000, "fallback_target": "400ms",
         "max_padded_in_flight": 64,
@@ -51,7 +60,14 @@ fn pack_json(consecutive: u32, max_keys: u32, extra_route: bool) -> String {
 /// The bootstrap (admin, clusters, LDS from `lds`) and the listener file's contents.
 fn configs(listener: u16, admin: u16, upstream: u16, pack: &str, lds: &Path) -> (String, String) {
     let wasm = filter_wasm("resilience-pack").unwrap();
-    let filter = wasm_filter_yaml("pack", "resilience_pack", "reload", &wasm, pack);
+    // The validator's body hold needs Envoy to call the body callback of held headers.
+    let policy = "      failure_policy:";
+    let filter = wasm_filter_yaml("pack", "resilience_pack", "reload", &wasm, pack).replacen(
+        policy,
+        &format!("      allow_on_headers_stop_iteration: true\n{policy}"),
+        1,
+    );
+    assert!(filter.contains("allow_on_headers_stop_iteration"));
     let whole = ProxyConfig::new(listener, admin)
         .with_http_filters(&filter)
         .cluster(ClusterSpec::new("upstream", &[upstream]))
@@ -78,6 +94,29 @@ fn configs(listener: u16, admin: u16, upstream: u16, pack: &str, lds: &Path) -> 
         lds.display()
     );
     (bootstrap, lds_text)
+}
+
+/// A POST whose headers and first body bytes go out now and the rest after `pause`: the
+/// validator holds it at its headers meanwhile. Returns the status.
+fn post_in_two_parts(listener: u16, path: &str, body: &str, pause: Duration) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", listener)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: reload\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(pause);
+    s.write_all(rest.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"))
 }
 
 /// Replaces the watched file in one move, as Envoy's file watcher expects.
@@ -150,8 +189,17 @@ fn six_reloads_under_load_cost_no_client_an_error_and_keep_an_open_breaker_open(
                 }
             });
         }
+        // Whatever happens below, a panic included, the clients stop.
+        let _stop_clients = StopOnDrop(&stop);
         // A padded failure held (400 ms) while the next reload lands.
         let held = scope.spawn(|| request(listener, "GET", "/held", &[], None));
+        // Two requests held at their headers while the next two reloads land; their bodies
+        // come after them.
+        let pause = Duration::from_millis(1_000);
+        let good = scope
+            .spawn(move || post_in_two_parts(listener, "/orders/good", r#"{"id": "o-1"}"#, pause));
+        let bad = scope
+            .spawn(move || post_in_two_parts(listener, "/orders/bad", r#"{"no": "id!"}"#, pause));
         std::thread::sleep(Duration::from_millis(100));
 
         let steps: [(&str, u32, u32, bool, bool); 6] = [
@@ -186,16 +234,33 @@ fn six_reloads_under_load_cost_no_client_an_error_and_keep_an_open_breaker_open(
                 if valid { "accepted" } else { "refused" }
             );
         }
+        stop.store(true, Ordering::Relaxed);
         let held = held.join().unwrap().unwrap();
         assert_eq!(held.status, 503, "the held failure is delivered");
         assert!(held
             .header(PADDING)
             .is_some_and(|h| h.starts_with("padded")));
         held_ok += 1;
-        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            good.join().unwrap(),
+            200,
+            "the held valid request was passed"
+        );
+        assert_eq!(
+            bad.join().unwrap(),
+            422,
+            "the held request against the schema was refused"
+        );
+        assert_eq!(upstream.requests_for("/orders/good"), 1);
+        assert_eq!(
+            upstream.requests_for("/orders/bad"),
+            0,
+            "nothing of it reached the upstream"
+        );
+        held_ok += 2;
     });
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("figure: six reloads (one refused) while 8 clients sent {sent} requests: {failed} failed; a padded hold across a reload delivered: {held_ok}");
+    println!("figure: six reloads (one refused) while 8 clients sent {sent} requests: {failed} failed; held across a reload and finished (a padded failure, a valid and an invalid body): {held_ok}");
     assert!(sent > 500, "the clients ran throughout: {sent}");
     assert_eq!(failed, 0, "no client saw an error");
     assert!(
@@ -204,6 +269,15 @@ fn six_reloads_under_load_cost_no_client_an_error_and_keep_an_open_breaker_open(
     );
     if let Some(failure) = envoy.vm_failure() {
         panic!("{failure}");
+    }
+}
+
+/// Sets its flag when dropped (also while a panic unwinds).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
