@@ -1,213 +1,188 @@
-//! What a wasm module exports, and a copy of it that exports less.
+//! What a built module exports, and the same module exporting less.
 //!
 //! Why: Envoy calls a proxy-wasm callback only when the module exports it, and the Rust SDK
-//! exports all of them. The bench takes exports away from a built module to measure what each
-//! unused callback costs Envoy per request, without a second build. Only the export section
-//! changes; the functions stay in the code (unreachable from the host, so harmless).
+//! exports all of them (see `resilience_host::callbacks`). Two uses:
+//! - [`trim`]: every build of the pack's modules takes out the exports the module itself names
+//!   in its `resilience.unused_callbacks` section, then the code only they reached.
+//! - [`without`]: the bench takes exports away from a module to measure what each callback
+//!   costs Envoy per request.
 //!
-//! The format (WebAssembly core spec, "Binary format"): the 8-byte preamble, then sections of
-//! `id: u8, size: u32 (LEB128), content`; the export section (id 7) is a vector of
-//! `name (LEB128 length + UTF-8), kind: u8, index: u32 (LEB128)`.
+//! How: walrus (the module rewriter wasm-bindgen uses) parses the module, deletes the exports,
+//! garbage-collects what nothing reaches any more, and writes it again (with minimal LEB128
+//! encodings, which alone saves a few percent over the linker's padded ones).
 
-const PREAMBLE: &[u8] = b"\0asm\x01\0\0\0";
-const EXPORT_SECTION: u8 = 7;
+use std::path::Path;
 
-/// Reads an unsigned LEB128 value at `*at`, moving `*at` past it.
-fn read_leb(bytes: &[u8], at: &mut usize) -> Result<u32, String> {
-    let mut value: u64 = 0;
-    for shift in (0..35).step_by(7) {
-        let b = *bytes.get(*at).ok_or("truncated LEB128 number")?;
-        *at += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return u32::try_from(value).map_err(|_| "LEB128 number beyond u32".to_owned());
-        }
-    }
-    Err("LEB128 number longer than 5 bytes".to_owned())
-}
+/// The custom section a module names its unused callbacks in (`resilience_host::callbacks`).
+pub const SECTION: &str = "resilience.unused_callbacks";
 
-fn write_leb(out: &mut Vec<u8>, mut value: u32) {
-    loop {
-        let b = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// One export: its name, and the rest of its entry (kind byte and index) as written.
-struct Export<'a> {
-    name: &'a str,
-    rest: &'a [u8],
-}
-
-fn parse_exports(content: &[u8]) -> Result<Vec<Export<'_>>, String> {
-    let mut at = 0;
-    let count = read_leb(content, &mut at)?;
-    let mut out = Vec::new();
-    for _ in 0..count {
-        let len = read_leb(content, &mut at)? as usize;
-        let name = content
-            .get(at..at.saturating_add(len))
-            .ok_or("truncated export name")?;
-        let name = std::str::from_utf8(name).map_err(|_| "export name is not UTF-8")?;
-        at += len;
-        let start = at;
-        at += 1; // kind
-        read_leb(content, &mut at)?;
-        let rest = content.get(start..at).ok_or("truncated export entry")?;
-        out.push(Export { name, rest });
-    }
-    if at != content.len() {
-        return Err("bytes after the last export".to_owned());
-    }
-    Ok(out)
-}
-
-/// A section: its id, its content, and the whole section as written.
-type Section<'a> = (u8, &'a [u8], &'a [u8]);
-
-/// The module's sections, in order.
-fn sections(module: &[u8]) -> Result<Vec<Section<'_>>, String> {
-    if !module.starts_with(PREAMBLE) {
-        return Err("not a wasm module (version 1)".to_owned());
-    }
-    let mut at = PREAMBLE.len();
-    let mut out = Vec::new();
-    while at < module.len() {
-        let start = at;
-        let id = *module.get(at).ok_or("truncated section")?;
-        at += 1;
-        let size = read_leb(module, &mut at)? as usize;
-        let content = module
-            .get(at..at.saturating_add(size))
-            .ok_or("truncated section content")?;
-        at += size;
-        out.push((
-            id,
-            content,
-            module.get(start..at).ok_or("truncated section")?,
-        ));
-    }
-    Ok(out)
+fn parse(module: &[u8]) -> Result<walrus::Module, String> {
+    walrus::Module::from_buffer(module).map_err(|e| format!("not a wasm module: {e}"))
 }
 
 /// The names the module exports, in order.
 pub fn names(module: &[u8]) -> Result<Vec<String>, String> {
-    for (id, content, _) in sections(module)? {
-        if id == EXPORT_SECTION {
-            return Ok(parse_exports(content)?
-                .iter()
-                .map(|e| e.name.to_owned())
-                .collect());
-        }
-    }
-    Ok(Vec::new())
+    Ok(parse(module)?
+        .exports
+        .iter()
+        .map(|e| e.name.clone())
+        .collect())
 }
 
-/// A copy of `module` without the exports for which `drop` is true.
-pub fn without(module: &[u8], drop: impl Fn(&str) -> bool) -> Result<Vec<u8>, String> {
-    let mut out = PREAMBLE.to_vec();
-    for (id, content, whole) in sections(module)? {
-        if id != EXPORT_SECTION {
-            out.extend_from_slice(whole);
-            continue;
-        }
-        let kept: Vec<Export<'_>> = parse_exports(content)?
-            .into_iter()
-            .filter(|e| !drop(e.name))
-            .collect();
-        let mut body = Vec::new();
-        write_leb(
-            &mut body,
-            u32::try_from(kept.len()).map_err(|e| e.to_string())?,
-        );
-        for e in kept {
-            write_leb(
-                &mut body,
-                u32::try_from(e.name.len()).map_err(|e| e.to_string())?,
-            );
-            body.extend_from_slice(e.name.as_bytes());
-            body.extend_from_slice(e.rest);
-        }
-        out.push(EXPORT_SECTION);
-        write_leb(
-            &mut out,
-            u32::try_from(body.len()).map_err(|e| e.to_string())?,
-        );
-        out.extend_from_slice(&body);
+/// Deletes the exports named in `drop` (each must exist) and what only they reached.
+fn delete(m: &mut walrus::Module, drop: &[&str]) -> Result<(), String> {
+    for name in drop {
+        let id = m
+            .exports
+            .iter()
+            .find(|e| e.name == *name)
+            .map(walrus::Export::id)
+            .ok_or(format!("the module does not export {name}"))?;
+        m.exports.delete(id);
     }
-    Ok(out)
+    walrus::passes::gc::run(m);
+    Ok(())
+}
+
+/// `module` without the exports for which `drop` is true, and without the code only they
+/// reached.
+pub fn without(module: &[u8], drop: impl Fn(&str) -> bool) -> Result<Vec<u8>, String> {
+    let mut m = parse(module)?;
+    let names: Vec<String> = m
+        .exports
+        .iter()
+        .map(|e| e.name.clone())
+        .filter(|n| drop(n))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    delete(&mut m, &names)?;
+    Ok(m.emit_wasm())
+}
+
+/// The module as it ships: the exports its [`SECTION`] names taken out, with the section and
+/// the code only they reached. Returns `None` for a module without the section (already
+/// trimmed, or one that names nothing). A named callback the module does not export is an
+/// error: the list is wrong.
+pub fn trimmed(module: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut m = parse(module)?;
+    let Some(section) = m.customs.remove_raw(SECTION) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(section.data).map_err(|_| format!("{SECTION} is not UTF-8"))?;
+    let drop: Vec<&str> = text.split(',').filter(|n| !n.is_empty()).collect();
+    delete(&mut m, &drop)?;
+    Ok(Some(m.emit_wasm()))
+}
+
+/// [`trimmed`] in place: rewrites the file when it has the section; returns whether it did.
+///
+/// Cargo puts the untrimmed module back on every build, fresh or not (it re-links the file from
+/// its `deps/`), and every test process builds; so the trimmed bytes are kept beside it, under
+/// `trimmed/<name>-<hash of the untrimmed bytes>.wasm`, and the same module is trimmed once.
+/// The new file replaces the old in one rename, so a concurrent reader sees one or the other.
+pub fn trim(path: &Path) -> Result<bool, String> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !has_section(&bytes) {
+        return Ok(false);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    let stem = path
+        .file_stem()
+        .map_or("module".into(), |s| s.to_string_lossy());
+    let dir = path.with_file_name("trimmed");
+    let cached = dir.join(format!("{stem}-{:016x}.wasm", h.finish()));
+    let slim = match std::fs::read(&cached) {
+        Ok(slim) => slim,
+        Err(_) => {
+            let slim = trimmed(&bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .unwrap_or(bytes);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            // One kept per module: the one of an older build goes.
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name
+                        .strip_prefix(&*stem)
+                        .is_some_and(|r| r.starts_with('-'))
+                    {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            replace(&cached, &slim)?;
+            slim
+        }
+    };
+    replace(path, &slim)?;
+    Ok(true)
+}
+
+/// Whether the module has the [`SECTION`]: a byte search (the name is in the section's
+/// header), cheap enough to run on every build.
+fn has_section(module: &[u8]) -> bool {
+    module
+        .windows(SECTION.len())
+        .any(|w| w == SECTION.as_bytes())
+}
+
+/// Writes `bytes` to `path` through a temporary file and one rename.
+fn replace(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A module with one type, two functions and three exports (two functions, the memory).
-    fn module() -> Vec<u8> {
-        let mut m = PREAMBLE.to_vec();
-        // type section: one type () -> ()
-        m.extend_from_slice(&[1, 4, 1, 0x60, 0, 0]);
-        // function section: two functions of type 0
-        m.extend_from_slice(&[3, 3, 2, 0, 0]);
-        // memory section: one memory, min 1
-        m.extend_from_slice(&[5, 3, 1, 0, 1]);
-        let mut exports = Vec::new();
-        write_leb(&mut exports, 3);
-        for (name, kind, index) in [
-            ("proxy_on_log", 0u8, 0u32),
-            ("proxy_on_done", 0, 1),
-            ("memory", 2, 0),
-        ] {
-            write_leb(&mut exports, name.len() as u32);
-            exports.extend_from_slice(name.as_bytes());
-            exports.push(kind);
-            write_leb(&mut exports, index);
+    /// A module of two functions, both exported, the memory, and a section naming one of them.
+    fn module(unused: &str) -> Vec<u8> {
+        let mut m = walrus::Module::default();
+        for name in ["proxy_on_log", "proxy_on_done"] {
+            let mut f = walrus::FunctionBuilder::new(&mut m.types, &[], &[]);
+            f.func_body().i32_const(1).drop();
+            let id = f.finish(vec![], &mut m.funcs);
+            m.exports.add(name, id);
         }
-        m.push(EXPORT_SECTION);
-        write_leb(&mut m, exports.len() as u32);
-        m.extend_from_slice(&exports);
-        // code section: two empty bodies
-        m.extend_from_slice(&[10, 7, 2, 2, 0, 0x0b, 2, 0, 0x0b]);
-        m
+        let memory = m.memories.add_local(false, false, 1, None, None);
+        m.exports.add("memory", memory);
+        m.customs.add(walrus::RawCustomSection {
+            name: SECTION.to_owned(),
+            data: unused.as_bytes().to_vec(),
+        });
+        m.emit_wasm()
     }
 
     #[test]
-    fn names_lists_every_export_in_order() {
+    fn trimming_takes_out_the_exports_the_section_names_and_the_section() {
+        let slim = trimmed(&module("proxy_on_log")).unwrap().unwrap();
+        assert_eq!(names(&slim).unwrap(), ["proxy_on_done", "memory"]);
+        let m = parse(&slim).unwrap();
         assert_eq!(
-            names(&module()).unwrap(),
-            ["proxy_on_log", "proxy_on_done", "memory"]
+            m.funcs.iter().count(),
+            1,
+            "the function only the export reached is gone"
+        );
+        assert!(
+            trimmed(&slim).unwrap().is_none(),
+            "a trimmed module is left alone"
         );
     }
 
     #[test]
-    fn without_drops_only_the_named_exports_and_keeps_every_other_section_byte_for_byte() {
-        let m = module();
-        let slim = without(&m, |n| n == "proxy_on_log").unwrap();
-        assert_eq!(names(&slim).unwrap(), ["proxy_on_done", "memory"]);
-        let other = |m: &[u8]| -> Vec<Vec<u8>> {
-            sections(m)
-                .unwrap()
-                .into_iter()
-                .filter(|(id, _, _)| *id != EXPORT_SECTION)
-                .map(|(_, _, whole)| whole.to_vec())
-                .collect()
-        };
-        assert_eq!(other(&m), other(&slim));
-        assert_eq!(without(&m, |_| false).unwrap(), m);
+    fn a_section_naming_a_callback_the_module_does_not_export_fails() {
+        let e = trimmed(&module("proxy_on_log,proxy_on_tikc")).unwrap_err();
+        assert!(e.contains("proxy_on_tikc"), "{e}");
     }
 
     #[test]
-    fn truncated_or_foreign_bytes_are_an_error_not_a_panic() {
-        let m = module();
-        for cut in 0..m.len() {
-            let _ = names(&m[..cut]);
-            let _ = without(&m[..cut], |_| true);
-        }
+    fn without_drops_only_what_it_is_asked_to() {
+        let slim = without(&module(""), |n| n == "proxy_on_done").unwrap();
+        assert_eq!(names(&slim).unwrap(), ["proxy_on_log", "memory"]);
         assert!(names(b"not wasm").is_err());
     }
 }

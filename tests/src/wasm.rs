@@ -67,7 +67,20 @@ pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Runs `cargo build --release --target wasm32-wasip1 -p <crate>...` in the workspace root.
+/// Makes each built module of `crates` what ships: the callbacks it names as unused taken out
+/// of its exports ([`crate::exports::trim`]; a module without that section is left alone).
+pub fn trim_built(crates: &[&str]) -> Result<(), String> {
+    for name in crates {
+        let path = wasm_path(name);
+        if path.is_file() {
+            crate::exports::trim(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cargo build --release --target wasm32-wasip1 -p <crate>...` in the workspace root,
+/// then [`trim_built`].
 pub fn build(crates: &[&str]) -> Result<(), String> {
     crate::prereq::ensure_rust_targets(&[WASM_TARGET])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -84,7 +97,7 @@ pub fn build(crates: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|e| format!("running {}: {e}", cargo.to_string_lossy()))?;
     if output.status.success() {
-        Ok(())
+        trim_built(crates)
     } else {
         Err(format!(
             "cargo build --release --target {WASM_TARGET} -p {} failed ({}):\n{}",

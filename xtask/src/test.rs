@@ -76,6 +76,7 @@ pub fn build_wasm() -> Result<PathBuf, String> {
     if !status.success() {
         return Err("the wasm build failed".to_owned());
     }
+    harness::wasm::trim_built(FILTERS)?;
     Ok(workspace_root().join("target/wasm32-wasip1/release"))
 }
 
@@ -211,11 +212,18 @@ pub fn test(args: &[String]) -> Result<(), String> {
         ok &= step("clippy (wasm32-wasip1)", clippy_wasm, &mut results);
     }
 
-    let built = step(
+    let mut built = step(
         "build filters (wasm32-wasip1, release)",
         wasm_build_command(),
         &mut results,
     );
+    if built {
+        if let Err(e) = harness::wasm::trim_built(FILTERS) {
+            eprintln!("trimming the modules' unused callbacks: {e}");
+            results.push(("trim unused callbacks".to_owned(), false, 0.0));
+            built = false;
+        }
+    }
     ok &= built;
 
     if built {

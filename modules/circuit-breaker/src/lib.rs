@@ -7,3 +7,11 @@ proxy_wasm::main! {{
         Box::new(resilience_host::root::FilterRoot::<filter::root::BreakerFilter>::new())
     });
 }}
+
+// The breaker reads a response's trailers (a gRPC status) and no body.
+// Taken out of the exports at build time (resilience_host::callbacks).
+resilience_host::unused_callbacks!(
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_body",
+);

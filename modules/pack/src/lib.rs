@@ -35,3 +35,7 @@ proxy_wasm::main! {{
         Box::new(PackRoot::new())
     });
 }}
+
+// Its stages together use every HTTP callback: the validator the request's body and trailers, padding the response's.
+// Only the callbacks no filter uses are taken out (resilience_host::callbacks).
+resilience_host::unused_callbacks!();

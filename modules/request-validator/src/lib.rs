@@ -7,3 +7,7 @@ proxy_wasm::main! {{
         Box::new(resilience_host::root::FilterRoot::<filter::root::ValidatorFilter>::new())
     });
 }}
+
+// The validator checks the request's body and trailers, not the response's.
+// Taken out of the exports at build time (resilience_host::callbacks).
+resilience_host::unused_callbacks!("proxy_on_response_body", "proxy_on_response_trailers",);

@@ -7,3 +7,12 @@ proxy_wasm::main! {{
         Box::new(resilience_host::root::FilterRoot::<filter::root::RetryBudgetFilter>::new())
     });
 }}
+
+// The budget decides at the headers and settles at the log; bodies and trailers pass.
+// Taken out of the exports at build time (resilience_host::callbacks).
+resilience_host::unused_callbacks!(
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_body",
+    "proxy_on_response_trailers",
+);

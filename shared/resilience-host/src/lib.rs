@@ -32,8 +32,10 @@
 //! - [`resume`]: resuming a paused request or response from the tick; re-arming the tick timer.
 //! - [`clock`]: the host's time in milliseconds.
 //! - [`logging`]: log forwarding to the proxy and a panic hook that logs before the VM traps.
+//! - [`callbacks`]: the proxy-wasm callbacks a module leaves out of its exports.
 
 pub mod abi;
+pub mod callbacks;
 pub mod callout;
 pub mod clock;
 pub mod counters;
