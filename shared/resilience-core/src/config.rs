@@ -697,7 +697,10 @@ mod tests {
         let direct: f64 = parse_json(text.as_bytes()).unwrap();
         let value: serde_json::Value = serde_json::from_str(text).unwrap();
         let again: f64 = parse_json(value.to_string().as_bytes()).unwrap();
-        assert!(direct.to_bits().abs_diff(again.to_bits()) <= 1, "{direct} {again}");
+        assert!(
+            direct.to_bits().abs_diff(again.to_bits()) <= 1,
+            "{direct} {again}"
+        );
         let e: f64 = parse_json(b"1.00000007e+65").unwrap();
         assert!((e / 1.00000007e65 - 1.0).abs() < 1e-15, "{e}");
     }
