@@ -186,6 +186,37 @@ fn profile(subjects: &[Subject], wanted: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How many calls of one kind a host-call probe makes per request: enough that the difference
+/// from the no-op stands out of the noise, so one call's price is (row − no-op) / this.
+const PROBE_CALLS: u32 = 10;
+
+/// The no-op filter making [`PROBE_CALLS`] host calls of one kind per request, a row per kind
+/// (see `tests/noop-filter`): what each kind of call costs in Envoy, to price a filter's calls.
+fn host_call_subjects() -> Result<Vec<Subject>, String> {
+    const KINDS: &[&str] = &[
+        "clock",
+        "property",
+        "request_header",
+        "request_pairs",
+        "response_header",
+        "missing_header",
+        "add_response_header",
+        "shared_get",
+        "metric",
+    ];
+    KINDS
+        .iter()
+        .map(|kind| {
+            let config = format!(r#"{{"calls": "{kind}={PROBE_CALLS}"}}"#);
+            let yaml = bench::wasm_filter("noop-filter", "noop", &config)?;
+            Ok(subject(
+                &format!("no-op wasm filter + {PROBE_CALLS} × {kind}"),
+                yaml,
+            ))
+        })
+        .collect()
+}
+
 /// `--exports`: the SDK's no-op with callbacks taken away from its exports, one group at a time,
 /// under GET and POST load: what each callback Envoy calls costs it per request.
 fn export_subjects() -> Result<Vec<Subject>, String> {
@@ -241,6 +272,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let mut subjects = subjects()?;
     if args.iter().any(|a| a == "--exports") {
         subjects.extend(export_subjects()?);
+    }
+    if args.iter().any(|a| a == "--host-calls") {
+        subjects.extend(host_call_subjects()?);
     }
     if let Some(pos) = args.iter().position(|a| a == "--only") {
         let wanted: Vec<&str> = args
