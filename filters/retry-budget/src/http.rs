@@ -396,7 +396,15 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
     /// Charges the retries the router made and learns the latency of a single good attempt.
     fn on_end(&mut self, w: &mut Worker<H>, reservation: Reservation, dry_run: bool) {
         let config = Rc::clone(&w.config);
-        let now = clock::now_ms_on(&self.host);
+        // Settled as of the response's first byte when there was one: by then the router has
+        // made every attempt, and the clock read it had costs nothing again (a host call here
+        // is a few µs per request, see `cargo pack bench --host-calls`). A lease that went stale
+        // since is still dropped by the next reservation, which reads the clock.
+        let now = if self.first_byte_ms > 0 {
+            self.first_byte_ms
+        } else {
+            clock::now_ms_on(&self.host)
+        };
         let Some(entry) = w.entries.get_mut(&self.key) else {
             return;
         };
