@@ -33,6 +33,29 @@ pub struct Subject {
     pub body_bytes: usize,
     /// Envoy's worker threads (one wasm VM per worker per module).
     pub concurrency: u32,
+    /// Extra top-level bootstrap fields (see [`shipped_memory_release`]).
+    pub bootstrap_yaml: String,
+}
+
+/// `envoy-configs/pack.yaml`'s `memory_allocator_manager`, as bootstrap YAML: how the shipped
+/// configuration has Envoy give back the memory V8 frees after compiling the module.
+pub fn shipped_memory_release() -> Result<String, String> {
+    let path = crate::paths::workspace_root().join("envoy-configs/pack.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).map_err(|e| e.to_string())?;
+    let key = yaml_rust2::Yaml::String("memory_allocator_manager".into());
+    let value = docs
+        .first()
+        .and_then(|d| d.as_hash())
+        .and_then(|h| h.get(&key))
+        .ok_or(format!("{}: no memory_allocator_manager", path.display()))?;
+    let mut one = yaml_rust2::yaml::Hash::new();
+    one.insert(key, value.clone());
+    let mut out = String::new();
+    yaml_rust2::YamlEmitter::new(&mut out)
+        .dump(&yaml_rust2::Yaml::Hash(one))
+        .map_err(|e| e.to_string())?;
+    Ok(out.trim_start_matches("---").to_string())
 }
 
 /// The pack module's configuration in `envoy-configs/pack.yaml` on a healthy route: the edge
@@ -297,6 +320,7 @@ fn start_warm(
         cluster = cluster.with_extra_yaml(&s.cluster_yaml);
     }
     let yaml = ProxyConfig::new(listener, free_port())
+        .with_bootstrap_yaml(&s.bootstrap_yaml)
         .with_http_filters(&s.filters_yaml)
         .route(RouteSpec::new("bench", "/", "upstream"))
         .cluster(cluster)

@@ -106,6 +106,8 @@ pub struct ProxyConfig {
     pub hcm_yaml: String,
     /// Log every request to stdout (which goes to the Envoy log).
     pub access_log: bool,
+    /// Extra top-level fields of the bootstrap, e.g. `memory_allocator_manager: ...`.
+    pub bootstrap_yaml: String,
 }
 
 impl ProxyConfig {
@@ -120,7 +122,13 @@ impl ProxyConfig {
             virtual_host_yaml: String::new(),
             hcm_yaml: String::new(),
             access_log: false,
+            bootstrap_yaml: String::new(),
         }
+    }
+
+    pub fn with_bootstrap_yaml(mut self, yaml: &str) -> Self {
+        self.bootstrap_yaml = yaml.to_string();
+        self
     }
 
     pub fn with_http_filters(mut self, yaml: &str) -> Self {
@@ -140,7 +148,7 @@ impl ProxyConfig {
 
     /// The bootstrap YAML.
     pub fn render(&self) -> String {
-        let mut y = String::new();
+        let mut y = indent_yaml(&self.bootstrap_yaml, 0);
         let _ = write!(
             y,
             "admin:
