@@ -391,9 +391,9 @@ impl<H: Host> SlowStartHttp<H> {
         w.cell_name(served, id).map(str::to_owned)
     }
 
-    /// Success or failure of the finished exchange; `None` when the client went away before
-    /// any response and Envoy saw no upstream failure (not an outcome).
-    fn outcome(&self, w: &Worker<H>) -> Option<bool> {
+    /// Success or failure of the exchange that ended at `end_ms`; `None` when the client went
+    /// away before any response and Envoy saw no upstream failure (not an outcome).
+    fn outcome(&self, w: &Worker<H>, end_ms: u64) -> Option<bool> {
         let mut status = self.status;
         if status == 0 {
             status = props::u64_on(&self.host, &["response", "code"])
@@ -408,16 +408,11 @@ impl<H: Host> SlowStartHttp<H> {
                 return None;
             }
         }
-        let end = if self.first_byte_ms > 0 {
-            self.first_byte_ms
-        } else {
-            clock::now_ms_on(&self.host)
-        };
         let facts = ResponseFacts {
             status,
             grpc_status: None,
             local,
-            duration_ms: end.saturating_sub(self.start_ms),
+            duration_ms: end_ms.saturating_sub(self.start_ms),
         };
         Some(!w.config.global.classifier.classify(&facts).is_failure())
     }
@@ -534,15 +529,16 @@ impl<H: Host> HttpContext for SlowStartHttp<H> {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return;
         };
-        let outcome = self.outcome(&w);
         // The outcome is known at the response's first byte, and that time was read then: it
         // is the outcome's time too, which saves a clock call per request (a few µs in Envoy,
-        // see `cargo pack bench --host-calls`). A stream without a response reads the clock.
+        // see `cargo pack bench --host-calls`). A stream without a response reads the clock,
+        // once.
         let now = if self.first_byte_ms > 0 {
             self.first_byte_ms
         } else {
             clock::now_ms_on(&self.host)
         };
+        let outcome = self.outcome(&w, now);
         let latency = now.saturating_sub(self.start_ms);
         let Some(ep) = w.endpoint_mut(endpoint, identity) else {
             return;
