@@ -37,12 +37,18 @@ pub struct Subject {
     pub bootstrap_yaml: String,
 }
 
-/// `envoy-configs/pack.yaml`'s `memory_allocator_manager`, as bootstrap YAML: how the shipped
-/// configuration has Envoy give back the memory V8 frees after compiling the module.
-pub fn shipped_memory_release() -> Result<String, String> {
+/// `envoy-configs/pack.yaml`, parsed, and its path (for errors).
+fn shipped_pack_yaml() -> Result<(std::path::PathBuf, Vec<yaml_rust2::Yaml>), String> {
     let path = crate::paths::workspace_root().join("envoy-configs/pack.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let docs = yaml_rust2::YamlLoader::load_from_str(&text).map_err(|e| e.to_string())?;
+    Ok((path, docs))
+}
+
+/// `envoy-configs/pack.yaml`'s `memory_allocator_manager`, as bootstrap YAML: how the shipped
+/// configuration has Envoy give back the memory V8 frees after compiling the module.
+pub fn shipped_memory_release() -> Result<String, String> {
+    let (path, docs) = shipped_pack_yaml()?;
     let key = yaml_rust2::Yaml::String("memory_allocator_manager".into());
     let value = docs
         .first()
@@ -63,9 +69,7 @@ pub fn shipped_memory_release() -> Result<String, String> {
 /// left out: its shipped configuration balances over the fleet's sidecars (health checks and
 /// priming through a `fleet` cluster), which a single-upstream bench does not have.
 pub fn shipped_pack_config() -> Result<String, String> {
-    let path = crate::paths::workspace_root().join("envoy-configs/pack.yaml");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let docs = yaml_rust2::YamlLoader::load_from_str(&text).map_err(|e| e.to_string())?;
+    let (path, docs) = shipped_pack_yaml()?;
     let mut members = serde_json::Map::new();
     let mut stack: Vec<&yaml_rust2::Yaml> = docs.iter().collect();
     while let Some(node) = stack.pop() {

@@ -443,7 +443,7 @@ impl Fleet {
 
 /// Starts variant `p`'s replicas and Envoy and warms them with traffic until every replica has
 /// been serving for longer than the ramp (see below).
-fn start_fleet(p: Protection, t: &Timeline) -> Result<Fleet, String> {
+fn start_fleet(p: Protection, t: &Timeline, mix: &[MixRequest]) -> Result<Fleet, String> {
     let apps = (0..REPLICAS)
         .map(|i| Upstream::start_named(&format!("replica-{i}")))
         .collect::<Result<Vec<_>, _>>()?;
@@ -468,10 +468,9 @@ fn start_fleet(p: Protection, t: &Timeline) -> Result<Fleet, String> {
     // Every replica has been in the fleet, serving, for longer than the ramp before the outage:
     // the filter's start-up ramps (priming included) are over, and Envoy's hosts are older than
     // its window. Meanwhile traffic flows, so that the measured load meets hot VMs.
-    let mix = item_mix(t.keys);
     let serving = AtomicBool::new(true);
     std::thread::scope(|scope| -> Result<(), String> {
-        let traffic = scope.spawn(|| background_traffic(ports.edge, &mix, &serving));
+        let traffic = scope.spawn(|| background_traffic(ports.edge, mix, &serving));
         let mut waited = Ok(());
         for i in 0..REPLICAS {
             if let Some(stat) = phase_stat(p, &ports, i) {
@@ -515,21 +514,18 @@ fn start_fleet(p: Protection, t: &Timeline) -> Result<Fleet, String> {
 /// protection; with the samples dumped, that was one burst of 24 requests delayed 25 ms at
 /// once, in every replica). Taking turns gives every variant the same share of the noise, and
 /// the median round is the figure, so one noisy round moves nothing.
-fn steady_rounds(fleets: &[Fleet], t: &Timeline, progress: &mut Progress) -> Vec<Vec<(f64, f64)>> {
-    let mix = item_mix(t.keys);
+fn steady_rounds(
+    fleets: &[Fleet],
+    t: &Timeline,
+    mix: &Arc<[MixRequest]>,
+    progress: &mut Progress,
+) -> Vec<Vec<(f64, f64)>> {
     let mut out = vec![Vec::new(); fleets.len()];
     for round in 0..t.steady_rounds {
         for (f, rounds) in fleets.iter().zip(out.iter_mut()) {
             let label = format!("{} (steady round {})", f.p.name(), round + 1);
             progress.start("cold replica", &label);
-            let spec = LoadSpec::new(
-                f.edge,
-                "/item",
-                THREADS,
-                RPS_PER_THREAD,
-                Duration::from_millis(t.round_ms),
-            )
-            .with_mix(Arc::clone(&mix), 0);
+            let spec = load_spec(f.edge, mix, t.round_ms);
             let samples = load::run(&spec, |elapsed| {
                 progress.update(&label, elapsed.as_secs_f64(), t.round_ms as f64 / 1000.0);
             });
@@ -541,33 +537,29 @@ fn steady_rounds(fleets: &[Fleet], t: &Timeline, progress: &mut Progress) -> Vec
     out
 }
 
-/// The median of `values` (NaN when empty).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values.get(n / 2).copied().unwrap_or(f64::NAN),
-        n => {
-            let (a, b) = (values.get(n / 2 - 1), values.get(n / 2));
-            a.zip(b).map_or(f64::NAN, |(a, b)| (a + b) / 2.0)
-        }
-    }
-}
-
-/// The outage on a warm fleet: the load, one replica stopped and restarted cold.
-fn run_outage(f: &Fleet, t: &Timeline, progress: &mut Progress) -> Result<Run, String> {
-    let (p, envoy, ports) = (f.p, &f.envoy, f.ports());
-    let cold = f.apps.first().ok_or("no replicas")?;
-    let mix = item_mix(t.keys);
-    let primed_before = primed_stat(p, &ports, 0).map(|s| envoy.stat(&s));
-    let spec = LoadSpec::new(
-        ports.edge,
+/// The scenario's load on `edge` for `ms`: [`THREADS`] callers over the hot items' `mix`.
+fn load_spec(edge: u16, mix: &Arc<[MixRequest]>, ms: u64) -> LoadSpec {
+    LoadSpec::new(
+        edge,
         "/item",
         THREADS,
         RPS_PER_THREAD,
-        Duration::from_millis(t.total_ms),
+        Duration::from_millis(ms),
     )
-    .with_mix(mix, 0);
+    .with_mix(Arc::clone(mix), 0)
+}
+
+/// The outage on a warm fleet: the load, one replica stopped and restarted cold.
+fn run_outage(
+    f: &Fleet,
+    t: &Timeline,
+    mix: &Arc<[MixRequest]>,
+    progress: &mut Progress,
+) -> Result<Run, String> {
+    let (p, envoy, ports) = (f.p, &f.envoy, f.ports());
+    let cold = f.apps.first().ok_or("no replicas")?;
+    let primed_before = primed_stat(p, &ports, 0).map(|s| envoy.stat(&s));
+    let spec = load_spec(ports.edge, mix, t.total_ms);
     let (mut stopped, mut restart_ms) = (false, None);
     let mut restart_error = None;
     let mut noticed = None;
@@ -653,23 +645,28 @@ pub fn run(scale: Scale, progress: &mut Progress) -> Result<ScenarioReport, Stri
     let mut measured = Vec::new();
     let mut share_series = Vec::new();
     let mut p99_series = Vec::new();
+    let mix = item_mix(t.keys);
     let mut fleets = Vec::new();
     for p in VARIANTS {
         progress.start("cold replica", &format!("{} (starting, warming)", p.name()));
-        fleets.push(start_fleet(p, &t)?);
+        fleets.push(start_fleet(p, &t, &mix)?);
         progress.finish();
     }
-    let steady = steady_rounds(&fleets, &t, progress);
+    let steady = steady_rounds(&fleets, &t, &mix, progress);
     for (f, rounds) in fleets.into_iter().zip(steady) {
         let p = f.p;
         progress.start("cold replica", p.name());
-        let run = run_outage(&f, &t, progress)?;
+        let run = run_outage(&f, &t, &mix, progress)?;
         progress.finish();
         drop(f);
         let s = &run.samples;
         let cold = run.cold_name.as_str();
-        let steady_p50 = median(rounds.iter().map(|r| r.0).collect());
-        let steady_p99 = median(rounds.iter().map(|r| r.1).collect());
+        let p50s: Vec<f64> = rounds.iter().map(|r| r.0).collect();
+        let p99s: Vec<f64> = rounds.iter().map(|r| r.1).collect();
+        let (steady_p50, steady_p99) = (
+            series::percentile(&p50s, 50.0),
+            series::percentile(&p99s, 50.0),
+        );
         let warmup = Summary::of(between(s, run.restart_ms, run.restart_ms + t.window_ms));
         let early_share = share_between(s, cold, run.restart_ms, run.restart_ms + t.early_ms);
         let last_share = share_between(s, cold, t.total_ms.saturating_sub(LAST_MS), t.total_ms);
