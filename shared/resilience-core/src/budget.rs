@@ -330,8 +330,10 @@ impl SharedBudget {
             return left;
         };
         let even = allowance as f64 / self.len() as f64;
-        // At least one token a width, so a route whose budget rounds to less still retries.
-        let cap = (even * percent / 100.0).ceil().max(1.0);
+        // Rounded down, so a width never spends more than the percent says (a small budget's
+        // rounding would otherwise add up to a whole token to each width); but at least one
+        // token a width, so a route whose budget rounds to less still retries.
+        let cap = (even * percent / 100.0 + 1e-9).floor().max(1.0);
         let charged_in = |e: u64| {
             self.slot_index(e)
                 .and_then(|i| self.buckets.get(i))
@@ -1181,5 +1183,35 @@ mod tests {
         // most of it still counts, half-way through the next one half of it does.
         assert_eq!(shared.available(10_100, &p), 0);
         assert!(shared.available(10_500, &p) >= 8);
+    }
+
+    #[test]
+    fn a_burst_cap_rounds_down_so_a_width_never_spends_more_than_its_percent() {
+        // 20% of 475 requests and a floor of 1 a second: 105 tokens, 10.5 a width; 110% of that
+        // is 11.55, so a width may spend 11, not 12. A tiny budget still gets one a width.
+        let mut p = policy(20.0, 1.0);
+        p.burst_cap_percent = Some(110.0);
+        let mut shared = SharedBudget::new(&p);
+        let publication = Publication {
+            delta: Delta {
+                requests: 475,
+                ..Delta::default()
+            },
+            ..Publication::default()
+        };
+        shared.apply(&publication, 0, &p);
+        assert_eq!(shared.available(500, &p), 11);
+        let mut tiny = policy(1.0, 0.0);
+        tiny.burst_cap_percent = Some(100.0);
+        let mut small = SharedBudget::new(&tiny);
+        let few = Publication {
+            delta: Delta {
+                requests: 100,
+                ..Delta::default()
+            },
+            ..Publication::default()
+        };
+        small.apply(&few, 0, &tiny);
+        assert_eq!(small.available(500, &tiny), 1);
     }
 }
