@@ -266,6 +266,28 @@ fn export_subjects() -> Result<Vec<Subject>, String> {
     Ok(out)
 }
 
+/// Each subject that loads a module of this build, followed by its twin loading `dir`'s module of
+/// the same file name (a copy of `target/wasm32-wasip1/release` from before a change): on a
+/// machine whose speed drifts between runs, before and after are only comparable in one run.
+fn with_baseline(subjects: Vec<Subject>, dir: &std::path::Path) -> Result<Vec<Subject>, String> {
+    let built = workspace_root().join("target/wasm32-wasip1/release");
+    let (built, dir) = (built.display().to_string(), dir.display().to_string());
+    let mut out = Vec::new();
+    for s in subjects {
+        let twin = s.filters_yaml.contains(&built).then(|| Subject {
+            name: format!("{} (baseline)", s.name),
+            filters_yaml: s.filters_yaml.replace(&built, &dir),
+            ..s.clone()
+        });
+        out.push(s);
+        out.extend(twin);
+    }
+    if !out.iter().any(|s| s.name.ends_with("(baseline)")) {
+        return Err(format!("--baseline {dir}: no configuration loads a module to compare"));
+    }
+    Ok(out)
+}
+
 pub fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let (rounds, requests) = if quick { (3, 3_000) } else { (7, 20_000) };
@@ -290,6 +312,12 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             (s.filters_yaml.is_empty() && s.cluster_yaml.is_empty())
                 || wanted.iter().any(|w| s.name.contains(w))
         });
+    }
+    if let Some(pos) = args.iter().position(|a| a == "--baseline") {
+        let dir = args
+            .get(pos + 1)
+            .ok_or("usage: cargo pack bench --baseline DIR (modules built before a change)")?;
+        subjects = with_baseline(subjects, std::path::Path::new(dir))?;
     }
     if let Some(pos) = args.iter().position(|a| a == "--profile") {
         let wanted = args

@@ -34,9 +34,10 @@ fn usage() -> ExitCode {
          test [--quick]        every check and test (--quick: skip lint and the in-wasm core tests)\n  \
          lab [--quick] [--scenario NAME] [--update-readme]\n                        \
          the failure lab: outages with and without the pack, HTML report in lab-results/\n  \
-         bench [--quick] [--update-readme] [--only NAME,...] [--exports] [--host-calls] [--profile NAME]\n                        \
+         bench [--quick] [--update-readme] [--only NAME,...] [--exports] [--host-calls] [--baseline DIR] [--profile NAME]\n                        \
          Envoy CPU per request: bare, no-op wasm, each filter, chained, the pack, Envoy native\n                        \
-         (--exports: what unused callbacks cost; --host-calls: what one host call of each kind costs)\n  \
+         (--exports: what unused callbacks cost; --host-calls: what one host call of each kind costs;\n                        \
+         --baseline DIR: each module row also with DIR's copy of it, before and after in one run)\n  \
          build                 build every filter for wasm32-wasip1 (release)\n  \
          schema [--check]      write each filter's configuration JSON Schema to schemas/ (--check: only compare)\n  \
          fuzz [--seconds N] [--target NAME]\n                        \
