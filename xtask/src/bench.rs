@@ -283,7 +283,9 @@ fn with_baseline(subjects: Vec<Subject>, dir: &std::path::Path) -> Result<Vec<Su
         out.extend(twin);
     }
     if !out.iter().any(|s| s.name.ends_with("(baseline)")) {
-        return Err(format!("--baseline {dir}: no configuration loads a module to compare"));
+        return Err(format!(
+            "--baseline {dir}: no configuration loads a module to compare"
+        ));
     }
     Ok(out)
 }

@@ -58,6 +58,8 @@ pub struct BreakerHttp<H: Host = WasmHost> {
     hint_ms: u64,
     /// Whether the slow-call signal needs this request's latency.
     track_latency: bool,
+    /// The request is surely not gRPC (known at no cost): its response's `grpc-status` is not read.
+    plain_http: bool,
 }
 
 impl BreakerHttp {
@@ -81,6 +83,7 @@ impl<H: Host + Clone> BreakerHttp<H> {
             grpc_status: None,
             hint_ms: 0,
             track_latency: false,
+            plain_http: false,
         }
     }
 
@@ -95,6 +98,7 @@ impl<H: Host + Clone> BreakerHttp<H> {
         let base = selected.key(&mut req, &config.global.generic_route_names, || {
             props::cluster_name_on(&self.host)
         });
+        self.plain_http = request::known_plain_http_on(&self.host);
         let header_value = config
             .global
             .key_header
@@ -250,8 +254,10 @@ impl<H: Host + Clone> BreakerHttp<H> {
             self.first_byte_ms = clock::now_ms_on(host);
         }
         self.status = request::response_status_on(host).unwrap_or(0);
-        if let Some(g) = header("grpc-status").and_then(|v| parse_grpc_status(&v)) {
-            self.grpc_status = Some(g);
+        if !self.plain_http {
+            if let Some(g) = header("grpc-status").and_then(|v| parse_grpc_status(&v)) {
+                self.grpc_status = Some(g);
+            }
         }
         if self.status >= 400 || self.grpc_status.is_some_and(|g| g != 0) {
             let retry_after = header("retry-after")

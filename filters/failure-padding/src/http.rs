@@ -52,6 +52,8 @@ pub struct PaddingHttp<H: Host = WasmHost> {
     grpc_status: Option<u32>,
     /// The caller's deadline read from the request (its headers are gone by the response).
     deadline_ms: Option<u64>,
+    /// The request is surely not gRPC (known at no cost): its response's `grpc-status` is not read.
+    plain_http: bool,
 }
 
 impl PaddingHttp {
@@ -77,6 +79,7 @@ impl<H: Host> PaddingHttp<H> {
             status: 0,
             grpc_status: None,
             deadline_ms: None,
+            plain_http: false,
         }
     }
 
@@ -100,6 +103,7 @@ impl<H: Host> PaddingHttp<H> {
             self.deadline_ms = Self::deadline_ms(&self.host, settings);
         }
         self.start_ms = clock::now_ms_on(&self.host);
+        self.plain_http = request::known_plain_http_on(&self.host);
         self.active = true;
     }
 
@@ -308,9 +312,11 @@ impl<H: Host> HttpContext for PaddingHttp<H> {
         let now = clock::now_ms_on(&self.host);
         self.first_byte_ms = now.max(1);
         self.status = request::response_status_on(&self.host).unwrap_or(0);
-        self.grpc_status =
-            request::map_value_on(&self.host, MapType::HttpResponseHeaders, "grpc-status")
-                .and_then(|v| parse_grpc_status(&v));
+        if !self.plain_http {
+            self.grpc_status =
+                request::map_value_on(&self.host, MapType::HttpResponseHeaders, "grpc-status")
+                    .and_then(|v| parse_grpc_status(&v));
+        }
         let Some(worker) = self.worker.as_ref().map(Rc::clone) else {
             return Action::Continue;
         };

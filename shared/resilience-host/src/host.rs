@@ -10,7 +10,8 @@
 //!
 //! How: the methods mirror the proxy-wasm 0.2.1 imports one for one, statuses included (a
 //! conditional shared-data write that loses returns `Err(HostStatus::CAS_MISMATCH)` here exactly as
-//! the import does), so the typed layers above ([`crate::shared`], [`crate::props`],
+//! the import does; one provided method, `known_header_map_value`, answers only from what a host
+//! already holds), so the typed layers above ([`crate::shared`], [`crate::props`],
 //! [`crate::request`], [`crate::metrics`], [`crate::reply`], ...) are exercised by the fake too.
 //! Code takes a generic `H: Host` (or `&impl Host`), never `dyn Host`: [`WasmHost`] is zero-sized,
 //! so after monomorphisation a call costs what calling [`crate::abi`] directly costs.
@@ -48,6 +49,14 @@ pub trait Host {
     /// The whole header map `map` in the proxy-wasm pairs format (see
     /// [`crate::stream::parse_header_map`]).
     fn get_header_map_pairs(&self, map: MapType) -> Result<Option<Vec<u8>>, HostStatus>;
+
+    /// What this host holds of header `name` of `map` without a call: `Some(value)` when it
+    /// knows (`Some(None)`: known absent), `None` when only a call would tell. Not an import: the
+    /// real host knows nothing; the pack's stage host knows what an earlier stage read, so a
+    /// stage can skip a read that a free fact makes pointless.
+    fn known_header_map_value(&self, _map: MapType, _name: &str) -> Option<Option<Vec<u8>>> {
+        None
+    }
 
     /// Sets header `name` of `map` to `value`, replacing every value it had.
     fn replace_header_map_value(
@@ -145,6 +154,10 @@ impl<H: Host + ?Sized> Host for &H {
     #[inline]
     fn get_header_map_pairs(&self, map: MapType) -> Result<Option<Vec<u8>>, HostStatus> {
         (**self).get_header_map_pairs(map)
+    }
+    #[inline]
+    fn known_header_map_value(&self, map: MapType, name: &str) -> Option<Option<Vec<u8>>> {
+        (**self).known_header_map_value(map, name)
     }
     #[inline]
     fn replace_header_map_value(

@@ -38,6 +38,20 @@ pub fn response_status_on<H: Host>(host: &H) -> Option<u16> {
     Some(v.iter().fold(0u16, |n, b| n * 10 + u16::from(b - b'0')))
 }
 
+/// Whether the request is surely not gRPC, known without a host call: its `content-type` is
+/// already held (in the pack, once the validator read the request's headers) and is not a gRPC
+/// type. Read on the request's headers; `false` when only a call would tell. Why: a stage that
+/// knows the request is plain HTTP can skip reading `grpc-status` on the response, which no
+/// plain HTTP answer carries, and that read is a host call per request.
+pub fn known_plain_http_on<H: Host>(host: &H) -> bool {
+    host.known_header_map_value(MapType::HttpRequestHeaders, "content-type")
+        .is_some_and(|ct| {
+            ct.as_deref()
+                .and_then(resilience_core::grpc::wire)
+                .is_none()
+        })
+}
+
 /// Set (or replace) header `name` of `map` on `host`. False if the host refused (e.g. the map is
 /// not available in this phase).
 pub fn set_header_on<H: Host>(host: &H, map: MapType, name: &str, value: &str) -> bool {

@@ -286,29 +286,8 @@ impl<H: Host> Host for StageHost<H> {
         map: MapType,
         name: &str,
     ) -> Result<Option<Vec<u8>>, HostStatus> {
-        if let Some((_, _, v)) = self
-            .stages
-            .facts
-            .borrow()
-            .headers
-            .iter()
-            .find(|(m, n, _)| *m == map && **n == *name)
-        {
-            return Ok(v.clone());
-        }
-        if let Some((_, pairs)) = self
-            .stages
-            .facts
-            .borrow()
-            .maps
-            .iter()
-            .find(|(m, _)| *m == map)
-        {
-            // As the host answers: the first value of the name, compared without case.
-            return Ok(pairs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| v.clone()));
+        if let Some(known) = self.known_header_map_value(map, name) {
+            return Ok(known);
         }
         let value = self.inner.get_header_map_value(map, name)?;
         self.stages
@@ -317,6 +296,29 @@ impl<H: Host> Host for StageHost<H> {
             .headers
             .push((map, name.into(), value.clone()));
         Ok(value)
+    }
+
+    /// What a stage read in this callback: the header itself, or the whole map.
+    fn known_header_map_value(&self, map: MapType, name: &str) -> Option<Option<Vec<u8>>> {
+        if let Some((_, _, v)) = self
+            .stages
+            .facts
+            .borrow()
+            .headers
+            .iter()
+            .find(|(m, n, _)| *m == map && **n == *name)
+        {
+            return Some(v.clone());
+        }
+        let facts = self.stages.facts.borrow();
+        let (_, pairs) = facts.maps.iter().find(|(m, _)| *m == map)?;
+        // As the host answers: the first value of the name, compared without case.
+        Some(
+            pairs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| v.clone()),
+        )
     }
 
     fn get_header_map_pairs(&self, map: MapType) -> Result<Option<Vec<u8>>, HostStatus> {
@@ -674,6 +676,15 @@ mod tests {
         assert_eq!(route, Ok(Some(b"orders".to_vec())));
         assert_eq!(b.current_time_ns(), a.current_time_ns());
         assert_eq!(host.calls() - before, 3, "no further host call");
+        // What a stage holds it can tell without a call; the host itself holds nothing.
+        let map = MapType::HttpRequestHeaders;
+        assert_eq!(
+            b.known_header_map_value(map, "x-k"),
+            Some(Some(b"1".to_vec()))
+        );
+        assert_eq!(b.known_header_map_value(map, "x-none"), Some(None));
+        assert_eq!(host.known_header_map_value(map, "x-k"), None);
+        assert_eq!(host.calls() - before, 3);
         // A write is learned: the next read sees it and costs nothing; a new callback drops
         // everything.
         assert!(b
