@@ -34,6 +34,9 @@ pub struct LoadSpec {
     /// thread the order is exact). Each sample records which one it was (`Sample::mix_index`).
     pub mix: Arc<[MixRequest]>,
     pub mix_offset: usize,
+    /// Paced threads start spread evenly over one interval instead of all at once, so that their
+    /// requests arrive evenly rather than in bursts of `threads` (see [`LoadSpec::staggered`]).
+    pub staggered: bool,
 }
 
 /// One request of a mix (see `LoadSpec::mix`).
@@ -65,7 +68,17 @@ impl LoadSpec {
             timeout: Duration::from_secs(10),
             mix: Arc::from(Vec::new()),
             mix_offset: 0,
+            staggered: false,
         }
+    }
+
+    /// Spreads the paced threads' starts evenly over one interval. Why: threads that start
+    /// together stay in step, and a burst of `threads` requests at once turns every microsecond
+    /// a proxy spends per request into queueing for the requests behind it, which callers that
+    /// are not in step (most real ones) never see.
+    pub fn staggered(mut self) -> Self {
+        self.staggered = true;
+        self
     }
 
     /// Sends the requests of `mix` (in order, cycling, from `offset`) instead of `GET path`.
@@ -100,7 +113,8 @@ pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
     let next_in_mix = Arc::new(AtomicUsize::new(spec.mix_offset));
     let started = Instant::now();
     let mut handles = Vec::new();
-    for _ in 0..spec.threads.max(1) {
+    let threads = spec.threads.max(1);
+    for thread in 0..threads {
         let spec = spec.clone();
         let samples = Arc::clone(&samples);
         let stop = Arc::clone(&stop);
@@ -112,6 +126,9 @@ pub fn run(spec: &LoadSpec, mut tick: impl FnMut(Duration)) -> Vec<Sample> {
                 Duration::ZERO
             };
             let mut next = Instant::now();
+            if spec.staggered {
+                next += interval.mul_f64(thread as f64 / threads as f64);
+            }
             let mut local = Vec::new();
             while !stop.load(Ordering::Relaxed) && started.elapsed() < spec.duration {
                 let now = Instant::now();
