@@ -710,6 +710,17 @@ mod tests {
         }
     }
 
+    /// A publication that only counts `n` requests.
+    fn requests(n: u32) -> Publication {
+        Publication {
+            delta: Delta {
+                requests: n,
+                ..Delta::default()
+            },
+            ..Publication::default()
+        }
+    }
+
     /// Publishes `local` into `shared` at `now`, as the host's CAS would.
     fn publish(
         local: &mut LocalBudget,
@@ -1152,14 +1163,7 @@ mod tests {
         let mut p = policy(20.0, 0.0);
         let mut shared = SharedBudget::new(&p);
         for i in 0..10u64 {
-            let publication = Publication {
-                delta: Delta {
-                    requests: 100,
-                    ..Delta::default()
-                },
-                ..Publication::default()
-            };
-            shared.apply(&publication, i * 1_000, &p);
+            shared.apply(&requests(100), i * 1_000, &p);
         }
         assert_eq!(shared.available(9_500, &p), 200);
         p.burst_cap_percent = Some(120.0);
@@ -1192,26 +1196,12 @@ mod tests {
         let mut p = policy(20.0, 1.0);
         p.burst_cap_percent = Some(110.0);
         let mut shared = SharedBudget::new(&p);
-        let publication = Publication {
-            delta: Delta {
-                requests: 475,
-                ..Delta::default()
-            },
-            ..Publication::default()
-        };
-        shared.apply(&publication, 0, &p);
+        shared.apply(&requests(475), 0, &p);
         assert_eq!(shared.available(500, &p), 11);
         let mut tiny = policy(1.0, 0.0);
         tiny.burst_cap_percent = Some(100.0);
         let mut small = SharedBudget::new(&tiny);
-        let few = Publication {
-            delta: Delta {
-                requests: 100,
-                ..Delta::default()
-            },
-            ..Publication::default()
-        };
-        small.apply(&few, 0, &tiny);
+        small.apply(&requests(100), 0, &tiny);
         assert_eq!(small.available(500, &tiny), 1);
     }
 }
