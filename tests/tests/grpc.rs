@@ -256,6 +256,40 @@ fn an_open_breaker_tells_grpc_clients_when_to_come_back_and_their_retry_policy_w
 }
 
 #[test]
+fn in_the_pack_behind_the_validator_grpc_failures_still_open_the_breaker() {
+    // The validator reads every request header first, so the breaker knows which calls are gRPC
+    // and skips `grpc-status` only for plain HTTP ones: a gRPC UNAVAILABLE still counts.
+    let rig = rig(&filter(
+        "resilience-pack",
+        r#"{"request_validator": {"allowed_methods": ["GET", "POST"]},
+            "circuit_breaker": {"sync_interval": "50ms", "open_jitter_percent": 0,
+                "minimum_requests": 4, "failure_rate_threshold": 50, "open_duration": "10s"}}"#,
+    ));
+    let failing = Call::unary(UNARY)
+        .with_metadata("x-respond-code", "14")
+        .without_retry();
+    let mut calls = vec![failing; 4];
+    calls.push(
+        Call::unary(UNARY)
+            .without_retry()
+            .after(Duration::from_millis(300)),
+    );
+    let (out, _) = rig.calls(None, &calls);
+    assert!(
+        out[..4].iter().all(|o| o.details == "server says 14"),
+        "{out:#?}"
+    );
+    assert_refusal(
+        &out[4],
+        "UNAVAILABLE",
+        "CIRCUIT_OPEN",
+        "circuit_breaker",
+        ("x-resilience-circuit-breaker", "open; reason=failure_rate"),
+    );
+    assert_eq!(rig.server.call_count(), 4);
+}
+
+#[test]
 fn an_open_breakers_custom_rejection_is_for_http_clients_and_grpc_clients_still_get_grpc() {
     let rig = rig(&filter(
         "circuit-breaker",
