@@ -20,7 +20,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -92,59 +91,19 @@ fn make_executable(path: &Path) -> Result<(), String> {
     std::fs::set_permissions(path, perms).map_err(|e| format!("chmod {}: {e}", path.display()))
 }
 
-fn unique_suffix() -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn install() -> Result<PathBuf, String> {
     let dest = install_dir();
     let bin = binary_in(&dest);
-    if bin.is_file() {
-        if !is_executable(&bin) {
-            make_executable(&bin)?;
-        }
-        return Ok(bin);
+    if bin.is_file() && !is_executable(&bin) {
+        make_executable(&bin)?;
     }
-    let tools = paths::tools_dir();
-    std::fs::create_dir_all(&tools).map_err(|e| format!("creating {}: {e}", tools.display()))?;
-    if dest.exists() {
-        // A broken install (no binary): move it out of the way, then install afresh.
-        let trash = tools.join(format!(".trash-envoy-{}", unique_suffix()));
-        if std::fs::rename(&dest, &trash).is_ok() {
-            let _ = std::fs::remove_dir_all(&trash);
-        }
-    }
-    let staging = tools.join(format!(
-        ".envoy-{ENVOY_VERSION}.partial-{}",
-        unique_suffix()
-    ));
-    let result = install_into(&staging).and_then(|()| match std::fs::rename(&staging, &dest) {
-        Ok(()) => Ok(()),
-        // Another process won the race: use its install.
-        Err(_) if is_executable(&bin) => Ok(()),
-        Err(e) => Err(format!(
-            "moving {} to {}: {e}",
-            staging.display(),
-            dest.display()
-        )),
-    });
-    if staging.exists() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result?;
-    if is_executable(&bin) {
-        Ok(bin)
-    } else {
-        Err(format!("{} missing after install", bin.display()))
-    }
+    paths::install_tool(
+        &format!("envoy-{ENVOY_VERSION}"),
+        &dest,
+        |d| is_executable(&binary_in(d)),
+        install_into,
+    )?;
+    Ok(bin)
 }
 
 fn install_into(staging: &Path) -> Result<(), String> {

@@ -2,16 +2,15 @@
 //!
 //! Why: Envoy calls a proxy-wasm callback only when the module exports it, and the Rust SDK
 //! exports all of them (see `resilience_host::callbacks`). Two uses:
-//! - [`trim`]: every build of the pack's modules takes out the exports the module itself names
-//!   in its `resilience.unused_callbacks` section, then the code only they reached.
+//! - [`trimmed`]: every build of the pack's modules takes out the exports the module itself names
+//!   in its `resilience.unused_callbacks` section, then the code only they reached
+//!   (`crate::wasm::finish`).
 //! - [`without`]: the bench takes exports away from a module to measure what each callback
 //!   costs Envoy per request.
 //!
 //! How: walrus (the module rewriter wasm-bindgen uses) parses the module, deletes the exports,
 //! garbage-collects what nothing reaches any more, and writes it again (with minimal LEB128
 //! encodings, which alone saves a few percent over the linker's padded ones).
-
-use std::path::Path;
 
 /// The custom section a module names its unused callbacks in (`resilience_host::callbacks`).
 pub const SECTION: &str = "resilience.unused_callbacks";
@@ -74,65 +73,12 @@ pub fn trimmed(module: &[u8]) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(m.emit_wasm()))
 }
 
-/// [`trimmed`] in place: rewrites the file when it has the section; returns whether it did.
-///
-/// Cargo puts the untrimmed module back on every build, fresh or not (it re-links the file from
-/// its `deps/`), and every test process builds; so the trimmed bytes are kept beside it, under
-/// `trimmed/<name>-<hash of the untrimmed bytes>.wasm`, and the same module is trimmed once.
-/// The new file replaces the old in one rename, so a concurrent reader sees one or the other.
-pub fn trim(path: &Path) -> Result<bool, String> {
-    use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !has_section(&bytes) {
-        return Ok(false);
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    let stem = path
-        .file_stem()
-        .map_or("module".into(), |s| s.to_string_lossy());
-    let dir = path.with_file_name("trimmed");
-    let cached = dir.join(format!("{stem}-{:016x}.wasm", h.finish()));
-    let slim = match std::fs::read(&cached) {
-        Ok(slim) => slim,
-        Err(_) => {
-            let slim = trimmed(&bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-                .unwrap_or(bytes);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            // One kept per module: the one of an older build goes.
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if name
-                        .strip_prefix(&*stem)
-                        .is_some_and(|r| r.starts_with('-'))
-                    {
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
-            replace(&cached, &slim)?;
-            slim
-        }
-    };
-    replace(path, &slim)?;
-    Ok(true)
-}
-
 /// Whether the module has the [`SECTION`]: a byte search (the name is in the section's
 /// header), cheap enough to run on every build.
-fn has_section(module: &[u8]) -> bool {
+pub fn has_section(module: &[u8]) -> bool {
     module
         .windows(SECTION.len())
         .any(|w| w == SECTION.as_bytes())
-}
-
-/// Writes `bytes` to `path` through a temporary file and one rename.
-fn replace(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

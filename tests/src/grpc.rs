@@ -66,9 +66,7 @@ pub fn ensure_installed() -> Result<PathBuf, String> {
     }
     crate::prereq::ensure_python_pip_for(WHY_PYTHON)?;
     let dest = install_dir();
-    if !is_complete(&dest) {
-        install(&dest)?;
-    }
+    install(&dest)?;
     *installed = Some(dest.clone());
     Ok(dest)
 }
@@ -81,45 +79,13 @@ fn is_complete(dir: &Path) -> bool {
 }
 
 fn install(dest: &Path) -> Result<(), String> {
-    let tools = paths::tools_dir();
-    std::fs::create_dir_all(&tools).map_err(|e| format!("creating {}: {e}", tools.display()))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let staging = tools.join(format!(
-        ".grpcio-{GRPCIO_VERSION}.partial-{}-{nanos}",
-        std::process::id()
-    ));
-    let result = if let Err(e) = crate::prereq::pip_install_target(&staging, PACKAGES) {
-        Err(e)
-    } else if !is_complete(&staging) {
-        Err(format!(
-            "pip installed {} into {} but grpc, grpc_status or google.rpc is missing",
-            PACKAGES.join(" "),
-            staging.display()
-        ))
-    } else {
-        if dest.exists() && !is_complete(dest) {
-            // A broken install: move it out of the way first.
-            let trash = tools.join(format!(".trash-grpcio-{}-{nanos}", std::process::id()));
-            if std::fs::rename(dest, &trash).is_ok() {
-                let _ = std::fs::remove_dir_all(&trash);
-            }
-        }
-        match std::fs::rename(&staging, dest) {
-            Ok(()) => Ok(()),
-            Err(_) if is_complete(dest) => Ok(()),
-            Err(e) => Err(format!(
-                "moving {} to {}: {e}",
-                staging.display(),
-                dest.display()
-            )),
-        }
-    };
-    if staging.exists() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
+    paths::install_tool(
+        &format!("grpcio-{GRPCIO_VERSION}"),
+        dest,
+        is_complete,
+        |staging| crate::prereq::pip_install_target(staging, PACKAGES),
+    )
+    .map_err(|e| format!("{e} (pip install {})", PACKAGES.join(" ")))
 }
 
 /// `python3 tests/grpc/<script>` with the packages on `PYTHONPATH`.

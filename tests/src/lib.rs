@@ -10,6 +10,7 @@
 //! - [`envoy`]: installing the pinned Envoy release and running it as a supervised child.
 //! - [`config`]: static bootstraps with the filters under test in front of the router.
 //! - [`wasm`]: building the filter crates into the `.wasm` modules Envoy loads.
+//! - [`binaryen`]: the modules' last optimization pass (`wasm-opt`, pinned, from npm).
 //! - [`upstream`]: scriptable HTTP/1.1 backends (statuses, latency, hangs, resets, outages).
 //! - [`client`]: a blocking HTTP/1.1 client with timing, and a parallel driver.
 //! - [`grpc`]: a real gRPC server and client (grpcio, pinned, installed from PyPI), over HTTP/2.
@@ -24,6 +25,7 @@
 #![cfg(not(target_family = "wasm"))]
 
 pub mod bench;
+pub mod binaryen;
 pub mod client;
 pub mod config;
 pub mod envoy;

@@ -177,8 +177,22 @@ pub fn ensure_node() -> Result<(), String> {
         Ok(())
     } else {
         Err(
-            "node is not on PATH; the core's in-wasm tests run under Node.js: install it \
+            "node is not on PATH; the modules' last optimization pass (binaryen) and the core's in-wasm tests run under Node.js: install it \
              (Debian: apt-get install nodejs)"
+                .to_owned(),
+        )
+    }
+}
+
+/// npm, which installs the pinned binaryen (the modules' last optimization pass, [`crate::binaryen`]).
+pub fn ensure_npm() -> Result<(), String> {
+    ensure_node()?;
+    if runs("npm", &["--version"]) {
+        Ok(())
+    } else {
+        Err(
+            "npm is not on PATH; the pinned binaryen (wasm-opt) is installed from the npm \
+             registry: install it (Debian: apt-get install npm)"
                 .to_owned(),
         )
     }

@@ -67,16 +67,83 @@ pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Makes each built module of `crates` what ships: the callbacks it names as unused taken out
-/// of its exports ([`crate::exports::trim`]; a module without that section is left alone).
+/// Makes each built module of `crates` what ships ([`finish`]).
 pub fn trim_built(crates: &[&str]) -> Result<(), String> {
     for name in crates {
         let path = wasm_path(name);
         if path.is_file() {
-            crate::exports::trim(&path)?;
+            finish(&path)?;
         }
     }
     Ok(())
+}
+
+/// Turns the module cargo built at `path` into the module that ships, in place: the callbacks it
+/// names as unused taken out of its exports ([`crate::exports::trimmed`]), then binaryen's pass
+/// ([`crate::binaryen::optimize`]). A module without the exports section (a test's no-op
+/// filter, or one already finished) is left alone. Returns whether it rewrote the file.
+///
+/// Cargo puts the unfinished module back on every build, fresh or not (it re-links the file
+/// from its `deps/`), and every test process builds; so the finished bytes are kept beside it,
+/// under `trimmed/<name>-<hash>.wasm` (the hash covers the unfinished bytes and binaryen's
+/// version and arguments), and each module is finished once. Test processes that start
+/// together wait for the first one's work on a lock file instead of repeating it. The new file
+/// replaces the old in one rename, so a concurrent reader sees one or the other.
+pub fn finish(path: &std::path::Path) -> Result<bool, String> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !crate::exports::has_section(&bytes) {
+        return Ok(false);
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    crate::binaryen::BINARYEN_VERSION.hash(&mut h);
+    crate::binaryen::WASM_OPT_ARGS.hash(&mut h);
+    let stem = path
+        .file_stem()
+        .map_or("module".into(), |s| s.to_string_lossy());
+    let dir = path.with_file_name("trimmed");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cached = dir.join(format!("{stem}-{:016x}.wasm", h.finish()));
+    let lock_path = dir.join(format!("{stem}.lock"));
+    let lock = std::fs::File::create(&lock_path)
+        .and_then(|f| f.lock().map(|()| f))
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    let shipped = match std::fs::read(&cached) {
+        Ok(shipped) => shipped,
+        Err(_) => {
+            let trimmed = crate::exports::trimmed(&bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .unwrap_or(bytes);
+            let shipped = crate::binaryen::optimize(&trimmed)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            // One kept per module: the one of an older build goes.
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name
+                        .strip_prefix(&*stem)
+                        .and_then(|r| r.strip_prefix('-'))
+                        .is_some_and(|r| r.ends_with(".wasm"))
+                    {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            replace(&cached, &shipped)?;
+            shipped
+        }
+    };
+    drop(lock);
+    replace(path, &shipped)?;
+    Ok(true)
+}
+
+/// Writes `bytes` to `path` through a temporary file and one rename.
+fn replace(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Runs `cargo build --release --target wasm32-wasip1 -p <crate>...` in the workspace root,

@@ -9,7 +9,7 @@
 //! How: a module names what it does not need with [`unused_callbacks!`]; the names go into a
 //! custom section of the module ([`SECTION`]), and `cargo pack build` (and the harness's build)
 //! takes those exports out, drops the section and the code only they reached
-//! (`harness::exports::trim`). A name the module does not export fails the build.
+//! (`harness::wasm::finish`). A name the module does not export fails the build.
 //!
 //! What may be named: a callback whose default the host's "not exported" equals. Body and
 //! trailer callbacks whose filter answers "continue" there; never one a filter implements, or
