@@ -88,16 +88,7 @@ fn npm_install(staging: &Path) -> Result<(), String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running npm: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "npm install {spec} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    crate::prereq::installed(&output, &format!("npm install {spec}"))
 }
 
 /// `module` after `wasm-opt` with [`WASM_OPT_ARGS`].

@@ -158,12 +158,16 @@ pub fn pip_install_target(dir: &Path, specs: &[&str]) -> Result<(), String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running python3 -m pip (is Python 3 with pip installed?): {e}"))?;
+    installed(&output, &format!("pip install {}", specs.join(" ")))
+}
+
+/// Ok when an installer's run succeeded; else Err naming `what` with its status and output.
+pub fn installed(output: &std::process::Output, what: &str) -> Result<(), String> {
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "pip install {} failed ({}):\n{}{}",
-            specs.join(" "),
+            "{what} failed ({}):\n{}{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)

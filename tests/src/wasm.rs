@@ -68,7 +68,7 @@ pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
 }
 
 /// Makes each built module of `crates` what ships ([`finish`]).
-pub fn trim_built(crates: &[&str]) -> Result<(), String> {
+pub fn finish_built(crates: &[&str]) -> Result<(), String> {
     for name in crates {
         let path = wasm_path(name);
         if path.is_file() {
@@ -147,7 +147,7 @@ fn replace(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Runs `cargo build --release --target wasm32-wasip1 -p <crate>...` in the workspace root,
-/// then [`trim_built`].
+/// then [`finish_built`].
 pub fn build(crates: &[&str]) -> Result<(), String> {
     crate::prereq::ensure_rust_targets(&[WASM_TARGET])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -164,7 +164,7 @@ pub fn build(crates: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|e| format!("running {}: {e}", cargo.to_string_lossy()))?;
     if output.status.success() {
-        trim_built(crates)
+        finish_built(crates)
     } else {
         Err(format!(
             "cargo build --release --target {WASM_TARGET} -p {} failed ({}):\n{}",

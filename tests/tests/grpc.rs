@@ -115,6 +115,21 @@ fn assert_refusal(o: &Outcome, code: &str, reason: &str, filter: &str, decision:
     assert_eq!(o.trailer(decision.0), Some(decision.1), "{o:#?}");
 }
 
+/// Four calls the server fails with `UNAVAILABLE` (enough to trip a breaker with
+/// `minimum_requests` 4), then one plain call 300 ms later; none of them retried.
+fn four_unavailable_then_one_plain_call() -> Vec<Call> {
+    let failing = Call::unary(UNARY)
+        .with_metadata("x-respond-code", "14")
+        .without_retry();
+    let mut calls = vec![failing; 4];
+    calls.push(
+        Call::unary(UNARY)
+            .without_retry()
+            .after(Duration::from_millis(300)),
+    );
+    calls
+}
+
 #[test]
 fn a_deadline_the_validator_refuses_is_deadline_exceeded_and_the_client_does_not_retry_it() {
     let rig = rig(&filter(
@@ -185,15 +200,7 @@ fn an_open_breaker_tells_grpc_clients_when_to_come_back_and_their_retry_policy_w
     // failures trip it; a call without retries shows the refusal; the last call has the standard
     // policy (4 attempts, 10 ms backoff), which would spend every attempt on the open breaker in
     // 30 ms. Honouring the pushback, it waits, and its next attempt is the probe.
-    let failing = Call::unary(UNARY)
-        .with_metadata("x-respond-code", "14")
-        .without_retry();
-    let mut calls = vec![failing; 4];
-    calls.push(
-        Call::unary(UNARY)
-            .without_retry()
-            .after(Duration::from_millis(300)),
-    );
+    let mut calls = four_unavailable_then_one_plain_call();
     calls.push(Call::unary(UNARY).with_timeout(Duration::from_secs(8)));
     let before = rig.server.call_count();
     let (out, attempts) = rig.calls(Some(&RetryPolicy::standard()), &calls);
@@ -265,15 +272,7 @@ fn in_the_pack_behind_the_validator_grpc_failures_still_open_the_breaker() {
             "circuit_breaker": {"sync_interval": "50ms", "open_jitter_percent": 0,
                 "minimum_requests": 4, "failure_rate_threshold": 50, "open_duration": "10s"}}"#,
     ));
-    let failing = Call::unary(UNARY)
-        .with_metadata("x-respond-code", "14")
-        .without_retry();
-    let mut calls = vec![failing; 4];
-    calls.push(
-        Call::unary(UNARY)
-            .without_retry()
-            .after(Duration::from_millis(300)),
-    );
+    let calls = four_unavailable_then_one_plain_call();
     let (out, _) = rig.calls(None, &calls);
     assert!(
         out[..4].iter().all(|o| o.details == "server says 14"),

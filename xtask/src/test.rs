@@ -76,7 +76,7 @@ pub fn build_wasm() -> Result<PathBuf, String> {
     if !status.success() {
         return Err("the wasm build failed".to_owned());
     }
-    harness::wasm::trim_built(FILTERS)?;
+    harness::wasm::finish_built(FILTERS)?;
     Ok(workspace_root().join("target/wasm32-wasip1/release"))
 }
 
@@ -218,9 +218,9 @@ pub fn test(args: &[String]) -> Result<(), String> {
         &mut results,
     );
     if built {
-        if let Err(e) = harness::wasm::trim_built(FILTERS) {
-            eprintln!("trimming the modules' unused callbacks: {e}");
-            results.push(("trim unused callbacks".to_owned(), false, 0.0));
+        if let Err(e) = harness::wasm::finish_built(FILTERS) {
+            eprintln!("finishing the modules (unused callbacks out, wasm-opt): {e}");
+            results.push(("finish the modules".to_owned(), false, 0.0));
             built = false;
         }
     }
