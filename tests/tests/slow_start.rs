@@ -632,7 +632,18 @@ fn a_restarted_endpoint_ramps_from_the_floor_to_its_fair_share_along_the_curve_b
         ours[0].0,
         ours[0].0 / (1.0 / 3.0) * 100.0
     );
-    assert!(ours[9].0 > 0.25 && ours[10].0 > 0.25, "{ours:?}");
+    // At the end of the ramp it has its fair share. Judged on the last two seconds together: one
+    // bucket of ~150 responses has a standard deviation of 0.038 around 0.333, so a bound of 0.25
+    // per bucket failed about once in 30 healthy runs (CI, 2026-12-03: 0.229 of 122). Pooled,
+    // 0.25 is three standard deviations below; each bucket is still held to the curve above.
+    let (late_hits, late_n) = ours[9..]
+        .iter()
+        .fold((0.0, 0), |(h, n), (s, _, k)| (h + s * *k as f64, n + k));
+    let late = late_hits / late_n as f64;
+    assert!(
+        late > 0.25,
+        "the last two seconds together: share {late:.3} of {late_n} responses (fair 0.333)\n{ours:?}"
+    );
     let native_first = theirs.first().map_or(0.0, |x| x.0);
     println!(
         "figure: first second after restart: filter {:.3} vs native slow_start_config {:.3} of traffic to the restarted endpoint (fair 0.333)",
