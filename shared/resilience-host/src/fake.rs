@@ -59,6 +59,7 @@ struct Store {
     after_read: Vec<(String, Hook)>,
     contended: HashMap<String, u32>,
     shared_fault: Option<HostStatus>,
+    refuse_tokens_for_missing: bool,
     shared_reads: u64,
     shared_writes: u64,
     workers: u32,
@@ -74,6 +75,7 @@ impl Default for Store {
             after_read: Vec::new(),
             contended: HashMap::new(),
             shared_fault: None,
+            refuse_tokens_for_missing: false,
             shared_reads: 0,
             shared_writes: 0,
             workers: 0,
@@ -191,6 +193,12 @@ impl FakeStore {
             .insert(key.to_owned(), times);
     }
 
+    /// Makes writes that present a token for a missing key fail with `CasMismatch`, as a host
+    /// stricter than Envoy could (Envoy creates the key whatever the token).
+    pub fn refuse_tokens_for_missing_keys(&self, refuse: bool) {
+        self.inner.borrow_mut().refuse_tokens_for_missing = refuse;
+    }
+
     /// Makes every shared-data call answer `status` (`None` to heal).
     pub fn fail_shared_data(&self, status: Option<HostStatus>) {
         self.inner.borrow_mut().shared_fault = status;
@@ -268,10 +276,14 @@ impl FakeStore {
         if let Some(status) = s.shared_fault {
             return Err(status);
         }
-        if let Some((_, current)) = s.shared.get(key) {
-            if cas != 0 && cas != *current {
+        match s.shared.get(key) {
+            Some((_, current)) if cas != 0 && cas != *current => {
                 return Err(HostStatus::CAS_MISMATCH);
             }
+            None if cas != 0 && s.refuse_tokens_for_missing => {
+                return Err(HostStatus::CAS_MISMATCH);
+            }
+            _ => {}
         }
         s.put(key, value.to_vec());
         Ok(())
@@ -871,6 +883,42 @@ mod tests {
         .unwrap();
         assert_eq!((seen, runs.get()), (2, 2));
         assert_eq!(store.get("n").unwrap(), b"3");
+    }
+
+    #[test]
+    fn two_workers_that_create_a_key_at_once_both_land_their_update() {
+        let store = FakeStore::new();
+        let (one, two) = (store.worker(), store.worker());
+        // Worker two creates the key right after worker one read it as missing.
+        let racer = two.clone();
+        store.after_next_read("n", move || {
+            let r = cas_update_on(&racer, "n", 1, |cur| {
+                assert_eq!(cur, None);
+                Update::Write(b"1".to_vec(), ())
+            });
+            assert_eq!(r, Ok(()));
+        });
+        let runs = Cell::new(0);
+        cas_update_on(&one, "n", DEFAULT_CAS_ATTEMPTS, |cur| {
+            runs.set(runs.get() + 1);
+            let n: u8 = cur.map_or(0, |b| b[0] - b'0');
+            Update::Write(vec![b'0' + n + 1], ())
+        })
+        .unwrap();
+        assert_eq!(runs.get(), 2, "worker one's create lost and started again");
+        assert_eq!(store.get("n").unwrap(), b"2");
+    }
+
+    #[test]
+    fn on_a_host_that_refuses_tokens_for_missing_keys_a_create_still_lands() {
+        let host = FakeHost::new();
+        host.store().refuse_tokens_for_missing_keys(true);
+        let r = cas_update_on(&host, "k", DEFAULT_CAS_ATTEMPTS, |_| {
+            Update::Write(b"v".to_vec(), ())
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(host.store().get("k").unwrap(), b"v");
+        assert_eq!(host.store().shared_calls(), (2, 2));
     }
 
     #[test]

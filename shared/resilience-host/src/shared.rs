@@ -74,7 +74,7 @@ pub fn get(key: &str) -> Result<Versioned, SharedError> {
     get_on(&WasmHost, key)
 }
 
-/// Read `key`. A missing key is `value: None` with `cas: 0` (a write with cas 0 creates it). An
+/// Read `key`. A missing key is `value: None` with `cas: 0` (no real token is 0). An
 /// empty value is `None` too, with its token (Envoy hands it back as no bytes at all).
 pub fn get_on<H: Host>(host: &H, key: &str) -> Result<Versioned, SharedError> {
     match host.get_shared_data(key) {
@@ -136,24 +136,51 @@ pub fn cas_update<T>(
     cas_update_on(&WasmHost, key, attempts, f)
 }
 
+/// The token a write presents for a key its read found missing.
+///
+/// Envoy creates a missing key whatever token the write presents, but checks the token against a
+/// key that exists, and 0 skips the check. So a create with 0 overwrites a key that another worker
+/// created since the read: two workers that both saw the key missing would both "win", and one
+/// update would be lost (the padding cap let one hold too many through exactly this). A create
+/// with a non-zero token fails on the racer's key instead, and the loop starts again from it.
+/// Tokens count up from 1 across the whole store, so the racer's token equals this one only if
+/// its write was the store's 4,294,967,295th.
+const CREATE: u32 = u32::MAX;
+
 /// Read-modify-write `key` under CAS, retrying at most `attempts` times.
 ///
 /// `f` sees the current bytes (or `None`) and may run several times; it must be a pure function
-/// of what it sees.
+/// of what it sees. A key the read found missing is created only if it is still missing when
+/// the write lands ([`CREATE`]). A host that refuses that token for a missing key gets the
+/// unconditional create instead.
 pub fn cas_update_on<H: Host, T>(
     host: &H,
     key: &str,
     attempts: u32,
     mut f: impl FnMut(Option<&[u8]>) -> Update<T>,
 ) -> Result<T, SharedError> {
+    let mut create = CREATE;
+    let mut refused_create = false;
     for _ in 0..attempts.max(1) {
         let current = get_on(host, key)?;
+        if current.cas == 0 && refused_create {
+            // Still missing after the host refused our create: it does not take tokens for
+            // missing keys, so create the way it does.
+            create = 0;
+        }
         match f(current.value.as_deref()) {
             Update::Keep(t) => return Ok(t),
-            Update::Write(bytes, t) => match set_on(host, key, &bytes, current.cas)? {
-                Written::Ok => return Ok(t),
-                Written::CasMismatch => continue,
-            },
+            Update::Write(bytes, t) => {
+                let cas = if current.cas == 0 {
+                    create
+                } else {
+                    current.cas
+                };
+                match set_on(host, key, &bytes, cas)? {
+                    Written::Ok => return Ok(t),
+                    Written::CasMismatch => refused_create = current.cas == 0,
+                }
+            }
         }
     }
     Err(SharedError::Contended)
