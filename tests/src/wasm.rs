@@ -23,6 +23,16 @@ pub const WASM_TARGET: &str = "wasm32-wasip1";
 /// Set to `1` to skip building and only check the module exists.
 pub const SKIP_BUILD_ENV: &str = "RESILIENCE_SKIP_WASM_BUILD";
 
+/// The module crates whose `.wasm` files Envoy loads: each filter alone, and the pack.
+pub const MODULES: &[&str] = &[
+    "circuit-breaker",
+    "retry-budget",
+    "failure-padding",
+    "request-validator",
+    "slow-start",
+    "resilience-pack",
+];
+
 static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -39,7 +49,9 @@ pub fn wasm_path(crate_name: &str) -> PathBuf {
 }
 
 /// Builds `crate_name` (a workspace package, e.g. `circuit-breaker`) for `wasm32-wasip1` in
-/// release mode, once per process, and returns the module's path. Err carries cargo's output.
+/// release mode, once per process, and returns the path of the finished module ([`finish`]): a
+/// file no later build rewrites, so an Envoy a test starts reads whole bytes even while another
+/// test process builds. Err carries cargo's output.
 pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
     // Held across the build: concurrent tests wait for one build instead of racing.
     let mut built = lock(&BUILT);
@@ -47,24 +59,44 @@ pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
         return Ok(path.clone());
     }
     let path = wasm_path(crate_name);
-    if std::env::var(SKIP_BUILD_ENV).is_ok_and(|v| v == "1") {
+    let finished = if std::env::var(SKIP_BUILD_ENV).is_ok_and(|v| v == "1") {
         if !path.is_file() {
             return Err(format!(
                 "{SKIP_BUILD_ENV}=1 but {} does not exist",
                 path.display()
             ));
         }
+        path
     } else {
-        build(&[crate_name])?;
+        let _builds = BuildLock::take()?;
+        run_cargo_build(&[crate_name])?;
         if !path.is_file() {
             return Err(format!(
                 "cargo built {crate_name} but {} does not exist (is it a cdylib?)",
                 path.display()
             ));
         }
+        finish(&path)?
+    };
+    built.insert(crate_name.to_string(), finished.clone());
+    Ok(finished)
+}
+
+/// Every test process builds, and cargo re-links each module into place on every build, fresh
+/// or not (it removes the file, then links it from `deps/`). A process that looked at a module
+/// in that moment found none, and one that read it just after found the unfinished module. So
+/// the build and the finishing run under one lock file for all processes.
+struct BuildLock(#[allow(dead_code)] std::fs::File);
+
+impl BuildLock {
+    fn take() -> Result<Self, String> {
+        let dir = paths::target_dir().join(WASM_TARGET);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("harness-build.lock");
+        std::fs::File::create(&path)
+            .and_then(|f| f.lock().map(|()| BuildLock(f)))
+            .map_err(|e| format!("locking {}: {e}", path.display()))
     }
-    built.insert(crate_name.to_string(), path.clone());
-    Ok(path)
 }
 
 /// Makes each built module of `crates` what ships ([`finish`]).
@@ -81,7 +113,12 @@ pub fn finish_built(crates: &[&str]) -> Result<(), String> {
 /// Turns the module cargo built at `path` into the module that ships, in place: the callbacks it
 /// names as unused taken out of its exports ([`crate::exports::trimmed`]), then binaryen's pass
 /// ([`crate::binaryen::optimize`]). A module without the exports section (a test's no-op
-/// filter, or one already finished) is left alone. Returns whether it rewrote the file.
+/// filter, or one already finished) is left alone.
+///
+/// Returns the path of the module's copy under `finished/<name>.wasm` beside `path`: cargo never
+/// writes there, and the copy is replaced (in one rename) only when its bytes change, so an Envoy
+/// a test starts reads whole, finished bytes even while another test process builds. The
+/// directory holds every finished module under its usual name.
 ///
 /// Cargo puts the unfinished module back on every build, fresh or not (it re-links the file
 /// from its `deps/`), and every test process builds; so the finished bytes are kept beside it,
@@ -89,11 +126,11 @@ pub fn finish_built(crates: &[&str]) -> Result<(), String> {
 /// version and arguments), and each module is finished once. Test processes that start
 /// together wait for the first one's work on a lock file instead of repeating it. The new file
 /// replaces the old in one rename, so a concurrent reader sees one or the other.
-pub fn finish(path: &std::path::Path) -> Result<bool, String> {
+pub fn finish(path: &std::path::Path) -> Result<PathBuf, String> {
     use std::hash::{Hash, Hasher};
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !crate::exports::has_section(&bytes) {
-        return Ok(false);
+        return publish(path, &bytes);
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
@@ -136,7 +173,18 @@ pub fn finish(path: &std::path::Path) -> Result<bool, String> {
     };
     drop(lock);
     replace(path, &shipped)?;
-    Ok(true)
+    publish(path, &shipped)
+}
+
+/// Puts `bytes` at `finished/<file name of path>` unless they are already there; returns that path.
+fn publish(path: &std::path::Path, bytes: &[u8]) -> Result<PathBuf, String> {
+    let dir = path.with_file_name("finished");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out = dir.join(path.file_name().unwrap_or_default());
+    if std::fs::read(&out).ok().as_deref() != Some(bytes) {
+        replace(&out, bytes)?;
+    }
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` through a temporary file and one rename.
@@ -147,8 +195,14 @@ fn replace(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Runs `cargo build --release --target wasm32-wasip1 -p <crate>...` in the workspace root,
-/// then [`finish_built`].
+/// then [`finish_built`], under the [`BuildLock`].
 pub fn build(crates: &[&str]) -> Result<(), String> {
+    let _builds = BuildLock::take()?;
+    run_cargo_build(crates)?;
+    finish_built(crates)
+}
+
+fn run_cargo_build(crates: &[&str]) -> Result<(), String> {
     crate::prereq::ensure_rust_targets(&[WASM_TARGET])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
@@ -164,7 +218,7 @@ pub fn build(crates: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|e| format!("running {}: {e}", cargo.to_string_lossy()))?;
     if output.status.success() {
-        finish_built(crates)
+        Ok(())
     } else {
         Err(format!(
             "cargo build --release --target {WASM_TARGET} -p {} failed ({}):\n{}",

@@ -31,14 +31,7 @@ const WASM_CRATES: &[&str] = &[
     "resilience-pack",
 ];
 /// The module crates whose `.wasm` files Envoy loads: each filter alone, and the pack.
-pub const FILTERS: &[&str] = &[
-    "circuit-breaker",
-    "retry-budget",
-    "failure-padding",
-    "request-validator",
-    "slow-start",
-    "resilience-pack",
-];
+pub const FILTERS: &[&str] = harness::wasm::MODULES;
 
 /// Seconds `cargo pack test` fuzzes each target for (the "fuzz every target" step).
 const CI_FUZZ_SECONDS: u32 = 3;
