@@ -16,12 +16,7 @@ pub fn read(name: &str) -> Result<String, String> {
         .join(name);
     let text =
         std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let wasm = crate::wasm::filter_wasm("circuit-breaker")?;
-    let dir = wasm
-        .parent()
-        .ok_or("the wasm module has no parent directory")?
-        .display()
-        .to_string();
+    let dir = crate::wasm::modules_dir()?.display().to_string();
     Ok(text.replace("target/wasm32-wasip1/release", &dir))
 }
 

@@ -82,6 +82,30 @@ pub fn filter_wasm(crate_name: &str) -> Result<PathBuf, String> {
     Ok(finished)
 }
 
+/// Builds every module of [`MODULES`] ([`filter_wasm`]) and returns the directory that holds
+/// them all, finished, under their usual names: for configs that name modules by file.
+pub fn modules_dir() -> Result<PathBuf, String> {
+    let mut dir = None;
+    for m in MODULES {
+        let path = filter_wasm(m)?;
+        let parent = path
+            .parent()
+            .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
+        match &dir {
+            None => dir = Some(parent.to_owned()),
+            Some(d) if d == parent => {}
+            Some(d) => {
+                return Err(format!(
+                    "{} is not in {} with the other modules",
+                    path.display(),
+                    d.display()
+                ))
+            }
+        }
+    }
+    dir.ok_or_else(|| "no modules".to_owned())
+}
+
 /// Every test process builds, and cargo re-links each module into place on every build, fresh
 /// or not (it removes the file, then links it from `deps/`). A process that looked at a module
 /// in that moment found none, and one that read it just after found the unfinished module. So

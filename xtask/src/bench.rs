@@ -270,7 +270,9 @@ fn export_subjects() -> Result<Vec<Subject>, String> {
 /// the same file name (a copy of `target/wasm32-wasip1/release` from before a change): on a
 /// machine whose speed drifts between runs, before and after are only comparable in one run.
 fn with_baseline(subjects: Vec<Subject>, dir: &std::path::Path) -> Result<Vec<Subject>, String> {
-    let built = workspace_root().join("target/wasm32-wasip1/release");
+    // The harness hands out the finished copies (`release/finished/`); a baseline directory
+    // holds its modules directly.
+    let built = workspace_root().join("target/wasm32-wasip1/release/finished");
     let (built, dir) = (built.display().to_string(), dir.display().to_string());
     let mut out = Vec::new();
     for s in subjects {
