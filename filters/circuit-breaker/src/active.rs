@@ -24,14 +24,16 @@ use resilience_host::callout;
 use resilience_host::host::Host;
 use resilience_host::shared::{cas_update_on, Update, DEFAULT_CAS_ATTEMPTS};
 
+use resilience_core::keyed::Handle;
+
 use crate::stats;
 use crate::worker::{decode, log_transition, route_settings, Worker};
 
-/// A probe out: its callout token, the breaker key and the generation it was sent for.
+/// A probe out: its callout token, the breaker and the generation it was sent for.
 #[derive(Debug, Clone)]
 pub struct InFlight {
     token: u32,
-    key: String,
+    entry: Handle,
     generation: u32,
 }
 
@@ -40,7 +42,7 @@ impl<H: Host + Clone> Worker<H> {
     /// (one per interval across all workers).
     pub(crate) fn send_active_probes(&mut self, now_ms: u64) {
         let config = std::rc::Rc::clone(&self.config);
-        for (key, entry) in self.entries.iter_mut() {
+        for (handle, entry) in self.entries.iter_mut() {
             let settings = route_settings(&config, entry.route_index);
             let Some(probe) = &settings.active_probe else {
                 continue;
@@ -48,7 +50,7 @@ impl<H: Host + Clone> Worker<H> {
             let view = entry.view;
             // Past its open time too: the breaker then waits for the probe (see
             // `View::admit_awaiting_probe`).
-            if view.state != State::Open || self.active.iter().any(|p| p.key == *key) {
+            if view.state != State::Open || self.active.iter().any(|p| p.entry == handle) {
                 continue;
             }
             let claim = cas_update_on(
@@ -86,7 +88,7 @@ impl<H: Host + Clone> Worker<H> {
                     entry.pending.active_probes_sent += 1;
                     self.active.push(InFlight {
                         token,
-                        key: key.clone(),
+                        entry: handle,
                         generation: view.generation,
                     });
                 }
@@ -113,7 +115,7 @@ impl<H: Host + Clone> Worker<H> {
         };
         let probe = self.active.swap_remove(at);
         let config = std::rc::Rc::clone(&self.config);
-        let Some(entry) = self.entries.get_mut(&probe.key) else {
+        let Some(entry) = self.entries.get_mut(probe.entry) else {
             return true;
         };
         let settings = route_settings(&config, entry.route_index);

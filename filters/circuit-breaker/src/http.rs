@@ -18,6 +18,7 @@ use proxy_wasm::types::{Action, MapType};
 use resilience_core::breaker::{Admission, ProbeGrant, ProbeOutcome, Rejection, State};
 use resilience_core::deadline::parse_millis;
 use resilience_core::grpc::{Code, Pushback, Refusal};
+use resilience_core::keyed::Handle;
 use resilience_core::outcome::{
     local_failure_from_flags, parse_grpc_status, Classifier, LocalFailure, ResponseFacts,
 };
@@ -50,7 +51,8 @@ pub struct BreakerHttp<H: Host = WasmHost> {
     host: H,
     worker: Option<Rc<RefCell<Worker<H>>>>,
     role: Role,
-    key: String,
+    /// This request's breaker in the worker's table.
+    entry: Option<Handle>,
     start_ms: u64,
     first_byte_ms: u64,
     status: u16,
@@ -76,7 +78,7 @@ impl<H: Host + Clone> BreakerHttp<H> {
             host,
             worker,
             role: Role::Unguarded,
-            key: String::new(),
+            entry: None,
             start_ms: 0,
             first_byte_ms: 0,
             status: 0,
@@ -104,8 +106,11 @@ impl<H: Host + Clone> BreakerHttp<H> {
             .key_header
             .as_deref()
             .map(|h| req.header(h).unwrap_or("-").to_owned());
-        self.key = Worker::<H>::key(&base, header_value.as_deref());
-        let Some(entry) = w.entry(&self.key, selected.index) else {
+        self.entry = w.entry(&base, header_value.as_deref(), selected.index);
+        let Some(handle) = self.entry else {
+            return Action::Continue;
+        };
+        let Some(entry) = w.entries.get_mut(handle) else {
             return Action::Continue;
         };
         entry.pending.requests += 1;
@@ -134,9 +139,9 @@ impl<H: Host + Clone> BreakerHttp<H> {
             );
         }
         if entry.hot_until_ms > now {
-            w.refresh_if_hot(&self.key, now);
+            w.refresh_if_hot(handle, now);
         }
-        let Some(entry) = w.entries.get_mut(&self.key) else {
+        let Some(entry) = w.entries.get_mut(handle) else {
             return Action::Continue;
         };
         // With a working active probe, an open breaker waits for it rather than sending users'
@@ -151,7 +156,7 @@ impl<H: Host + Clone> BreakerHttp<H> {
         let decision = match admission {
             Admission::Allow => ProbeGrant::Closed,
             Admission::Reject(r) => ProbeGrant::Rejected(r),
-            Admission::AskShared => w.acquire_probe(&self.key, now),
+            Admission::AskShared => w.acquire_probe(handle, now),
         };
         match decision {
             ProbeGrant::Closed => {
@@ -173,14 +178,17 @@ impl<H: Host + Clone> BreakerHttp<H> {
         r: Rejection,
         forced: bool,
     ) -> Action {
-        let Some(entry) = w.entries.get_mut(&self.key) else {
+        let Some(handle) = self.entry else {
+            return Action::Continue;
+        };
+        let key = w.entries.key(handle).unwrap_or_default().to_owned();
+        let Some(entry) = w.entries.get_mut(handle) else {
             return Action::Continue;
         };
         if settings.mode == Mode::DryRun {
             entry.pending.would_reject += 1;
             log::debug!(
-                "circuit_breaker {}: dry run: would reject ({})",
-                self.key,
+                "circuit_breaker {key}: dry run: would reject ({})",
                 explain(r, forced)
             );
             self.role = Role::WouldReject {
@@ -223,15 +231,14 @@ impl<H: Host + Clone> BreakerHttp<H> {
                     title: "Circuit breaker open",
                     detail: bounded(
                         &format!(
-                            "Requests for {} are rejected while its circuit breaker is {} ({reason}); retry after {} s.",
-                            self.key,
+                            "Requests for {key} are rejected while its circuit breaker is {} ({reason}); retry after {} s.",
                             r.state().as_str(),
                             r.retry_after_s()
                         ),
                         256,
                     ),
                     extensions: vec![
-                        ("breaker", serde_json::Value::from(self.key.clone())),
+                        ("breaker", serde_json::Value::from(key.clone())),
                         ("state", serde_json::Value::from(r.state().as_str())),
                         ("reason", serde_json::Value::from(reason)),
                         ("retry_after", serde_json::Value::from(r.retry_after_s())),
@@ -323,7 +330,9 @@ impl<H: Host + Clone> resilience_host::stage::Stage for BreakerHttp<H> {
                 let now = clock::now_ms_on(&self.host);
                 if let Some(worker) = self.worker.as_ref().map(Rc::clone) {
                     if let Ok(mut w) = worker.try_borrow_mut() {
-                        w.report_probe(&self.key, generation, ProbeOutcome::Abandoned, 0, now);
+                        if let Some(h) = self.entry {
+                            w.report_probe(h, generation, ProbeOutcome::Abandoned, 0, now);
+                        }
                     }
                 }
             }
@@ -384,7 +393,10 @@ impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
             return;
         };
         let config = Rc::clone(&w.config);
-        let Some(index) = w.entries.get(&self.key).map(|e| e.route_index) else {
+        let Some(handle) = self.entry else {
+            return;
+        };
+        let Some(index) = w.entries.get(handle).map(|e| e.route_index) else {
             return;
         };
         let settings = index
@@ -403,12 +415,10 @@ impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
                     }
                     Some((false, _)) => ProbeOutcome::Success,
                 };
-                w.report_probe(&self.key, generation, probe, self.hint_ms, now);
+                w.report_probe(handle, generation, probe, self.hint_ms, now);
             }
             _ => {
-                if let (Some((failure, slow)), Some(entry)) =
-                    (outcome, w.entries.get_mut(&self.key))
-                {
+                if let (Some((failure, slow)), Some(entry)) = (outcome, w.entries.get_mut(handle)) {
                     entry.delta.record(failure, slow, now);
                     if slow {
                         entry.pending.slow_calls += 1;
@@ -416,7 +426,7 @@ impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
                     if failure {
                         entry.delta.hint_retry_after(self.hint_ms);
                         entry.pending.failures += 1;
-                        w.publish_failure(&self.key, now);
+                        w.publish_failure(handle, now);
                     }
                 }
             }

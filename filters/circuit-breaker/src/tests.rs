@@ -124,7 +124,7 @@ impl TestWorker {
     }
 
     fn view(&self, route: &str) -> View {
-        self.worker.borrow().entries.get(route).unwrap().view
+        self.worker.borrow().entries.by_key(route).unwrap().view
     }
 
     fn last_reply(&self) -> LocalReply {

@@ -22,14 +22,14 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use hashbrown::HashMap;
 use resilience_core::backoff::random_u64;
 use resilience_core::breaker::{
     Delta, ProbeGrant, ProbeOutcome, Published, SharedBreaker, State, Transition, TripReason, View,
 };
 use resilience_core::governor::{self, OpenSet, Reserve};
+use resilience_core::keyed::{Handle, Keyed};
 use resilience_host::host::Host;
-use resilience_host::metrics::{sanitize_segment, Metrics};
+use resilience_host::metrics::{push_sanitized, sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
 use resilience_host::shared::{self, cas_update_on, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
 use resilience_host::wasm::WasmHost;
@@ -67,7 +67,9 @@ pub struct Entry {
 pub struct Worker<H: Host = WasmHost> {
     pub(crate) host: H,
     pub config: Rc<FilterConfig>,
-    pub entries: HashMap<String, Entry>,
+    pub entries: Keyed<Entry>,
+    /// The key being looked up, reused by every request.
+    key_buf: String,
     pub metrics: Metrics<H>,
     namespace: String,
     registry: KeyRegistry<H>,
@@ -113,7 +115,8 @@ impl<H: Host + Clone> Worker<H> {
         Worker {
             host,
             config,
-            entries: HashMap::new(),
+            entries: Keyed::new(),
+            key_buf: String::new(),
             metrics,
             namespace,
             registry,
@@ -130,43 +133,53 @@ impl<H: Host + Clone> Worker<H> {
             .map_or(&self.config.routes.defaults, |r| &r.settings)
     }
 
-    /// Build a breaker key from its parts, bounded and safe for stats and shared-data keys.
-    pub fn key(base: &str, header_value: Option<&str>) -> String {
-        let base = sanitize_segment(base, MAX_KEY_SEGMENT);
-        match header_value {
-            Some(v) => format!("{base}__{}", sanitize_segment(v, MAX_KEY_SEGMENT)),
-            None => base,
+    /// Find or admit the breaker for the route or cluster name `base` and, with `key_header`, its
+    /// value (each part bounded and made safe for stats and shared-data keys, joined by `__`);
+    /// `None` when `max_keys` is reached (the request passes unguarded) or shared data failed.
+    pub fn entry(
+        &mut self,
+        base: &str,
+        header_value: Option<&str>,
+        route_index: Option<usize>,
+    ) -> Option<Handle> {
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        push_sanitized(&mut key, base, MAX_KEY_SEGMENT);
+        if let Some(v) = header_value {
+            key.push_str("__");
+            push_sanitized(&mut key, v, MAX_KEY_SEGMENT);
         }
+        let found = self
+            .entries
+            .find(&key)
+            .or_else(|| self.admit(&key, route_index));
+        self.key_buf = key;
+        found
     }
 
-    /// Find or admit the entry for `key`; `None` when `max_keys` is reached (the request passes
-    /// unguarded) or shared data failed.
-    pub fn entry(&mut self, key: &str, route_index: Option<usize>) -> Option<&mut Entry> {
-        if !self.entries.contains_key(key) {
-            if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
-                self.global_pending.keys_overflow += 1;
-                return None;
-            }
-            let settings = self.settings(route_index);
-            let policy = settings.policy.clone();
-            let shared_key = format!("{}/{key}", self.namespace);
-            let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
-            stats::define_entry(&mut self.metrics, &stat_base);
-            let mut entry = Entry {
-                route_index,
-                view: View::INITIAL,
-                delta: Delta::new(0, policy.window),
-                shared_key,
-                stat_base,
-                key_hash: governor::key_hash(key),
-                pending: stats::Pending::default(),
-                hot_until_ms: 0,
-                active_probe_unsendable: false,
-            };
-            refresh(&self.host, &mut entry, &policy, &mut self.global_pending);
-            self.entries.insert(key.to_owned(), entry);
+    fn admit(&mut self, key: &str, route_index: Option<usize>) -> Option<Handle> {
+        if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+            self.global_pending.keys_overflow += 1;
+            return None;
         }
-        self.entries.get_mut(key)
+        let settings = self.settings(route_index);
+        let policy = settings.policy.clone();
+        let shared_key = format!("{}/{key}", self.namespace);
+        let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
+        stats::define_entry(&mut self.metrics, &stat_base);
+        let mut entry = Entry {
+            route_index,
+            view: View::INITIAL,
+            delta: Delta::new(0, policy.window),
+            shared_key,
+            stat_base,
+            key_hash: governor::key_hash(key),
+            pending: stats::Pending::default(),
+            hot_until_ms: 0,
+            active_probe_unsendable: false,
+        };
+        refresh(&self.host, &mut entry, &policy, &mut self.global_pending);
+        self.entries.insert(key, entry)
     }
 
     /// Add `key` to the shared registry if there is room; true if it is (now) registered.
@@ -183,9 +196,9 @@ impl<H: Host + Clone> Worker<H> {
     /// Record a failure and publish at once: failures are what trip a breaker, and callers blocked
     /// on a failing dependency resend the moment they get their error, before the next tick.
     /// Successes stay aggregated until the tick. Marks the entry hot (see [`Entry::hot_until_ms`]).
-    pub fn publish_failure(&mut self, key: &str, now_ms: u64) {
+    pub fn publish_failure(&mut self, entry: Handle, now_ms: u64) {
         let config = Rc::clone(&self.config);
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(entry) = self.entries.get_mut(entry) else {
             return;
         };
         entry.hot_until_ms =
@@ -204,9 +217,9 @@ impl<H: Host + Clone> Worker<H> {
     }
 
     /// While an entry is hot, re-read its shared state (one read) before deciding.
-    pub fn refresh_if_hot(&mut self, key: &str, now_ms: u64) {
+    pub fn refresh_if_hot(&mut self, entry: Handle, now_ms: u64) {
         let config = Rc::clone(&self.config);
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(entry) = self.entries.get_mut(entry) else {
             return;
         };
         if now_ms < entry.hot_until_ms && entry.delta.is_empty() {
@@ -257,9 +270,9 @@ impl<H: Host + Clone> Worker<H> {
 
     /// Take a half-open probe permit under CAS. On a shared-data error the request is allowed
     /// (fail open) and counted.
-    pub fn acquire_probe(&mut self, key: &str, now_ms: u64) -> ProbeGrant {
+    pub fn acquire_probe(&mut self, entry: Handle, now_ms: u64) -> ProbeGrant {
         let config = Rc::clone(&self.config);
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(entry) = self.entries.get_mut(entry) else {
             return ProbeGrant::Closed;
         };
         let policy = &route_settings(&config, entry.route_index).policy;
@@ -298,14 +311,14 @@ impl<H: Host + Clone> Worker<H> {
     /// Report a probe's outcome under CAS.
     pub fn report_probe(
         &mut self,
-        key: &str,
+        entry: Handle,
         generation: u32,
         outcome: ProbeOutcome,
         hint_ms: u64,
         now_ms: u64,
     ) {
         let config = Rc::clone(&self.config);
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(entry) = self.entries.get_mut(entry) else {
             return;
         };
         let policy = &route_settings(&config, entry.route_index).policy;
@@ -530,7 +543,7 @@ fn release<H: Host>(host: &H, gov: &Governor, key_hash: u64, g: &mut stats::Glob
 fn release_stale<H: Host>(
     host: &H,
     gov: &Governor,
-    entries: &HashMap<String, Entry>,
+    entries: &Keyed<Entry>,
     g: &mut stats::GlobalPending,
 ) {
     let set = match shared::get_on(host, &gov.open_key) {

@@ -22,6 +22,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use resilience_core::backoff::random_u64;
 use resilience_core::deadline::{parse_grpc_timeout, parse_millis};
+use resilience_core::keyed::Handle;
 use resilience_core::outcome::{
     local_failure_from_flags, parse_grpc_status, Classifier, Outcome, ResponseFacts,
 };
@@ -45,7 +46,8 @@ pub struct PaddingHttp<H: Host = WasmHost> {
     health_check: bool,
     /// The response was queued to be held (it may have been released since).
     held: bool,
-    key: String,
+    /// This request's entry in the worker's table.
+    entry: Option<Handle>,
     start_ms: u64,
     first_byte_ms: u64,
     status: u16,
@@ -73,7 +75,7 @@ impl<H: Host> PaddingHttp<H> {
             active: false,
             health_check: false,
             held: false,
-            key: String::new(),
+            entry: None,
             start_ms: 0,
             first_byte_ms: 0,
             status: 0,
@@ -94,8 +96,8 @@ impl<H: Host> PaddingHttp<H> {
         let base = selected.key(&mut req, &config.global.generic_route_names, || {
             props::cluster_name_on(&self.host)
         });
-        self.key = Worker::<H>::key(&base);
-        if w.entry(&self.key, selected.index).is_none() {
+        self.entry = w.entry(&base, selected.index);
+        if self.entry.is_none() {
             return;
         }
         self.health_check = settings.health_checks.iter().any(|m| m.matches(&mut req));
@@ -141,7 +143,10 @@ impl<H: Host> PaddingHttp<H> {
     /// Decide on a failed response; `Pause` when it is held.
     fn on_failure(&mut self, w: &mut Worker<H>, now_ms: u64) -> Action {
         let config = Rc::clone(&w.config);
-        let Some(entry) = w.entries.get_mut(&self.key) else {
+        let Some(handle) = self.entry else {
+            return Action::Continue;
+        };
+        let Some(entry) = w.entries.get_mut(handle) else {
             return Action::Continue;
         };
         let settings = config.settings(entry.route_index);
@@ -171,7 +176,7 @@ impl<H: Host> PaddingHttp<H> {
             entry.pending.would_pad_ms += hold.hold_ms;
             log::debug!(
                 "failure_padding {}: dry run: would hold a failed response for {} ms (target {} ms)",
-                self.key,
+                w.entries.key(handle).unwrap_or_default(),
                 hold.hold_ms,
                 hold.target_ms
             );
@@ -186,9 +191,9 @@ impl<H: Host> PaddingHttp<H> {
             );
             return Action::Continue;
         }
-        match w.try_hold(&self.key, self.context_id, &hold, now_ms) {
+        match w.try_hold(handle, self.context_id, &hold, now_ms) {
             Ok(()) => {
-                if let Some(entry) = w.entries.get_mut(&self.key) {
+                if let Some(entry) = w.entries.get_mut(handle) {
                     entry.pending.padded += 1;
                     match hold.capped {
                         Some(Cap::MaxPadding) => entry.pending.capped_max_padding += 1,
@@ -212,7 +217,7 @@ impl<H: Host> PaddingHttp<H> {
                 Action::Pause
             }
             Err(s) => {
-                if let Some(entry) = w.entries.get_mut(&self.key) {
+                if let Some(entry) = w.entries.get_mut(handle) {
                     entry.pending.skip(s);
                 }
                 skipped_header(&self.host, s);
@@ -243,7 +248,10 @@ impl<H: Host> PaddingHttp<H> {
         if !matches!(self.grpc_status, None | Some(0)) {
             return;
         }
-        let Some(index) = w.entries.get(&self.key).map(|e| e.route_index) else {
+        let Some(handle) = self.entry else {
+            return;
+        };
+        let Some(index) = w.entries.get(handle).map(|e| e.route_index) else {
             return;
         };
         let config = Rc::clone(&w.config);
@@ -255,7 +263,7 @@ impl<H: Host> PaddingHttp<H> {
         };
         if config.settings(index).classifier.classify(&facts).outcome == Outcome::Success {
             let latency = self.first_byte_ms.saturating_sub(self.start_ms);
-            w.record_success(&self.key, latency);
+            w.record_success(handle, latency);
         }
     }
 }
@@ -323,7 +331,11 @@ impl<H: Host> HttpContext for PaddingHttp<H> {
         let Ok(mut w) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        let Some(index) = w.entries.get(&self.key).map(|e| e.route_index) else {
+        let Some(index) = self
+            .entry
+            .and_then(|h| w.entries.get(h))
+            .map(|e| e.route_index)
+        else {
             return Action::Continue;
         };
         let config = Rc::clone(&w.config);

@@ -43,13 +43,13 @@
 
 use std::rc::Rc;
 
-use hashbrown::HashMap;
 use proxy_wasm::types::StreamType;
 use resilience_core::backoff::random_u64;
 use resilience_core::estimator::{LatencyHistogram, LatencySamples};
+use resilience_core::keyed::{Handle, Keyed};
 use resilience_core::padding::{next_tick_ms, Hold, HoldQueue, InFlight, Skip};
 use resilience_host::host::Host;
-use resilience_host::metrics::{sanitize_segment, Metrics};
+use resilience_host::metrics::{push_sanitized, sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
 use resilience_host::resume::{self, Resumed};
 use resilience_host::shared::{self, cas_update_on, SharedError, Update, DEFAULT_CAS_ATTEMPTS};
@@ -75,7 +75,7 @@ pub struct Entry {
 
 /// What the queue remembers about a held response.
 struct HeldInfo {
-    key: String,
+    entry: Handle,
     since_ms: u64,
 }
 
@@ -84,7 +84,9 @@ struct HeldInfo {
 pub struct Worker<H: Host = WasmHost> {
     host: H,
     pub config: Rc<FilterConfig>,
-    pub entries: HashMap<String, Entry>,
+    pub entries: Keyed<Entry>,
+    /// The key being looked up, reused by every request.
+    key_buf: String,
     metrics: Metrics<H>,
     namespace: String,
     registry: KeyRegistry<H>,
@@ -125,7 +127,8 @@ impl<H: Host + Clone> Worker<H> {
             in_flight_key: format!("{namespace}/#in_flight"),
             stale_after_ms: sync.saturating_mul(4).saturating_add(1_000),
             config,
-            entries: HashMap::new(),
+            entries: Keyed::new(),
+            key_buf: String::new(),
             metrics,
             namespace,
             registry,
@@ -147,35 +150,40 @@ impl<H: Host> Worker<H> {
         self.period_ms
     }
 
-    /// A key from a route or cluster name, bounded and safe for stats and shared-data keys.
-    pub fn key(base: &str) -> String {
-        sanitize_segment(base, MAX_KEY_SEGMENT)
+    /// Find or admit the entry for the route or cluster name `base` (bounded and made safe for
+    /// stats and shared-data keys); `None` when `max_keys` is reached or shared data failed (the
+    /// request is then neither padded nor learned from).
+    pub fn entry(&mut self, base: &str, route_index: Option<usize>) -> Option<Handle> {
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        push_sanitized(&mut key, base, MAX_KEY_SEGMENT);
+        let found = self
+            .entries
+            .find(&key)
+            .or_else(|| self.admit(&key, route_index));
+        self.key_buf = key;
+        found
     }
 
-    /// Find or admit the entry for `key`; `None` when `max_keys` is reached or shared data failed
-    /// (the request is then neither padded nor learned from).
-    pub fn entry(&mut self, key: &str, route_index: Option<usize>) -> Option<&mut Entry> {
-        if !self.entries.contains_key(key) {
-            if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
-                self.global_pending.keys_overflow += 1;
-                return None;
-            }
-            let shared_key = format!("{}/{key}", self.namespace);
-            let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
-            stats::define_entry(&mut self.metrics, &stat_base);
-            let mut entry = Entry {
-                route_index,
-                target_ms: None,
-                samples: LatencySamples::new(),
-                shared_key,
-                stat_base,
-                pending: stats::Pending::default(),
-            };
-            let settings = self.config.settings(route_index);
-            refresh(&self.host, &mut entry, settings, &mut self.global_pending);
-            self.entries.insert(key.to_owned(), entry);
+    fn admit(&mut self, key: &str, route_index: Option<usize>) -> Option<Handle> {
+        if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+            self.global_pending.keys_overflow += 1;
+            return None;
         }
-        self.entries.get_mut(key)
+        let shared_key = format!("{}/{key}", self.namespace);
+        let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
+        stats::define_entry(&mut self.metrics, &stat_base);
+        let mut entry = Entry {
+            route_index,
+            target_ms: None,
+            samples: LatencySamples::new(),
+            shared_key,
+            stat_base,
+            pending: stats::Pending::default(),
+        };
+        let settings = self.config.settings(route_index);
+        refresh(&self.host, &mut entry, settings, &mut self.global_pending);
+        self.entries.insert(key, entry)
     }
 
     fn register(&mut self, key: &str) -> bool {
@@ -189,8 +197,8 @@ impl<H: Host> Worker<H> {
     }
 
     /// A success's latency, to be published on the next sync.
-    pub fn record_success(&mut self, key: &str, latency_ms: u64) {
-        if let Some(e) = self.entries.get_mut(key) {
+    pub fn record_success(&mut self, entry: Handle, latency_ms: u64) {
+        if let Some(e) = self.entries.get_mut(entry) {
             e.samples.record(latency_ms);
             e.pending.samples += 1;
         }
@@ -204,7 +212,13 @@ impl<H: Host> Worker<H> {
         self.held.holds(id)
     }
 
-    pub fn try_hold(&mut self, key: &str, id: u32, hold: &Hold, now_ms: u64) -> Result<(), Skip> {
+    pub fn try_hold(
+        &mut self,
+        entry: Handle,
+        id: u32,
+        hold: &Hold,
+        now_ms: u64,
+    ) -> Result<(), Skip> {
         let cap = u64::from(self.config.global.max_padded_in_flight);
         let local = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
         if u64::from(local) >= cap {
@@ -224,7 +238,7 @@ impl<H: Host> Worker<H> {
             id,
             release_at,
             HeldInfo {
-                key: key.to_owned(),
+                entry,
                 since_ms: now_ms,
             },
         );
@@ -232,7 +246,8 @@ impl<H: Host> Worker<H> {
         let prefix = &self.config.global.stat_prefix;
         self.metrics.gauge_add(&format!("{prefix}.in_flight"), 1);
         log::debug!(
-            "failure_padding {key}: holding a failed response for {} ms (worker {:016x}, {} held here, cap {cap})",
+            "failure_padding {}: holding a failed response for {} ms (worker {:016x}, {} held here, cap {cap})",
+            self.entries.key(entry).unwrap_or_default(),
             hold.hold_ms,
             self.worker_id,
             self.held.len()
@@ -253,7 +268,7 @@ impl<H: Host> Worker<H> {
         let Some(h) = self.held.remove(id) else {
             return;
         };
-        if let Some(e) = self.entries.get_mut(&h.data.key) {
+        if let Some(e) = self.entries.get_mut(h.data.entry) {
             e.pending.abandoned += 1;
             e.pending.padding_ms += now_ms.saturating_sub(h.data.since_ms);
         }
@@ -283,7 +298,7 @@ impl<H: Host> Worker<H> {
         let n = due.len();
         for h in due {
             let outcome = resume::resume_on(&self.host, h.id, StreamType::HttpResponse);
-            let entry = self.entries.get_mut(&h.data.key);
+            let entry = self.entries.get_mut(h.data.entry);
             let held_ms = now_ms.saturating_sub(h.data.since_ms);
             match (outcome, entry) {
                 (Resumed::Continued, Some(e)) => e.pending.padding_ms += held_ms,
@@ -294,7 +309,7 @@ impl<H: Host> Worker<H> {
                 (Resumed::Refused(code), _) => {
                     log::warn!(
                         "failure_padding {}: the proxy refused to resume a held response (status {code})",
-                        h.data.key
+                        self.entries.key(h.data.entry).unwrap_or_default()
                     );
                     self.global_pending.resume_errors += 1;
                 }

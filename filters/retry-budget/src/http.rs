@@ -32,6 +32,7 @@ use resilience_core::backoff::{jitter_between, random_u64};
 use resilience_core::budget::{parse_attempts, Reservation};
 use resilience_core::deadline::{parse_grpc_timeout, parse_millis};
 use resilience_core::grpc::{Code, Pushback, Refusal};
+use resilience_core::keyed::Handle;
 use resilience_core::problem::{bounded, Problem};
 use resilience_host::host::Host;
 use resilience_host::request::{self, HostRequest};
@@ -126,7 +127,8 @@ pub struct RetryBudgetHttp<H: Host = WasmHost> {
     host: H,
     worker: Option<Rc<RefCell<Worker<H>>>>,
     role: Role,
-    key: String,
+    /// This request's budget in the worker's table.
+    entry: Option<Handle>,
     start_ms: u64,
     first_byte_ms: u64,
     status: u16,
@@ -146,7 +148,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
             host,
             worker,
             role: Role::Unguarded,
-            key: String::new(),
+            entry: None,
             start_ms: 0,
             first_byte_ms: 0,
             status: 0,
@@ -164,14 +166,17 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
         let base = selected.key(&mut req, &config.global.generic_route_names, || {
             props::cluster_name_on(&self.host)
         });
-        self.key = Worker::<H>::key(&base);
         let now = clock::now_ms_on(&self.host);
         self.start_ms = now;
         let dry_run = settings.mode.dry_run();
         let needs_evidence = side == Side::Inbound || settings.hop_guard;
         let arrived_as_retry =
             needs_evidence && arrived_as_retry(&self.host, settings, &mut w.global_pending);
-        let Some(entry) = w.entry(&self.key, selected.index) else {
+        self.entry = w.entry(&base, selected.index);
+        let Some(handle) = self.entry else {
+            return Action::Continue;
+        };
+        let Some(entry) = w.entries.get_mut(handle) else {
             return Action::Continue;
         };
         entry.pending.requests += 1;
@@ -196,7 +201,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
                 let (reservation, verdict) = match refused {
                     Some(reason) => (Reservation::NONE, Verdict::Denied(reason)),
                     None => {
-                        let r = w.reserve(&self.key, max, now);
+                        let r = w.reserve(handle, max, now);
                         let verdict = if r.tokens >= max {
                             Verdict::Full
                         } else if r.tokens == 0 {
@@ -215,10 +220,10 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
                     self.role = Role::InboundPassed;
                     return Action::Continue;
                 }
-                let r = w.reserve(&self.key, 1, now);
+                let r = w.reserve(handle, 1, now);
                 if r.tokens >= 1 {
-                    w.settle(&self.key, r, 1, now);
-                    if let Some(entry) = w.entries.get_mut(&self.key) {
+                    w.settle(handle, r, 1, now);
+                    if let Some(entry) = self.entry.and_then(|h| w.entries.get_mut(h)) {
                         entry.pending.retries_allowed += 1;
                     }
                     self.role = Role::InboundPassed;
@@ -243,7 +248,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
             verdict,
             dry_run,
         };
-        if let Some(entry) = w.entries.get_mut(&self.key) {
+        if let Some(entry) = self.entry.and_then(|h| w.entries.get_mut(h)) {
             let p = &mut entry.pending;
             if dry_run {
                 if verdict.restricts() {
@@ -263,7 +268,9 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
             if verdict.restricts() {
                 log::debug!(
                     "retry_budget {}: dry run: would {}",
-                    self.key,
+                    self.entry
+                        .and_then(|h| w.entries.key(h))
+                        .unwrap_or_default(),
                     verdict.explain()
                 );
             }
@@ -291,15 +298,16 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
     }
 
     fn shed(&mut self, w: &mut Worker<H>, settings: &Settings, dry_run: bool) -> Action {
-        let Some(entry) = w.entries.get_mut(&self.key) else {
+        let Some(handle) = self.entry else {
+            return Action::Continue;
+        };
+        let key = w.entries.key(handle).unwrap_or_default().to_owned();
+        let Some(entry) = w.entries.get_mut(handle) else {
             return Action::Continue;
         };
         if dry_run {
             entry.pending.would_deny += 1;
-            log::debug!(
-                "retry_budget {}: dry run: would shed a retry (budget)",
-                self.key
-            );
+            log::debug!("retry_budget {key}: dry run: would shed a retry (budget)");
             self.role = Role::InboundWouldShed;
             return Action::Continue;
         }
@@ -320,8 +328,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
         }
         let p = &settings.policy;
         let limits = format!(
-            "Retries for {} are shed: they may be at most {}% of recent requests plus {} per second over {} s",
-            self.key,
+            "Retries for {key} are shed: they may be at most {}% of recent requests plus {} per second over {} s",
             p.budget_percent,
             p.min_retries_per_second,
             p.window_ms / 1000
@@ -332,7 +339,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
             title: "Retry budget exhausted",
             detail: bounded(&format!("{limits}; retry after {retry_after} s."), 256),
             extensions: vec![
-                ("budget", serde_json::Value::from(self.key.clone())),
+                ("budget", serde_json::Value::from(key)),
                 ("reason", serde_json::Value::from("budget")),
                 ("retry_after", serde_json::Value::from(retry_after)),
             ],
@@ -349,7 +356,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
     /// Explains the verdict and adds the optional `retry-after` hint.
     fn on_response(&mut self, w: &mut Worker<H>) {
         let config = Rc::clone(&w.config);
-        let Some(entry) = w.entries.get_mut(&self.key) else {
+        let Some(entry) = self.entry.and_then(|h| w.entries.get_mut(h)) else {
             return;
         };
         let settings = route_settings(&config, entry.route_index);
@@ -405,7 +412,7 @@ impl<H: Host + Clone> RetryBudgetHttp<H> {
         } else {
             clock::now_ms_on(&self.host)
         };
-        let Some(entry) = w.entries.get_mut(&self.key) else {
+        let Some(entry) = self.entry.and_then(|h| w.entries.get_mut(h)) else {
             return;
         };
         let settings = route_settings(&config, entry.route_index);

@@ -141,7 +141,7 @@ impl TestWorker {
     /// the reservations of its requests in flight.
     fn held(&self) -> u64 {
         let w = self.worker.borrow();
-        w.entries.get("orders").map_or(0, |e| {
+        w.entries.by_key("orders").map_or(0, |e| {
             u64::from(e.local.lease_tokens() + e.local.reserved())
         })
     }

@@ -19,13 +19,13 @@
 
 use std::rc::Rc;
 
-use hashbrown::HashMap;
 use resilience_core::budget::{
     Applied, BudgetPolicy, LocalBudget, Reservation, Reserve, SharedBudget,
 };
 use resilience_core::estimator::{LatencyHistogram, LatencySamples};
+use resilience_core::keyed::{Handle, Keyed};
 use resilience_host::host::Host;
-use resilience_host::metrics::{sanitize_segment, Metrics};
+use resilience_host::metrics::{push_sanitized, sanitize_segment, Metrics};
 use resilience_host::registry::KeyRegistry;
 use resilience_host::shared::{cas_update_on, Update, DEFAULT_CAS_ATTEMPTS};
 use resilience_host::wasm::WasmHost;
@@ -72,7 +72,9 @@ impl Entry {
 pub struct Worker<H: Host = WasmHost> {
     host: H,
     pub config: Rc<FilterConfig>,
-    pub entries: HashMap<String, Entry>,
+    pub entries: Keyed<Entry>,
+    /// The key being looked up, reused by every request.
+    key_buf: String,
     pub metrics: Metrics<H>,
     namespace: String,
     registry: KeyRegistry<H>,
@@ -115,7 +117,8 @@ impl<H: Host + Clone> Worker<H> {
         Worker {
             host,
             config,
-            entries: HashMap::new(),
+            entries: Keyed::new(),
+            key_buf: String::new(),
             metrics,
             namespace,
             registry,
@@ -123,38 +126,43 @@ impl<H: Host + Clone> Worker<H> {
         }
     }
 
-    /// A budget key from a route or cluster name, bounded and safe for stats and shared data.
-    pub fn key(base: &str) -> String {
-        sanitize_segment(base, MAX_KEY_SEGMENT)
+    /// Find or admit the budget for the route or cluster name `base` (bounded and made safe for
+    /// stats and shared data); `None` when `max_keys` is reached (the request passes unguarded)
+    /// or shared data failed.
+    pub fn entry(&mut self, base: &str, route_index: Option<usize>) -> Option<Handle> {
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        push_sanitized(&mut key, base, MAX_KEY_SEGMENT);
+        let found = self
+            .entries
+            .find(&key)
+            .or_else(|| self.admit(&key, route_index));
+        self.key_buf = key;
+        found
     }
 
-    /// Find or admit the entry for `key`; `None` when `max_keys` is reached (the request passes
-    /// unguarded) or shared data failed.
-    pub fn entry(&mut self, key: &str, route_index: Option<usize>) -> Option<&mut Entry> {
-        if !self.entries.contains_key(key) {
-            if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
-                self.global_pending.keys_overflow += 1;
-                return None;
-            }
-            let settings = route_settings(&self.config, route_index);
-            let shared_key = format!("{}/{key}", self.namespace);
-            let latency_key = format!("{shared_key}/latency");
-            let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
-            stats::define_entry(&mut self.metrics, &stat_base);
-            let entry = Entry {
-                route_index,
-                local: LocalBudget::new(&settings.policy, self.config.global.sync_interval_ms),
-                shared_key,
-                latency_key,
-                stat_base,
-                pending: stats::Pending::default(),
-                samples: LatencySamples::new(),
-                median_ms: None,
-                latency_seen: 0,
-            };
-            self.entries.insert(key.to_owned(), entry);
+    fn admit(&mut self, key: &str, route_index: Option<usize>) -> Option<Handle> {
+        if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+            self.global_pending.keys_overflow += 1;
+            return None;
         }
-        self.entries.get_mut(key)
+        let settings = route_settings(&self.config, route_index);
+        let shared_key = format!("{}/{key}", self.namespace);
+        let latency_key = format!("{shared_key}/latency");
+        let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
+        stats::define_entry(&mut self.metrics, &stat_base);
+        let entry = Entry {
+            route_index,
+            local: LocalBudget::new(&settings.policy, self.config.global.sync_interval_ms),
+            shared_key,
+            latency_key,
+            stat_base,
+            pending: stats::Pending::default(),
+            samples: LatencySamples::new(),
+            median_ms: None,
+            latency_seen: 0,
+        };
+        self.entries.insert(key, entry)
     }
 
     fn register(&mut self, key: &str) -> bool {
@@ -167,12 +175,12 @@ impl<H: Host + Clone> Worker<H> {
         }
     }
 
-    /// Reserve up to `max` retries for one request on `key`, refilling the lease under CAS when
+    /// Reserve up to `max` retries for one request on `entry`, refilling the lease under CAS when
     /// it cannot cover them. If the shared budget cannot be reached the request keeps its
     /// retries (fail open, counted) and every retry it makes is charged when it ends.
-    pub fn reserve(&mut self, key: &str, max: u32, now_ms: u64) -> Reservation {
+    pub fn reserve(&mut self, entry: Handle, max: u32, now_ms: u64) -> Reservation {
         let config = Rc::clone(&self.config);
-        let Some(entry) = self.entries.get_mut(key) else {
+        let Some(entry) = self.entries.get_mut(entry) else {
             return Reservation::unbacked(max);
         };
         match entry.local.reserve(max, now_ms) {
@@ -195,9 +203,9 @@ impl<H: Host + Clone> Worker<H> {
         }
     }
 
-    /// A request on `key` ended having made `used` retries.
-    pub fn settle(&mut self, key: &str, r: Reservation, used: u32, now_ms: u64) {
-        if let Some(entry) = self.entries.get_mut(key) {
+    /// A request on `entry` ended having made `used` retries.
+    pub fn settle(&mut self, entry: Handle, r: Reservation, used: u32, now_ms: u64) {
+        if let Some(entry) = self.entries.get_mut(entry) {
             entry.local.settle(r, used, now_ms);
         }
     }

@@ -22,6 +22,7 @@
 //!   and the gRPC request facts filters check (content type, message framing, method paths).
 //! - [`breaker`]: the circuit breaker's state machine.
 //! - [`governor`]: caps how many of one filter's breakers may be open at once.
+//! - [`keyed`]: a worker's entries by key, reached by a handle the stream keeps.
 //! - [`estimator`]: latency percentiles that decay per sample (never by the clock), mergeable
 //!   across workers.
 //! - [`padding`]: failure-latency padding: how long to hold a failed response, and the
@@ -53,6 +54,7 @@ pub mod estimator;
 pub mod governor;
 pub mod grpc;
 mod json_path;
+pub mod keyed;
 pub mod outcome;
 pub mod padding;
 pub mod problem;

@@ -150,19 +150,26 @@ impl<H: Host> Metrics<H> {
 /// `max_len` bytes, never empty. Dots would split the name into tag segments, and unbounded
 /// names would let traffic create unbounded stats.
 pub fn sanitize_segment(raw: &str, max_len: usize) -> String {
-    let mut out: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(max_len.max(1))
-        .collect();
-    if out.is_empty() {
+    let mut out = String::new();
+    push_sanitized(&mut out, raw, max_len);
+    out
+}
+
+/// [`sanitize_segment`] appended to `out`: for the per-request path, which reuses one buffer.
+pub fn push_sanitized(out: &mut String, raw: &str, max_len: usize) {
+    let start = out.len();
+    out.extend(
+        raw.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(max_len.max(1)),
+    );
+    if out.len() == start {
         out.push('_');
     }
-    out
 }
