@@ -37,6 +37,7 @@ use proxy_wasm::types::{Action, BufferType, MapType, MetricType, StreamType};
 use crate::abi::HostStatus;
 use crate::callout::CalloutError;
 use crate::host::Host;
+use crate::stream::HeaderMap;
 
 /// Most stages one module runs (the pack has five).
 pub const MAX_STAGES: usize = 8;
@@ -65,16 +66,13 @@ pub struct Stages {
     facts: RefCell<Facts>,
 }
 
-/// A header map as name-value pairs, in the host's order.
-type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
-
 #[derive(Debug, Default)]
 struct Facts {
     now_ns: Option<u64>,
     headers: Vec<(MapType, Box<str>, Option<Vec<u8>>)>,
     /// Whole header maps a stage read (the validator reads the request's): later single-header
-    /// reads of that map are answered from them.
-    maps: Vec<(MapType, Pairs)>,
+    /// reads of that map are answered from them, after `headers` (which holds the edits).
+    maps: Vec<(MapType, HeaderMap)>,
     /// Keyed by the path's segments joined with NUL (no segment contains one).
     properties: Vec<(Box<str>, Option<Vec<u8>>)>,
 }
@@ -214,9 +212,10 @@ impl<H: Host> StageHost<H> {
         Ok(ns)
     }
 
-    /// A stage set (`Some`) or removed (`None`) header `name` of `map`: what was read of the
-    /// map is brought up to date as the host changed it (the first value replaced and the
+    /// A stage set (`Some`) or removed (`None`) header `name` of `map`: what is known of the
+    /// header is brought up to date as the host changed it (the first value replaced and the
     /// others dropped, or every value dropped), so the next stage's reads still cost no call.
+    /// A whole map read before stays as it was: `headers` is consulted first.
     fn learn_edit(&self, map: MapType, name: &str, value: Option<&[u8]>) {
         let mut facts = self.stages.facts.borrow_mut();
         let known = facts
@@ -228,25 +227,6 @@ impl<H: Host> StageHost<H> {
             None => facts
                 .headers
                 .push((map, name.into(), value.map(<[u8]>::to_vec))),
-        }
-        if let Some((_, pairs)) = facts.maps.iter_mut().find(|(m, _)| *m == map) {
-            let same = |k: &[u8]| k.eq_ignore_ascii_case(name.as_bytes());
-            let first = pairs.iter().position(|(k, _)| same(k));
-            let mut i = 0;
-            pairs.retain(|(k, _)| {
-                let keep = !same(k) || (value.is_some() && Some(i) == first);
-                i += 1;
-                keep
-            });
-            match (value, first) {
-                (Some(v), Some(_)) => {
-                    if let Some(pair) = pairs.iter_mut().find(|(k, _)| same(k)) {
-                        pair.1 = v.to_vec();
-                    }
-                }
-                (Some(v), None) => pairs.push((name.as_bytes().to_vec(), v.to_vec())),
-                (None, _) => {}
-            }
         }
     }
 
@@ -300,30 +280,28 @@ impl<H: Host> Host for StageHost<H> {
 
     /// What a stage read in this callback: the header itself, or the whole map.
     fn known_header_map_value(&self, map: MapType, name: &str) -> Option<Option<Vec<u8>>> {
-        if let Some((_, _, v)) = self
-            .stages
-            .facts
-            .borrow()
+        let facts = self.stages.facts.borrow();
+        // Names compared without case, as the host compares them.
+        if let Some((_, _, v)) = facts
             .headers
             .iter()
-            .find(|(m, n, _)| *m == map && **n == *name)
+            .find(|(m, n, _)| *m == map && n.eq_ignore_ascii_case(name))
         {
             return Some(v.clone());
         }
-        let facts = self.stages.facts.borrow();
         let (_, pairs) = facts.maps.iter().find(|(m, _)| *m == map)?;
-        // As the host answers: the first value of the name, compared without case.
+        // As the host answers: the first value of the name.
         Some(
             pairs
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| v.clone()),
+                .map(|(_, v)| v.to_vec()),
         )
     }
 
     fn get_header_map_pairs(&self, map: MapType) -> Result<Option<Vec<u8>>, HostStatus> {
         let bytes = self.inner.get_header_map_pairs(map)?;
-        if let Some(pairs) = bytes.as_deref().and_then(crate::stream::parse_header_map) {
+        if let Some(pairs) = bytes.clone().and_then(HeaderMap::parse) {
             let mut facts = self.stages.facts.borrow_mut();
             facts.maps.retain(|(m, _)| *m != map);
             facts.maps.push((map, pairs));

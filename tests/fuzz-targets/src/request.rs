@@ -96,7 +96,7 @@ pub fn parse(data: &[u8]) -> Request {
         }
     }
     req.head = RequestHead {
-        headers,
+        headers: headers.into(),
         end_of_stream,
     };
     req

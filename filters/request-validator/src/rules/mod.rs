@@ -32,6 +32,7 @@ pub mod pattern;
 pub mod query;
 
 use resilience_core::grpc::Code;
+use resilience_host::stream::HeaderMap;
 use serde_json::Value;
 
 /// Longest excerpt of request-derived text (paths, names) quoted in a problem body.
@@ -281,7 +282,7 @@ impl Violation {
 /// included) as raw bytes, names lowercase, in wire order.
 #[derive(Clone, Debug, Default)]
 pub struct RequestHead {
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub headers: HeaderMap,
     /// No body follows the head (`end_of_stream` on the headers).
     pub end_of_stream: bool,
 }
@@ -289,11 +290,12 @@ pub struct RequestHead {
 impl RequestHead {
     /// A head from `(name, value)` text pairs (tests and tools).
     pub fn from_pairs(pairs: &[(&str, &str)], end_of_stream: bool) -> Self {
+        let pairs: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+            .collect();
         RequestHead {
-            headers: pairs
-                .iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: HeaderMap::from(pairs.as_slice()),
             end_of_stream,
         }
     }
@@ -302,16 +304,16 @@ impl RequestHead {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(k, _)| k.as_slice() == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
+            .find(|(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// Every value of header `name` (lowercase), in order.
     pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers
             .iter()
-            .filter(move |(k, _)| k.as_slice() == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
+            .filter(move |(k, _)| *k == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// `:method`, empty if absent.
@@ -487,7 +489,7 @@ mod properties {
         ) {
             let mut all = vec![(b":method".to_vec(), method), (b":path".to_vec(), path)];
             all.extend(headers);
-            let head = RequestHead { headers: all, end_of_stream: eos };
+            let head = RequestHead { headers: all.into(), end_of_stream: eos };
             let _ = head::check(&rules(), &head);
             let _ = deadline::remaining_ms(&head, Some("x-k"));
         }
@@ -507,7 +509,8 @@ mod properties {
                     (b"content-type".to_vec(), b"application/grpc".to_vec()),
                     (b"grpc-timeout".to_vec(), timeout),
                     (b"grpc-encoding".to_vec(), encoding),
-                ],
+                ]
+                .into(),
                 end_of_stream: false,
             };
             let rules = HeadRules {
@@ -568,7 +571,7 @@ mod properties {
             )
             .unwrap();
             if let Lookup::Found(f) = api.lookup(&method, &path) {
-                let head = RequestHead { headers: vec![(b":path".to_vec(), path.clone())], end_of_stream: true };
+                let head = RequestHead { headers: vec![(b":path".to_vec(), path.clone())].into(), end_of_stream: true };
                 let _ = api.check_head(&f, &head);
             }
         }
@@ -597,7 +600,7 @@ mod properties {
                 let name = [&b"h"[..], b"s", b"cookie"][i % 3].to_vec();
                 headers.push((name, v));
             }
-            let head = RequestHead { headers, end_of_stream: true };
+            let head = RequestHead { headers: headers.into(), end_of_stream: true };
             if let Lookup::Found(f) = api.lookup(b"GET", head.path_only()) {
                 if let Err(v) = api.check_head(&f, &head) {
                     prop_assert!(v.detail.len() <= super::MAX_DETAIL);
