@@ -68,8 +68,6 @@ pub struct Worker<H: Host = WasmHost> {
     pub(crate) host: H,
     pub config: Rc<FilterConfig>,
     pub entries: Keyed<Entry>,
-    /// The key being looked up, reused by every request.
-    key_buf: String,
     pub metrics: Metrics<H>,
     namespace: String,
     registry: KeyRegistry<H>,
@@ -116,7 +114,6 @@ impl<H: Host + Clone> Worker<H> {
             host,
             config,
             entries: Keyed::new(),
-            key_buf: String::new(),
             metrics,
             namespace,
             registry,
@@ -142,55 +139,44 @@ impl<H: Host + Clone> Worker<H> {
         header_value: Option<&str>,
         route_index: Option<usize>,
     ) -> Option<Handle> {
-        let mut key = std::mem::take(&mut self.key_buf);
-        key.clear();
-        push_sanitized(&mut key, base, MAX_KEY_SEGMENT);
-        if let Some(v) = header_value {
-            key.push_str("__");
-            push_sanitized(&mut key, v, MAX_KEY_SEGMENT);
-        }
-        let found = self
-            .entries
-            .find(&key)
-            .or_else(|| self.admit(&key, route_index));
-        self.key_buf = key;
-        found
-    }
-
-    fn admit(&mut self, key: &str, route_index: Option<usize>) -> Option<Handle> {
-        if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+        let config = &self.config;
+        let (namespace, metrics) = (&self.namespace, &mut self.metrics);
+        let found = self.registry.find_or_admit(
+            &mut self.entries,
+            |key| {
+                push_sanitized(key, base, MAX_KEY_SEGMENT);
+                if let Some(v) = header_value {
+                    key.push_str("__");
+                    push_sanitized(key, v, MAX_KEY_SEGMENT);
+                }
+            },
+            &mut self.global_pending.shared,
+            |key| {
+                let policy = &route_settings(config, route_index).policy;
+                let stat_base = format!("{}.{key}", config.global.stat_prefix);
+                stats::define_entry(metrics, &stat_base);
+                Entry {
+                    route_index,
+                    view: View::INITIAL,
+                    delta: Delta::new(0, policy.window),
+                    shared_key: format!("{namespace}/{key}"),
+                    stat_base,
+                    key_hash: governor::key_hash(key),
+                    pending: stats::Pending::default(),
+                    hot_until_ms: 0,
+                    active_probe_unsendable: false,
+                }
+            },
+        );
+        let Some((handle, new)) = found else {
             self.global_pending.keys_overflow += 1;
             return None;
-        }
-        let settings = self.settings(route_index);
-        let policy = settings.policy.clone();
-        let shared_key = format!("{}/{key}", self.namespace);
-        let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
-        stats::define_entry(&mut self.metrics, &stat_base);
-        let mut entry = Entry {
-            route_index,
-            view: View::INITIAL,
-            delta: Delta::new(0, policy.window),
-            shared_key,
-            stat_base,
-            key_hash: governor::key_hash(key),
-            pending: stats::Pending::default(),
-            hot_until_ms: 0,
-            active_probe_unsendable: false,
         };
-        refresh(&self.host, &mut entry, &policy, &mut self.global_pending);
-        self.entries.insert(key, entry)
-    }
-
-    /// Add `key` to the shared registry if there is room; true if it is (now) registered.
-    fn register(&mut self, key: &str) -> bool {
-        match self.registry.admit(key) {
-            Ok(admitted) => admitted,
-            Err(e) => {
-                self.global_pending.shared.count(e);
-                false
-            }
+        if let (true, Some(entry)) = (new, self.entries.get_mut(handle)) {
+            let policy = &route_settings(&self.config, route_index).policy;
+            refresh(&self.host, entry, policy, &mut self.global_pending);
         }
+        Some(handle)
     }
 
     /// Record a failure and publish at once: failures are what trip a breaker, and callers blocked

@@ -85,8 +85,6 @@ pub struct Worker<H: Host = WasmHost> {
     host: H,
     pub config: Rc<FilterConfig>,
     pub entries: Keyed<Entry>,
-    /// The key being looked up, reused by every request.
-    key_buf: String,
     metrics: Metrics<H>,
     namespace: String,
     registry: KeyRegistry<H>,
@@ -128,7 +126,6 @@ impl<H: Host + Clone> Worker<H> {
             stale_after_ms: sync.saturating_mul(4).saturating_add(1_000),
             config,
             entries: Keyed::new(),
-            key_buf: String::new(),
             metrics,
             namespace,
             registry,
@@ -154,46 +151,34 @@ impl<H: Host> Worker<H> {
     /// stats and shared-data keys); `None` when `max_keys` is reached or shared data failed (the
     /// request is then neither padded nor learned from).
     pub fn entry(&mut self, base: &str, route_index: Option<usize>) -> Option<Handle> {
-        let mut key = std::mem::take(&mut self.key_buf);
-        key.clear();
-        push_sanitized(&mut key, base, MAX_KEY_SEGMENT);
-        let found = self
-            .entries
-            .find(&key)
-            .or_else(|| self.admit(&key, route_index));
-        self.key_buf = key;
-        found
-    }
-
-    fn admit(&mut self, key: &str, route_index: Option<usize>) -> Option<Handle> {
-        if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+        let (namespace, prefix) = (&self.namespace, &self.config.global.stat_prefix);
+        let metrics = &mut self.metrics;
+        let found = self.registry.find_or_admit(
+            &mut self.entries,
+            |key| push_sanitized(key, base, MAX_KEY_SEGMENT),
+            &mut self.global_pending.shared,
+            |key| {
+                let stat_base = format!("{prefix}.{key}");
+                stats::define_entry(metrics, &stat_base);
+                Entry {
+                    route_index,
+                    target_ms: None,
+                    samples: LatencySamples::new(),
+                    shared_key: format!("{namespace}/{key}"),
+                    stat_base,
+                    pending: stats::Pending::default(),
+                }
+            },
+        );
+        let Some((handle, new)) = found else {
             self.global_pending.keys_overflow += 1;
             return None;
-        }
-        let shared_key = format!("{}/{key}", self.namespace);
-        let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
-        stats::define_entry(&mut self.metrics, &stat_base);
-        let mut entry = Entry {
-            route_index,
-            target_ms: None,
-            samples: LatencySamples::new(),
-            shared_key,
-            stat_base,
-            pending: stats::Pending::default(),
         };
-        let settings = self.config.settings(route_index);
-        refresh(&self.host, &mut entry, settings, &mut self.global_pending);
-        self.entries.insert(key, entry)
-    }
-
-    fn register(&mut self, key: &str) -> bool {
-        match self.registry.admit(key) {
-            Ok(admitted) => admitted,
-            Err(e) => {
-                self.global_pending.shared.count(e);
-                false
-            }
+        if let (true, Some(entry)) = (new, self.entries.get_mut(handle)) {
+            let settings = self.config.settings(route_index);
+            refresh(&self.host, entry, settings, &mut self.global_pending);
         }
+        Some(handle)
     }
 
     /// A success's latency, to be published on the next sync.

@@ -73,8 +73,6 @@ pub struct Worker<H: Host = WasmHost> {
     host: H,
     pub config: Rc<FilterConfig>,
     pub entries: Keyed<Entry>,
-    /// The key being looked up, reused by every request.
-    key_buf: String,
     pub metrics: Metrics<H>,
     namespace: String,
     registry: KeyRegistry<H>,
@@ -118,7 +116,6 @@ impl<H: Host + Clone> Worker<H> {
             host,
             config,
             entries: Keyed::new(),
-            key_buf: String::new(),
             metrics,
             namespace,
             registry,
@@ -130,49 +127,35 @@ impl<H: Host + Clone> Worker<H> {
     /// stats and shared data); `None` when `max_keys` is reached (the request passes unguarded)
     /// or shared data failed.
     pub fn entry(&mut self, base: &str, route_index: Option<usize>) -> Option<Handle> {
-        let mut key = std::mem::take(&mut self.key_buf);
-        key.clear();
-        push_sanitized(&mut key, base, MAX_KEY_SEGMENT);
-        let found = self
-            .entries
-            .find(&key)
-            .or_else(|| self.admit(&key, route_index));
-        self.key_buf = key;
-        found
-    }
-
-    fn admit(&mut self, key: &str, route_index: Option<usize>) -> Option<Handle> {
-        if self.entries.len() >= self.config.global.max_keys as usize || !self.register(key) {
+        let config = &self.config;
+        let (namespace, metrics) = (&self.namespace, &mut self.metrics);
+        let found = self.registry.find_or_admit(
+            &mut self.entries,
+            |key| push_sanitized(key, base, MAX_KEY_SEGMENT),
+            &mut self.global_pending.shared,
+            |key| {
+                let settings = route_settings(config, route_index);
+                let shared_key = format!("{namespace}/{key}");
+                let latency_key = format!("{shared_key}/latency");
+                let stat_base = format!("{}.{key}", config.global.stat_prefix);
+                stats::define_entry(metrics, &stat_base);
+                Entry {
+                    route_index,
+                    local: LocalBudget::new(&settings.policy, config.global.sync_interval_ms),
+                    shared_key,
+                    latency_key,
+                    stat_base,
+                    pending: stats::Pending::default(),
+                    samples: LatencySamples::new(),
+                    median_ms: None,
+                    latency_seen: 0,
+                }
+            },
+        );
+        if found.is_none() {
             self.global_pending.keys_overflow += 1;
-            return None;
         }
-        let settings = route_settings(&self.config, route_index);
-        let shared_key = format!("{}/{key}", self.namespace);
-        let latency_key = format!("{shared_key}/latency");
-        let stat_base = format!("{}.{key}", self.config.global.stat_prefix);
-        stats::define_entry(&mut self.metrics, &stat_base);
-        let entry = Entry {
-            route_index,
-            local: LocalBudget::new(&settings.policy, self.config.global.sync_interval_ms),
-            shared_key,
-            latency_key,
-            stat_base,
-            pending: stats::Pending::default(),
-            samples: LatencySamples::new(),
-            median_ms: None,
-            latency_seen: 0,
-        };
-        self.entries.insert(key, entry)
-    }
-
-    fn register(&mut self, key: &str) -> bool {
-        match self.registry.admit(key) {
-            Ok(admitted) => admitted,
-            Err(e) => {
-                self.global_pending.shared.count(e);
-                false
-            }
-        }
+        found.map(|(handle, _)| handle)
     }
 
     /// Reserve up to `max` retries for one request on `entry`, refilling the lease under CAS when
