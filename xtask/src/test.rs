@@ -14,8 +14,9 @@ use harness::paths::workspace_root;
 use harness::prereq::{ensure_node, ensure_rust_targets, WASM_TARGETS};
 use harness::wasm::WASM_TARGET;
 
-/// Every crate that is compiled to wasm32-wasip1 (filters and the code they link).
-const WASM_CRATES: &[&str] = &[
+/// The crates the modules link, compiled to wasm32-wasip1 with them (the modules themselves are
+/// [`FILTERS`]).
+const WASM_LIBRARIES: &[&str] = &[
     "resilience-core",
     "resilience-host",
     "circuit-breaker-filter",
@@ -23,12 +24,6 @@ const WASM_CRATES: &[&str] = &[
     "failure-padding-filter",
     "request-validator-filter",
     "slow-start-filter",
-    "circuit-breaker",
-    "retry-budget",
-    "failure-padding",
-    "request-validator",
-    "slow-start",
-    "resilience-pack",
 ];
 /// The module crates whose `.wasm` files Envoy loads: each filter alone, and the pack.
 pub const FILTERS: &[&str] = harness::wasm::MODULES;
@@ -198,7 +193,7 @@ pub fn test(args: &[String]) -> Result<(), String> {
 
         let mut clippy_wasm = cargo();
         clippy_wasm.args(["clippy", "--target", WASM_TARGET]);
-        for c in WASM_CRATES {
+        for c in WASM_LIBRARIES.iter().chain(FILTERS) {
             clippy_wasm.args(["-p", c]);
         }
         clippy_wasm.args(["--", "-D", "warnings"]);
