@@ -833,13 +833,12 @@ fn two_workers_ticking_at_once_claim_each_priming_request_and_count_the_transiti
     assert!(a.new_callouts().is_empty() && b.new_callouts().is_empty());
 }
 
-/// The same race on the tick that *creates* an endpoint's state. A missing key reads with token
-/// 0 and a write with token 0 is unconditional (in Envoy as in the fake), so both workers' first
-/// writes "win": the later one overwrites the earlier, the transition is counted twice, the
-/// phase gauge is moved twice (and stays one too high), and the first warm-up request is
-/// claimed by both. Ignored until creating a key is made safe; it documents the gap.
+/// The same race on the tick that *creates* an endpoint's state. Both workers read the key as
+/// missing; worker b creates it between worker a's read and write. With a create written under
+/// token 0 (unconditional) both first writes "won": the transition was counted twice, the phase
+/// gauge moved twice and the first warm-up request was claimed by both. A create now fails on a
+/// key another worker made (`shared::cas_update_on`), so a starts again from b's state.
 #[test]
-#[ignore = "known gap: the first write of a shared-data key is unconditional (token 0)"]
 fn two_workers_creating_an_endpoints_state_at_once_still_count_its_first_transition_once() {
     let proxy = Proxy::new(PRIMED);
     let (a, b) = (proxy.worker(), proxy.worker());
