@@ -55,6 +55,9 @@ pub struct BreakerHttp<H: Host = WasmHost> {
     entry: Option<Handle>,
     start_ms: u64,
     first_byte_ms: u64,
+    /// When the outcome became known: the response headers' time, or 0 when it is not known
+    /// before the end (no response headers, or trailers that may carry the gRPC status).
+    outcome_ms: u64,
     status: u16,
     grpc_status: Option<u32>,
     hint_ms: u64,
@@ -81,6 +84,7 @@ impl<H: Host + Clone> BreakerHttp<H> {
             entry: None,
             start_ms: 0,
             first_byte_ms: 0,
+            outcome_ms: 0,
             status: 0,
             grpc_status: None,
             hint_ms: 0,
@@ -257,8 +261,12 @@ impl<H: Host + Clone> BreakerHttp<H> {
     fn observe_response_headers(&mut self) {
         let host = &self.host;
         let header = |name| request::map_value_on(host, MapType::HttpResponseHeaders, name);
+        // The outcome is recorded as of now, when it became known, not when the stream ends:
+        // in the pack the clock was already read for this callback (padding, the budget), so
+        // the end of the stream needs no host call of its own.
+        self.outcome_ms = clock::now_ms_on(host);
         if self.track_latency {
-            self.first_byte_ms = clock::now_ms_on(host);
+            self.first_byte_ms = self.outcome_ms;
         }
         self.status = request::response_status_on(host).unwrap_or(0);
         if !self.plain_http {
@@ -372,6 +380,9 @@ impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         if matches!(self.role, Role::Counted | Role::Probe { .. }) {
+            // A gRPC stream's status comes now, maybe long after the headers: its outcome is
+            // recorded at the end, with the clock read then.
+            self.outcome_ms = 0;
             if let Some(g) =
                 request::map_value_on(&self.host, MapType::HttpResponseTrailers, "grpc-status")
                     .and_then(|v| parse_grpc_status(&v))
@@ -402,7 +413,11 @@ impl<H: Host + Clone> HttpContext for BreakerHttp<H> {
         let settings = index
             .and_then(|i| config.routes.routes.get(i))
             .map_or(&config.routes.defaults, |r| &r.settings);
-        let now = clock::now_ms_on(&self.host);
+        let now = if self.outcome_ms > 0 {
+            self.outcome_ms
+        } else {
+            clock::now_ms_on(&self.host)
+        };
         let outcome = self.classify(&settings.classifier, now);
         match self.role {
             Role::Probe { generation } => {

@@ -480,8 +480,8 @@ fn a_healthy_request_on_a_closed_breaker_makes_four_host_calls_and_none_to_share
     w.request("orders", 200);
     let (shared, calls) = (proxy.store.shared_calls(), w.host.calls());
     assert_eq!(w.request("orders", 200), Action::Continue);
-    // The route name (the key), `:status` and `grpc-status` of the response, and the clock at
-    // the end of the stream.
+    // The route name (the key), `:status` and `grpc-status` of the response, and the clock when
+    // the response headers arrive (the outcome's time; the end of the stream reads nothing).
     assert_eq!(w.host.calls() - calls, 4);
     assert_eq!(proxy.store.shared_calls(), shared);
 }
